@@ -1,0 +1,62 @@
+# kube-secret-sync — see README.md. Everything here works on a fresh machine
+# with Go and Debian's apt: hack/ scripts install or build what is missing
+# and cache it outside the repository.
+
+SHELL      := /usr/bin/env bash
+BIN        := bin/kube-secret-sync
+VERSION    ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+# The Dockerfile uses the same flags; keep them in step.
+GOFLAGS_BUILD := -trimpath -ldflags "-s -w -X main.version=$(VERSION)"
+IMAGE      ?= kube-secret-sync:$(VERSION)
+
+# Exports the locations of the Kubernetes and PostgreSQL binaries, building
+# or installing them first when missing. Fails the recipe if either fails.
+WITH_ASSETS = set -euo pipefail; \
+	export KSS_KUBE_ASSETS="$$(hack/kube-assets.sh)"; \
+	export KSS_PG_BIN="$$(hack/postgres.sh)";
+
+.PHONY: all build test test-short lint demo devenv bench img image assets clean
+
+all: lint build
+
+build:
+	CGO_ENABLED=0 go build $(GOFLAGS_BUILD) -o $(BIN) .
+
+## test: every test, integration tests included, against real servers.
+test:
+	@$(WITH_ASSETS) go test -race -count=1 -timeout 30m ./...
+
+## test-short: only the tests that need no servers.
+test-short:
+	go test -short -count=1 ./...
+
+lint:
+	@out=$$(gofmt -l . ); if [[ -n "$$out" ]]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+	go vet ./...
+	cd hack/kube-assets && go mod verify >/dev/null
+
+## demo: PostgreSQL + two clusters, the real binary as leader and follower.
+demo: build
+	@$(WITH_ASSETS) go run ./hack/demo --binary $(BIN)
+
+## devenv: start PostgreSQL and two clusters for a person; Ctrl-C stops them.
+devenv:
+	@$(WITH_ASSETS) go run ./hack/devenv
+
+bench:
+	@$(WITH_ASSETS) go test -run '^$$' -bench . -benchmem -count 1 -timeout 30m ./...
+
+assets:
+	@$(WITH_ASSETS) echo "KSS_KUBE_ASSETS=$$KSS_KUBE_ASSETS"; echo "KSS_PG_BIN=$$KSS_PG_BIN"
+
+## img: regenerate img/architecture.png from img/architecture.dot.
+img:
+	@command -v dot >/dev/null || { sudo=""; [[ $$(id -u) -eq 0 ]] || sudo=sudo; $$sudo apt-get install -y -qq --no-install-recommends graphviz; }
+	dot -Tpng -Gdpi=110 -o img/architecture.png img/architecture.dot
+
+## image: the container image (needs a Docker engine).
+image:
+	docker build --build-arg VERSION=$(VERSION) -t $(IMAGE) .
+
+clean:
+	rm -rf bin

@@ -1,0 +1,142 @@
+// Package testenv starts the real components that kube-secret-sync's tests,
+// demo and benchmarks run against: a throw-away PostgreSQL server and any
+// number of independent Kubernetes control planes (etcd + kube-apiserver),
+// all on 127.0.0.1, all child processes that die with the process that
+// started them.
+//
+// The Kubernetes binaries come from hack/kube-assets.sh (directory in
+// KSS_KUBE_ASSETS); PostgreSQL from Debian's packages (hack/postgres.sh
+// installs it, KSS_PG_BIN overrides where its binaries are found).
+package testenv
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"sync"
+	"syscall"
+	"time"
+)
+
+// process is a child server process. It is started with a parent-death
+// signal so that a test binary killed by `go test -timeout` (or a Ctrl-C'd
+// demo) does not orphan its servers.
+type process struct {
+	name string
+	cmd  *exec.Cmd
+	log  *tailBuffer
+	done chan struct{}
+	err  error // valid after done is closed
+}
+
+func startProcess(name string, cred *syscall.Credential, dir string, bin string, args ...string) (*process, error) {
+	cmd := exec.Command(bin, args...)
+	cmd.Dir = dir
+	cmd.Env = append(os.Environ(), "GOMAXPROCS=2")
+	log := &tailBuffer{max: 64 << 10}
+	cmd.Stdout = log
+	cmd.Stderr = log
+	cmd.SysProcAttr = &syscall.SysProcAttr{
+		Pdeathsig:  syscall.SIGKILL,
+		Setpgid:    true,
+		Credential: cred,
+	}
+	if err := cmd.Start(); err != nil {
+		return nil, fmt.Errorf("start %s: %w", name, err)
+	}
+	p := &process{name: name, cmd: cmd, log: log, done: make(chan struct{})}
+	go func() {
+		p.err = cmd.Wait()
+		close(p.done)
+	}()
+	return p, nil
+}
+
+// exited reports whether the process has ended, with its output tail.
+func (p *process) exited() error {
+	select {
+	case <-p.done:
+		return fmt.Errorf("%s exited (%v): %s", p.name, p.err, p.log.String())
+	default:
+		return nil
+	}
+}
+
+// stop asks the process to end with sig and kills its process group if it
+// has not ended within grace.
+func (p *process) stop(sig syscall.Signal, grace time.Duration) {
+	if p == nil {
+		return
+	}
+	_ = p.cmd.Process.Signal(sig)
+	select {
+	case <-p.done:
+	case <-time.After(grace):
+		_ = syscall.Kill(-p.cmd.Process.Pid, syscall.SIGKILL)
+		<-p.done
+	}
+}
+
+// tailBuffer keeps the last max bytes written to it, for error messages.
+type tailBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+	max int
+}
+
+func (t *tailBuffer) Write(b []byte) (int, error) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.buf.Write(b)
+	if over := t.buf.Len() - t.max; over > 0 {
+		t.buf.Next(over)
+	}
+	return len(b), nil
+}
+
+func (t *tailBuffer) String() string {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	s := t.buf.String()
+	if len(s) > 4000 {
+		s = "…" + s[len(s)-4000:]
+	}
+	return s
+}
+
+var _ io.Writer = (*tailBuffer)(nil)
+
+// freePort returns a TCP port on 127.0.0.1 that was free a moment ago.
+func freePort() (int, error) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return 0, err
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port, nil
+}
+
+// poll calls cond every interval until it returns true, ctx ends, or
+// check reports that a server died.
+func poll(ctx context.Context, interval time.Duration, check func() error, cond func(context.Context) bool) error {
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		if err := check(); err != nil {
+			return err
+		}
+		if cond(ctx) {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return errors.Join(ctx.Err(), check())
+		case <-t.C:
+		}
+	}
+}
