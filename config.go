@@ -1,0 +1,190 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/kelseyhightower/envconfig"
+	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/apimachinery/pkg/util/validation"
+)
+
+// Config is the daemon's whole configuration, read from the environment.
+// The first six variables are those of the original KubeSecretSync and keep
+// their meaning; the rest are new and optional.
+type Config struct {
+	DSN           string `envconfig:"DSN" desc:"PostgreSQL/CockroachDB connection string (pgx syntax); required"`
+	EncryptionKey string `envconfig:"ENCRYPTION_KEY" desc:"exactly 32 characters, the same on every cluster; required"`
+	Leader        string `envconfig:"LEADER" desc:"1: this cluster is the leader (writer); anything else: follower"`
+	TickSeconds   int    `envconfig:"TICK_SECONDS" default:"20" desc:"seconds between full reconciles"`
+	Debug         string `envconfig:"DEBUG" desc:"1: debug logs"`
+	Pretty        string `envconfig:"PRETTY" desc:"1: human-readable text logs instead of JSON"`
+
+	ClusterName       string   `envconfig:"CLUSTER_NAME" default:"default" desc:"name of this cluster, recorded in the rows it writes"`
+	LabelSelector     string   `envconfig:"LABEL_SELECTOR" default:"kube-secret-sync=true" desc:"leader: which Secrets to sync"`
+	Namespaces        []string `envconfig:"NAMESPACES" desc:"comma-separated namespaces to sync (default: all)"`
+	ExcludeNamespaces []string `envconfig:"EXCLUDE_NAMESPACES" desc:"comma-separated namespaces never synced"`
+	DeletePolicy      string   `envconfig:"DELETE_POLICY" default:"delete" desc:"follower: delete or retain the copy when the source is deleted or unlabelled"`
+	CreateNamespaces  bool     `envconfig:"CREATE_NAMESPACES" default:"true" desc:"follower: create a missing namespace"`
+	PollSeconds       float64  `envconfig:"POLL_SECONDS" default:"2" desc:"follower: seconds between pulls of changed rows"`
+	KubeQPS           float32  `envconfig:"KUBE_QPS" default:"20" desc:"Kubernetes API client queries per second"`
+	KubeBurst         int      `envconfig:"KUBE_BURST" default:"40" desc:"Kubernetes API client burst"`
+	Kubeconfig        string   `envconfig:"KUBECONFIG" desc:"kubeconfig file when running outside a cluster (default: in-cluster config)"`
+	MetricsAddr       string   `envconfig:"METRICS_ADDR" default:":8080" desc:"address for /metrics, /healthz and /readyz; empty disables"`
+	LeaderElection    bool     `envconfig:"LEADER_ELECTION" default:"true" desc:"one active replica per cluster through a Lease"`
+	LeaseName         string   `envconfig:"LEASE_NAME" default:"kube-secret-sync" desc:"name of the Lease and prefix of the state ConfigMap"`
+	PodNamespace      string   `envconfig:"POD_NAMESPACE" desc:"namespace of the Lease and state ConfigMap (default: the pod's, else default)"`
+	PodName           string   `envconfig:"POD_NAME" desc:"identity in the Lease (default: hostname)"`
+
+	// Derived at load time.
+	keys     *Keys
+	selector labels.Selector
+}
+
+// IsLeader reports whether LEADER selects the writer role.
+func (c *Config) IsLeader() bool { return on(c.Leader) }
+
+// Tick is the interval of the full reconcile.
+func (c *Config) Tick() time.Duration { return time.Duration(c.TickSeconds) * time.Second }
+
+// Poll is the follower's interval between incremental pulls.
+func (c *Config) Poll() time.Duration { return time.Duration(c.PollSeconds * float64(time.Second)) }
+
+// on keeps the original's convention that "1" switches a flag on; "true"
+// is accepted too because operators write it.
+func on(v string) bool { return v == "1" || strings.EqualFold(v, "true") }
+
+const serviceAccountNamespaceFile = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
+
+// loadConfig reads and validates the environment. Its error is one line
+// naming the variable; it never contains the value of DSN or ENCRYPTION_KEY.
+func loadConfig() (*Config, error) {
+	var c Config
+	if err := envconfig.Process("", &c); err != nil {
+		var perr *envconfig.ParseError
+		if errors.As(err, &perr) {
+			return nil, fmt.Errorf("invalid %s: want a value of type %s", perr.KeyName, perr.TypeName)
+		}
+		return nil, err
+	}
+	if err := c.validate(); err != nil {
+		return nil, err
+	}
+	if c.PodNamespace == "" {
+		c.PodNamespace = "default"
+		if b, err := os.ReadFile(serviceAccountNamespaceFile); err == nil {
+			c.PodNamespace = strings.TrimSpace(string(b))
+		}
+	}
+	if c.PodName == "" {
+		c.PodName, _ = os.Hostname()
+	}
+	return &c, nil
+}
+
+// validate checks every setting and derives the keys and selector.
+func (c *Config) validate() error {
+	if c.DSN == "" {
+		return errors.New("DSN is required")
+	}
+	// pgx's parse errors can quote the connection string, password
+	// included, so only the fact is reported.
+	if _, err := pgxpool.ParseConfig(c.DSN); err != nil {
+		return errors.New("invalid DSN: not a valid PostgreSQL connection string (value not shown)")
+	}
+	if c.EncryptionKey == "" {
+		return errors.New("ENCRYPTION_KEY is required")
+	}
+	keys, err := NewKeys(c.EncryptionKey)
+	if err != nil {
+		return fmt.Errorf("invalid ENCRYPTION_KEY: %w", err)
+	}
+	c.keys = keys
+	if c.TickSeconds < 1 {
+		return fmt.Errorf("invalid TICK_SECONDS: must be at least 1, got %d", c.TickSeconds)
+	}
+	if c.PollSeconds < 0.05 || c.PollSeconds > float64(c.TickSeconds) {
+		return fmt.Errorf("invalid POLL_SECONDS: must be between 0.05 and TICK_SECONDS (%d), got %g", c.TickSeconds, c.PollSeconds)
+	}
+	if c.ClusterName == "" || len(c.ClusterName) > 253 {
+		return errors.New("invalid CLUSTER_NAME: must be 1 to 253 characters")
+	}
+	sel, err := labels.Parse(c.LabelSelector)
+	if err != nil || sel.Empty() {
+		return fmt.Errorf("invalid LABEL_SELECTOR: must be a non-empty Kubernetes label selector")
+	}
+	c.selector = sel
+	for _, v := range []struct {
+		name string
+		list []string
+	}{{"NAMESPACES", c.Namespaces}, {"EXCLUDE_NAMESPACES", c.ExcludeNamespaces}} {
+		for _, ns := range v.list {
+			if errs := validation.IsDNS1123Label(ns); len(errs) > 0 {
+				return fmt.Errorf("invalid %s: %q is not a namespace name: %s", v.name, ns, errs[0])
+			}
+		}
+	}
+	switch c.DeletePolicy {
+	case deletePolicyDelete, deletePolicyRetain:
+	default:
+		return fmt.Errorf("invalid DELETE_POLICY: must be %q or %q, got %q", deletePolicyDelete, deletePolicyRetain, c.DeletePolicy)
+	}
+	if c.KubeQPS <= 0 {
+		return errors.New("invalid KUBE_QPS: must be positive")
+	}
+	if c.KubeBurst < 1 {
+		return errors.New("invalid KUBE_BURST: must be at least 1")
+	}
+	if c.MetricsAddr != "" {
+		if _, _, err := net.SplitHostPort(c.MetricsAddr); err != nil {
+			return fmt.Errorf("invalid METRICS_ADDR: want host:port or :port, got %q", c.MetricsAddr)
+		}
+	}
+	if errs := validation.IsDNS1123Subdomain(c.LeaseName); len(errs) > 0 {
+		return fmt.Errorf("invalid LEASE_NAME: %s", errs[0])
+	}
+	if c.PodNamespace != "" {
+		if errs := validation.IsDNS1123Label(c.PodNamespace); len(errs) > 0 {
+			return fmt.Errorf("invalid POD_NAMESPACE: %s", errs[0])
+		}
+	}
+	return nil
+}
+
+// Delete policies for a follower's copy whose source is gone.
+const (
+	deletePolicyDelete = "delete"
+	deletePolicyRetain = "retain"
+)
+
+// namespaceAllowed applies NAMESPACES and EXCLUDE_NAMESPACES.
+func (c *Config) namespaceAllowed(ns string) bool {
+	for _, ex := range c.ExcludeNamespaces {
+		if ex == ns {
+			return false
+		}
+	}
+	if len(c.Namespaces) == 0 {
+		return true
+	}
+	for _, in := range c.Namespaces {
+		if in == ns {
+			return true
+		}
+	}
+	return false
+}
+
+// usage prints the --help text: every variable with its default.
+func usage() {
+	fmt.Fprintf(os.Stderr, "kube-secret-sync %s keeps labelled Secrets identical across Kubernetes clusters\nthrough a shared SQL database, encrypted with AES-256-GCM.\n\nIt is configured by environment variables only:\n\n", version)
+	tw := tabwriter.NewWriter(os.Stderr, 0, 4, 2, ' ', 0)
+	_ = envconfig.Usagef("", &Config{}, tw, "{{range .}}  {{usage_key .}}\t{{usage_description .}}{{if usage_default .}} (default {{usage_default .}}){{end}}\n{{end}}")
+	_ = tw.Flush()
+}

@@ -1,0 +1,441 @@
+// This file holds the wire format of kube-secret-sync: how a Secret is sealed
+// before it reaches the shared SQL database and opened again on a follower.
+//
+// Threat model: anyone who can read the database must learn nothing beyond a
+// row's namespace and name (not key names, labels, annotations or whether two
+// rows hold the same value); anyone who can write it must not be able to
+// forge a row, move a row to another (namespace, name), replay an old row
+// under a newer version, attribute it to another source cluster, or delete a
+// Secret by flipping a column. Everything a follower acts on is therefore
+// inside the AES-256-GCM ciphertext or bound to it as associated data.
+//
+// Deliberately free of Kubernetes and database imports, and randomness is a
+// parameter, so that the format can be tested deterministically and
+// re-implemented from this file alone.
+
+package main
+
+import (
+	"crypto/aes"
+	"crypto/cipher"
+	"crypto/hkdf"
+	"crypto/hmac"
+	"crypto/sha256"
+	"encoding/binary"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"hash"
+	"io"
+	"slices"
+	"sync"
+	"time"
+	"unicode/utf8"
+)
+
+// Sentinel errors. Callers test them with errors.Is; the returned errors may
+// wrap them with detail (sizes, key ids) but never with key material or
+// plaintext.
+var (
+	// ErrKeyLength: ENCRYPTION_KEY is used as AES-256 key material, so it
+	// must be exactly 32 bytes, i.e. 32 ASCII characters.
+	ErrKeyLength = errors.New("encryption key must be exactly 32 bytes (32 ASCII characters)")
+	// ErrWrongKey: the row was sealed under a key whose id is not ours
+	// (ENCRYPTION_KEY differs between clusters, or a key rotation is under way).
+	ErrWrongKey = errors.New("ciphertext was sealed under a different encryption key")
+	// ErrUnsupportedFormat: the first byte names a format this build does
+	// not know, for example a row written by a newer leader.
+	ErrUnsupportedFormat = errors.New("unsupported ciphertext format")
+	// ErrTruncated: shorter than format byte + nonce + tag.
+	ErrTruncated = errors.New("ciphertext truncated")
+	// ErrTooLarge: longer than MaxCiphertextSize; refused before any work.
+	ErrTooLarge = errors.New("ciphertext too large")
+	// ErrAuth: GCM authentication failed. The row was tampered with, or it is
+	// bound to another namespace, name, version, key id or source cluster.
+	ErrAuth = errors.New("ciphertext authentication failed")
+	// ErrInvalidPayload: Seal refuses a payload that would not survive the
+	// round trip unchanged (a string that is not valid UTF-8, which JSON would
+	// silently rewrite), rather than let the follower apply something else.
+	ErrInvalidPayload = errors.New("payload cannot be sealed faithfully")
+)
+
+// MaxCiphertextSize bounds what Open accepts and what Seal produces. A
+// Secret is at most ~1 MiB; base64 inside JSON adds a third. Refusing larger
+// input first keeps a hostile row from costing a follower memory or CPU.
+const MaxCiphertextSize = 4 << 20
+
+// Wire-format constants. Changing any of them breaks every stored row: add a
+// new format instead.
+const (
+	// formatV1 is the first byte of every ciphertext written by this build.
+	formatV1 byte = 1
+
+	// nonceSize is GCM's standard 96-bit nonce. It is random per Seal: with
+	// one key shared by every row, a counter would need coordination across
+	// leaders, and the birthday bound of 2^32 messages per key is far above
+	// what Secret churn produces.
+	nonceSize = 12
+	tagSize   = 16
+	// minCiphertextSize is an empty GCM plaintext; a valid row is longer
+	// (the JSON is never empty) but authentication decides that.
+	minCiphertextSize = 1 + nonceSize + tagSize
+
+	// HKDF info strings: one per subkey, so the AES key, the MAC key and
+	// the published key id are computationally independent. Publishing the
+	// key id or a MAC therefore tells nothing about the AES key.
+	infoAEAD  = "kube-secret-sync v1 aes-256-gcm"
+	infoMAC   = "kube-secret-sync v1 hmac-sha256"
+	infoKeyID = "kube-secret-sync v1 key-id"
+
+	// Domain strings open each associated data and each hashed encoding so
+	// that a MAC or an associated data can never be mistaken for another
+	// structure, in this format or a later one.
+	domainRow  = "kube-secret-sync row v1"
+	domainHash = "kube-secret-sync hash v1"
+
+	keyIDSize = 8
+)
+
+// Keys holds the subkeys derived from ENCRYPTION_KEY. It is safe for
+// concurrent use: the AEAD is stateless once built, and HMAC states come
+// from a pool because a hash.Hash is not. A *Keys must not be copied.
+type Keys struct {
+	aead   cipher.AEAD
+	id     string
+	macKey []byte
+	macs   sync.Pool // of *hashState
+}
+
+// NewKeys derives the AEAD key, the HMAC key and the key id from the
+// ENCRYPTION_KEY with HKDF-SHA256 (no salt; one info string per subkey).
+//
+// "Exactly 32 characters" means 32 bytes: the original tool handed the string
+// to AES-256 as raw key bytes, so a non-ASCII key of 32 characters (more than
+// 32 bytes) is refused rather than silently reinterpreted. HKDF does not
+// strengthen a guessable key: generate it, e.g. `openssl rand -base64 24`.
+func NewKeys(key string) (*Keys, error) {
+	if len(key) != 32 {
+		// The length is reported, the key never is.
+		if n := utf8.RuneCountInString(key); n != len(key) {
+			return nil, fmt.Errorf("%w: got %d bytes in %d characters; use ASCII characters only", ErrKeyLength, len(key), n)
+		}
+		return nil, fmt.Errorf("%w: got %d", ErrKeyLength, len(key))
+	}
+	prk, err := hkdf.Extract(sha256.New, []byte(key), nil)
+	if err != nil {
+		return nil, fmt.Errorf("derive keys: %w", err)
+	}
+	aeadKey, err := hkdf.Expand(sha256.New, prk, infoAEAD, 32)
+	if err != nil {
+		return nil, fmt.Errorf("derive aead key: %w", err)
+	}
+	macKey, err := hkdf.Expand(sha256.New, prk, infoMAC, 32)
+	if err != nil {
+		return nil, fmt.Errorf("derive mac key: %w", err)
+	}
+	id, err := hkdf.Expand(sha256.New, prk, infoKeyID, keyIDSize)
+	if err != nil {
+		return nil, fmt.Errorf("derive key id: %w", err)
+	}
+	block, err := aes.NewCipher(aeadKey)
+	if err != nil {
+		return nil, fmt.Errorf("aes: %w", err)
+	}
+	aead, err := cipher.NewGCM(block)
+	if err != nil {
+		return nil, fmt.Errorf("gcm: %w", err)
+	}
+	k := &Keys{aead: aead, id: hex.EncodeToString(id), macKey: macKey}
+	k.macs.New = func() any {
+		return &hashState{mac: hmac.New(sha256.New, k.macKey)}
+	}
+	return k, nil
+}
+
+// ID returns the key id: 16 lowercase hex characters stored next to each row
+// so that a follower with a different ENCRYPTION_KEY reports ErrWrongKey
+// instead of a misleading ErrAuth. It is an independent HKDF output, so it
+// reveals nothing about the AES or MAC key.
+func (k *Keys) ID() string { return k.id }
+
+// Binding is what a ciphertext is bound to through GCM's associated data. A
+// row moved to another (namespace, name), replayed under another version, or
+// attributed to another source cluster fails to open.
+type Binding struct {
+	Namespace, Name string
+	Version         int64 // the database row version assigned in the writing transaction
+	SourceCluster   string
+}
+
+// Payload is the plaintext: everything the follower must reproduce. Empty
+// maps come back from Open as nil, which Kubernetes treats the same.
+type Payload struct {
+	Deleted     bool              `json:"deleted,omitempty"` // tombstone: authenticated, so a DB writer cannot delete a Secret by flipping a column
+	Type        string            `json:"type,omitempty"`
+	Data        map[string][]byte `json:"data,omitempty"`
+	Immutable   bool              `json:"immutable,omitempty"`
+	Labels      map[string]string `json:"labels,omitempty"`
+	Annotations map[string]string `json:"annotations,omitempty"`
+	UpdatedAt   time.Time         `json:"updatedAt"` // when the leader saw this content change; NOT part of Hash
+}
+
+// Seal encrypts p for binding b. Output:
+//
+//	formatV1 (1 byte, value 1) || nonce (12 bytes read from rand) || AES-256-GCM ciphertext and tag
+//
+// The plaintext is the JSON encoding of p; the associated data is
+// associatedData(b, k.ID()). The whole ciphertext is at most
+// MaxCiphertextSize, so that every row a leader writes can be opened.
+func (k *Keys) Seal(rand io.Reader, b Binding, p *Payload) ([]byte, error) {
+	if p == nil {
+		return nil, fmt.Errorf("seal: %w: nil payload", ErrInvalidPayload)
+	}
+	if err := checkUTF8(p); err != nil {
+		return nil, fmt.Errorf("seal: %w", err)
+	}
+	plaintext, err := json.Marshal(p)
+	if err != nil {
+		return nil, fmt.Errorf("seal: encode payload: %w", err)
+	}
+	// The JSON holds the Secret's data in the clear; wipe our copy once
+	// sealed (best effort: the caller's Payload is out of our hands).
+	defer clear(plaintext)
+	size := 1 + nonceSize + len(plaintext) + tagSize
+	if size > MaxCiphertextSize {
+		return nil, fmt.Errorf("seal: %w: %d bytes, limit %d", ErrTooLarge, size, MaxCiphertextSize)
+	}
+	out := make([]byte, 1+nonceSize, size)
+	out[0] = formatV1
+	nonce := out[1 : 1+nonceSize]
+	if _, err := io.ReadFull(rand, nonce); err != nil {
+		return nil, fmt.Errorf("seal: read nonce: %w", err)
+	}
+	return k.aead.Seal(out, nonce, plaintext, associatedData(b, k.id)), nil
+}
+
+// Open reverses Seal. The checks run cheapest and most informative first:
+// key id (ErrWrongKey, before anything else, so a mismatched ENCRYPTION_KEY is
+// diagnosed as such), size (ErrTooLarge, before any work), format byte
+// (ErrUnsupportedFormat), length (ErrTruncated), then GCM with the same
+// associated data as Seal (ErrAuth). Nothing is decoded before it is
+// authenticated.
+func (k *Keys) Open(b Binding, keyID string, ciphertext []byte) (*Payload, error) {
+	if keyID != k.id {
+		// Key ids are not secret; the row's is capped since the database
+		// may hold anything.
+		if len(keyID) > 2*keyIDSize {
+			keyID = keyID[:2*keyIDSize] + "..."
+		}
+		return nil, fmt.Errorf("%w: row key id %q, ours %q", ErrWrongKey, keyID, k.id)
+	}
+	if len(ciphertext) > MaxCiphertextSize {
+		return nil, fmt.Errorf("%w: %d bytes, limit %d", ErrTooLarge, len(ciphertext), MaxCiphertextSize)
+	}
+	if len(ciphertext) == 0 {
+		return nil, fmt.Errorf("%w: empty", ErrTruncated)
+	}
+	if ciphertext[0] != formatV1 {
+		return nil, fmt.Errorf("%w: %d", ErrUnsupportedFormat, ciphertext[0])
+	}
+	if len(ciphertext) < minCiphertextSize {
+		return nil, fmt.Errorf("%w: %d bytes, minimum %d", ErrTruncated, len(ciphertext), minCiphertextSize)
+	}
+	nonce := ciphertext[1 : 1+nonceSize]
+	plaintext, err := k.aead.Open(nil, nonce, ciphertext[1+nonceSize:], associatedData(b, k.id))
+	if err != nil {
+		// GCM's error says nothing more; do not wrap it.
+		return nil, ErrAuth
+	}
+	// The decoded Payload holds its own copies, so the buffer can be wiped.
+	defer clear(plaintext)
+	var p Payload
+	if err := json.Unmarshal(plaintext, &p); err != nil {
+		return nil, fmt.Errorf("decode payload: %w", err)
+	}
+	return &p, nil
+}
+
+// associatedData encodes what a ciphertext is bound to. Every variable-length
+// field is length-prefixed, so ("ab", "c") and ("a", "bc") never collide:
+//
+//	lp("kube-secret-sync row v1") || formatV1 || lp(namespace) || lp(name) ||
+//	lp(keyID) || uint64be(version) || lp(sourceCluster)
+//
+// where lp(s) = uint64be(len(s)) || s. The format byte is repeated inside so
+// that a later format can never be confused with this one.
+func associatedData(b Binding, keyID string) []byte {
+	n := 8*5 + len(domainRow) + 1 + len(b.Namespace) + len(b.Name) + len(keyID) + 8 + len(b.SourceCluster)
+	ad := make([]byte, 0, n)
+	ad = appendString(ad, domainRow)
+	ad = append(ad, formatV1)
+	ad = appendString(ad, b.Namespace)
+	ad = appendString(ad, b.Name)
+	ad = appendString(ad, keyID)
+	ad = binary.BigEndian.AppendUint64(ad, uint64(b.Version))
+	ad = appendString(ad, b.SourceCluster)
+	return ad
+}
+
+func appendString(dst []byte, s string) []byte {
+	dst = binary.BigEndian.AppendUint64(dst, uint64(len(s)))
+	return append(dst, s...)
+}
+
+// checkUTF8 refuses strings that encoding/json would rewrite (invalid bytes
+// become U+FFFD), since the follower would then apply a Secret other than the
+// leader's. Data values are []byte (base64 in JSON) and need no check. The
+// offending value is not quoted: it may be sensitive.
+func checkUTF8(p *Payload) error {
+	if !utf8.ValidString(p.Type) {
+		return fmt.Errorf("%w: type is not valid UTF-8", ErrInvalidPayload)
+	}
+	for key := range p.Data {
+		if !utf8.ValidString(key) {
+			return fmt.Errorf("%w: a data key is not valid UTF-8", ErrInvalidPayload)
+		}
+	}
+	for _, m := range []struct {
+		what string
+		m    map[string]string
+	}{{"label", p.Labels}, {"annotation", p.Annotations}} {
+		for key, v := range m.m {
+			if !utf8.ValidString(key) || !utf8.ValidString(v) {
+				return fmt.Errorf("%w: a %s is not valid UTF-8", ErrInvalidPayload, m.what)
+			}
+		}
+	}
+	return nil
+}
+
+// Hash returns the keyed change hash stored next to the row, 32 bytes:
+// HMAC-SHA256 under the MAC subkey of
+//
+//	lp("kube-secret-sync hash v1") || lp(namespace) || lp(name) ||
+//	bool(Deleted) || lp(Type) || bool(Immutable) ||
+//	map(Data) || map(Labels) || map(Annotations)
+//
+// where lp is as in associatedData, bool is one byte 0 or 1, and map(m) =
+// uint64be(len(m)) followed by lp(key) || lp(value) for each key in sorted
+// order. The count prefix makes a label moved to the annotations a change.
+//
+// It is keyed so a database reader cannot test guesses of a value, and it
+// includes namespace and name so two rows with equal content do not show
+// equal hashes. UpdatedAt is excluded so an unchanged Secret hashes the same
+// on every tick. nil and empty maps hash the same. A nil p hashes as an
+// empty Payload.
+func (k *Keys) Hash(namespace, name string, p *Payload) []byte {
+	if p == nil {
+		p = &Payload{}
+	}
+	h := k.macs.Get().(*hashState)
+	h.mac.Reset()
+	h.writeString(domainHash)
+	h.writeString(namespace)
+	h.writeString(name)
+	h.writeBool(p.Deleted)
+	h.writeString(p.Type)
+	h.writeBool(p.Immutable)
+
+	h.writeUint64(uint64(len(p.Data)))
+	h.keys = appendSortedKeys(h.keys[:0], p.Data)
+	for _, key := range h.keys {
+		h.writeString(key)
+		h.writeBytes(p.Data[key])
+	}
+	h.writeStringMap(p.Labels)
+	h.writeStringMap(p.Annotations)
+
+	h.flush()
+	sum := h.mac.Sum(make([]byte, 0, sha256.Size))
+	// Do not keep Secret key names alive in the pool.
+	clear(h.keys[:cap(h.keys)])
+	clear(h.buf[:cap(h.buf)])
+	h.keys, h.buf = h.keys[:0], h.buf[:0]
+	k.macs.Put(h)
+	return sum
+}
+
+// hashState is one HMAC with scratch space, pooled per Keys so that Hash
+// does not allocate beyond its result: small fields are batched in buf (an
+// hmac Write per length prefix would dominate), large values go straight to
+// the MAC without a copy.
+type hashState struct {
+	mac  hash.Hash
+	buf  []byte
+	keys []string
+}
+
+// hashBufSize is both the batching buffer's size and the threshold above
+// which a value bypasses it.
+const hashBufSize = 1024
+
+func (h *hashState) flush() {
+	if len(h.buf) > 0 {
+		h.mac.Write(h.buf)
+		h.buf = h.buf[:0]
+	}
+}
+
+func (h *hashState) reserve(n int) {
+	if h.buf == nil {
+		h.buf = make([]byte, 0, hashBufSize)
+	}
+	if len(h.buf)+n > cap(h.buf) {
+		h.flush()
+	}
+}
+
+func (h *hashState) writeUint64(v uint64) {
+	h.reserve(8)
+	h.buf = binary.BigEndian.AppendUint64(h.buf, v)
+}
+
+func (h *hashState) writeBool(v bool) {
+	h.reserve(1)
+	if v {
+		h.buf = append(h.buf, 1)
+	} else {
+		h.buf = append(h.buf, 0)
+	}
+}
+
+func (h *hashState) writeBytes(v []byte) {
+	h.writeUint64(uint64(len(v)))
+	if len(v) > hashBufSize {
+		h.flush()
+		h.mac.Write(v)
+		return
+	}
+	h.reserve(len(v))
+	h.buf = append(h.buf, v...)
+}
+
+// writeString copies s through buf in chunks: converting it to []byte for
+// mac.Write would allocate a copy as large as s (annotations can be big).
+func (h *hashState) writeString(s string) {
+	h.writeUint64(uint64(len(s)))
+	for len(s) > 0 {
+		h.reserve(min(len(s), hashBufSize))
+		n := min(len(s), cap(h.buf)-len(h.buf))
+		h.buf = append(h.buf, s[:n]...)
+		s = s[n:]
+	}
+}
+
+func (h *hashState) writeStringMap(m map[string]string) {
+	h.writeUint64(uint64(len(m)))
+	h.keys = appendSortedKeys(h.keys[:0], m)
+	for _, key := range h.keys {
+		h.writeString(key)
+		h.writeString(m[key])
+	}
+}
+
+func appendSortedKeys[V any](dst []string, m map[string]V) []string {
+	for key := range m {
+		dst = append(dst, key)
+	}
+	slices.Sort(dst)
+	return dst
+}

@@ -1,0 +1,924 @@
+package main
+
+import (
+	"bytes"
+	"crypto/aes"
+	"crypto/cipher"
+	"crypto/hkdf"
+	"crypto/hmac"
+	crand "crypto/rand"
+	"crypto/sha256"
+	"encoding/base64"
+	"encoding/binary"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"maps"
+	mrand "math/rand/v2"
+	"regexp"
+	"runtime/debug"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+	"unicode/utf8"
+)
+
+const (
+	cryptoTestKey  = "0123456789abcdef0123456789abcdef"
+	cryptoOtherKey = "fedcba9876543210fedcba9876543210"
+)
+
+func mustKeys(tb testing.TB, key string) *Keys {
+	tb.Helper()
+	k, err := NewKeys(key)
+	if err != nil {
+		tb.Fatalf("NewKeys: %v", err)
+	}
+	return k
+}
+
+func mustSeal(tb testing.TB, k *Keys, b Binding, p *Payload) []byte {
+	tb.Helper()
+	ct, err := k.Seal(crand.Reader, b, p)
+	if err != nil {
+		tb.Fatalf("Seal(%+v): %v", b, err)
+	}
+	return ct
+}
+
+// zeroReader is a deterministic rand for golden outputs.
+type zeroReader struct{}
+
+func (zeroReader) Read(p []byte) (int, error) { clear(p); return len(p), nil }
+
+type failingReader struct{ err error }
+
+func (r failingReader) Read([]byte) (int, error) { return 0, r.err }
+
+var cryptoTestBinding = Binding{Namespace: "default", Name: "tls", Version: 42, SourceCluster: "leader-eu"}
+
+func cryptoTestPayload() *Payload {
+	return &Payload{
+		Type: "kubernetes.io/tls",
+		Data: map[string][]byte{
+			"tls.crt": []byte("-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"),
+			"tls.key": {0x00, 0xff, 0x80, 0x7f},
+		},
+		Labels:      map[string]string{"kube-secret-sync": "true"},
+		Annotations: map[string]string{"cert-manager.io/common-name": "example.com"},
+		UpdatedAt:   time.Date(2025, 3, 4, 5, 6, 7, 123456789, time.UTC),
+	}
+}
+
+// diffPayload describes how got differs from want, "" if equal. nil and empty
+// maps (and nil and empty data values) are equal, as they are to Kubernetes.
+func diffPayload(got, want *Payload) string {
+	var d []string
+	if got.Deleted != want.Deleted {
+		d = append(d, fmt.Sprintf("Deleted %v, want %v", got.Deleted, want.Deleted))
+	}
+	if got.Type != want.Type {
+		d = append(d, fmt.Sprintf("Type %q, want %q", got.Type, want.Type))
+	}
+	if got.Immutable != want.Immutable {
+		d = append(d, fmt.Sprintf("Immutable %v, want %v", got.Immutable, want.Immutable))
+	}
+	if !maps.EqualFunc(got.Data, want.Data, bytes.Equal) {
+		d = append(d, fmt.Sprintf("Data %q, want %q", got.Data, want.Data))
+	}
+	if !maps.Equal(got.Labels, want.Labels) {
+		d = append(d, fmt.Sprintf("Labels %q, want %q", got.Labels, want.Labels))
+	}
+	if !maps.Equal(got.Annotations, want.Annotations) {
+		d = append(d, fmt.Sprintf("Annotations %q, want %q", got.Annotations, want.Annotations))
+	}
+	if !got.UpdatedAt.Equal(want.UpdatedAt) {
+		d = append(d, fmt.Sprintf("UpdatedAt %v, want %v", got.UpdatedAt, want.UpdatedAt))
+	}
+	return strings.Join(d, "; ")
+}
+
+func TestNewKeys(t *testing.T) {
+	tests := []struct {
+		name string
+		key  string
+		want error
+	}{
+		{"empty", "", ErrKeyLength},
+		{"31 bytes", cryptoTestKey[:31], ErrKeyLength},
+		{"33 bytes", cryptoTestKey + "x", ErrKeyLength},
+		{"trailing newline", cryptoTestKey + "\n", ErrKeyLength},
+		// 32 characters but 64 bytes: refused, AES-256 takes the bytes.
+		{"32 non-ASCII characters", strings.Repeat("é", 32), ErrKeyLength},
+		{"32 ASCII characters", cryptoTestKey, nil},
+		// 16 characters but 32 bytes: accepted, for compatibility with the
+		// original, which used the string's bytes as the AES key.
+		{"32 bytes of UTF-8", strings.Repeat("é", 16), nil},
+		{"32 arbitrary bytes", string(bytes.Repeat([]byte{0xff, 0x00}, 16)), nil},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			k, err := NewKeys(tt.key)
+			if !errors.Is(err, tt.want) {
+				t.Fatalf("NewKeys(%d bytes) = %v; want %v", len(tt.key), err, tt.want)
+			}
+			if err != nil {
+				if tt.key != "" && strings.Contains(err.Error(), tt.key) {
+					t.Errorf("NewKeys error %q contains the key", err)
+				}
+				if k != nil {
+					t.Errorf("NewKeys(%d bytes) returned keys with an error", len(tt.key))
+				}
+				return
+			}
+			if ok, _ := regexp.MatchString(`^[0-9a-f]{16}$`, k.ID()); !ok {
+				t.Errorf("ID() = %q; want 16 lowercase hex characters", k.ID())
+			}
+		})
+	}
+	t.Run("error names non-ASCII", func(t *testing.T) {
+		_, err := NewKeys(strings.Repeat("é", 32))
+		if err == nil || !strings.Contains(err.Error(), "ASCII") {
+			t.Errorf("NewKeys(32 x é) = %v; want an error that mentions ASCII", err)
+		}
+	})
+	t.Run("id stable and per key", func(t *testing.T) {
+		a1, a2, b := mustKeys(t, cryptoTestKey), mustKeys(t, cryptoTestKey), mustKeys(t, cryptoOtherKey)
+		if a1.ID() != a2.ID() {
+			t.Errorf("ID() = %q then %q for the same key; want equal", a1.ID(), a2.ID())
+		}
+		if a1.ID() == b.ID() {
+			t.Errorf("ID() = %q for two different keys; want different", a1.ID())
+		}
+	})
+}
+
+func TestSealOpenRoundTrip(t *testing.T) {
+	k := mustKeys(t, cryptoTestKey)
+	allBytes := make([]byte, 256)
+	for i := range allBytes {
+		allBytes[i] = byte(i)
+	}
+	tests := []struct {
+		name string
+		p    *Payload
+	}{
+		{"zero payload", &Payload{}},
+		{"full", cryptoTestPayload()},
+		{"tombstone", &Payload{Deleted: true, UpdatedAt: time.Unix(1700000000, 1).UTC()}},
+		{"empty maps", &Payload{Type: "Opaque", Data: map[string][]byte{}, Labels: map[string]string{}, Annotations: map[string]string{}}},
+		{"empty and nil values", &Payload{Data: map[string][]byte{"empty": {}, "nil": nil}, Labels: map[string]string{"": ""}}},
+		{"binary value", &Payload{Data: map[string][]byte{"bin": allBytes}}},
+		{"immutable", &Payload{Type: "Opaque", Immutable: true, Data: map[string][]byte{"a": []byte("b")}}},
+		{"unicode and JSON metacharacters", &Payload{
+			Type:        `we"ird\type`,
+			Labels:      map[string]string{"k": "ü 日本 \u2028 </script>"},
+			Annotations: map[string]string{"a\nb": "{\"json\": [1, 2]}", "z": strings.Repeat("x", 100000)},
+		}},
+		{"non-UTC time", &Payload{UpdatedAt: time.Date(2024, 2, 29, 23, 59, 59, 999999999, time.FixedZone("x", -7*3600))}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			ct := mustSeal(t, k, cryptoTestBinding, tt.p)
+			got, err := k.Open(cryptoTestBinding, k.ID(), ct)
+			if err != nil {
+				t.Fatalf("Open(Seal(p)) = %v; want nil", err)
+			}
+			if d := diffPayload(got, tt.p); d != "" {
+				t.Errorf("Open(Seal(p)) differs: %s", d)
+			}
+			if !bytes.Equal(k.Hash("default", "tls", got), k.Hash("default", "tls", tt.p)) {
+				t.Errorf("Hash(Open(Seal(p))) != Hash(p)")
+			}
+		})
+	}
+}
+
+func TestSealDeterministic(t *testing.T) {
+	k := mustKeys(t, cryptoTestKey)
+	seed := bytes.Repeat([]byte{7}, 64)
+	ct1, err1 := k.Seal(bytes.NewReader(seed), cryptoTestBinding, cryptoTestPayload())
+	ct2, err2 := k.Seal(bytes.NewReader(seed), cryptoTestBinding, cryptoTestPayload())
+	if err1 != nil || err2 != nil {
+		t.Fatalf("Seal = %v, %v; want nil", err1, err2)
+	}
+	if !bytes.Equal(ct1, ct2) {
+		t.Errorf("Seal with the same rand = %x and %x; want equal", ct1, ct2)
+	}
+	if !bytes.Equal(ct1[1:1+nonceSize], seed[:nonceSize]) {
+		t.Errorf("nonce = %x; want the first %d bytes of rand %x", ct1[1:1+nonceSize], nonceSize, seed[:nonceSize])
+	}
+}
+
+func TestSealFreshNonce(t *testing.T) {
+	k := mustKeys(t, cryptoTestKey)
+	ct1 := mustSeal(t, k, cryptoTestBinding, cryptoTestPayload())
+	ct2 := mustSeal(t, k, cryptoTestBinding, cryptoTestPayload())
+	if bytes.Equal(ct1[1:1+nonceSize], ct2[1:1+nonceSize]) {
+		t.Errorf("two Seals used nonce %x; want distinct", ct1[1:1+nonceSize])
+	}
+	if bytes.Equal(ct1[1+nonceSize:], ct2[1+nonceSize:]) {
+		t.Errorf("two Seals of the same payload gave the same ciphertext")
+	}
+}
+
+func TestSealErrors(t *testing.T) {
+	k := mustKeys(t, cryptoTestKey)
+	errRand := errors.New("rand broke")
+	big := &Payload{Data: map[string][]byte{"big": make([]byte, 3<<20)}} // base64 → 4 MiB
+	tests := []struct {
+		name string
+		rand io.Reader
+		p    *Payload
+		want error
+	}{
+		{"nil payload", crand.Reader, nil, ErrInvalidPayload},
+		{"invalid UTF-8 type", crand.Reader, &Payload{Type: "a\xffb"}, ErrInvalidPayload},
+		{"invalid UTF-8 data key", crand.Reader, &Payload{Data: map[string][]byte{"\xc3": nil}}, ErrInvalidPayload},
+		{"invalid UTF-8 label key", crand.Reader, &Payload{Labels: map[string]string{"\xc3": "v"}}, ErrInvalidPayload},
+		{"invalid UTF-8 label value", crand.Reader, &Payload{Labels: map[string]string{"k": "\xc3"}}, ErrInvalidPayload},
+		{"invalid UTF-8 annotation key", crand.Reader, &Payload{Annotations: map[string]string{"\xed\xa0\x80": "v"}}, ErrInvalidPayload},
+		{"invalid UTF-8 annotation value", crand.Reader, &Payload{Annotations: map[string]string{"k": "\x80"}}, ErrInvalidPayload},
+		{"too large", crand.Reader, big, ErrTooLarge},
+		{"rand fails", failingReader{errRand}, cryptoTestPayload(), errRand},
+		{"rand short", bytes.NewReader(make([]byte, nonceSize-1)), cryptoTestPayload(), io.ErrUnexpectedEOF},
+		{"rand empty", bytes.NewReader(nil), cryptoTestPayload(), io.EOF},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			ct, err := k.Seal(tt.rand, cryptoTestBinding, tt.p)
+			if !errors.Is(err, tt.want) {
+				t.Errorf("Seal(...) = %v; want %v", err, tt.want)
+			}
+			if ct != nil {
+				t.Errorf("Seal(...) returned %d bytes with an error", len(ct))
+			}
+		})
+	}
+	t.Run("largest accepted", func(t *testing.T) {
+		// JSON `{"data":{"k":"<base64>"},"updatedAt":"0001-01-01T00:00:00Z"}`
+		overhead := len(`{"data":{"k":""},"updatedAt":"0001-01-01T00:00:00Z"}`) + minCiphertextSize
+		n := (MaxCiphertextSize - overhead) / 4 * 3
+		p := &Payload{Data: map[string][]byte{"k": make([]byte, n)}}
+		ct, err := k.Seal(crand.Reader, cryptoTestBinding, p)
+		if err != nil {
+			t.Fatalf("Seal(%d-byte value) = %v; want nil", n, err)
+		}
+		if len(ct) > MaxCiphertextSize {
+			t.Fatalf("Seal produced %d bytes; want at most %d", len(ct), MaxCiphertextSize)
+		}
+		if _, err := k.Open(cryptoTestBinding, k.ID(), ct); err != nil {
+			t.Errorf("Open(largest Seal) = %v; want nil", err)
+		}
+	})
+}
+
+func TestOpenTampered(t *testing.T) {
+	k := mustKeys(t, cryptoTestKey)
+	ct := mustSeal(t, k, cryptoTestBinding, &Payload{Type: "Opaque", Data: map[string][]byte{"k": []byte("v")}})
+	for i := range ct {
+		for bit := range 8 {
+			t.Run(fmt.Sprintf("byte %d bit %d", i, bit), func(t *testing.T) {
+				bad := slices.Clone(ct)
+				bad[i] ^= 1 << bit
+				want := ErrAuth
+				if i == 0 {
+					want = ErrUnsupportedFormat
+				}
+				if _, err := k.Open(cryptoTestBinding, k.ID(), bad); !errors.Is(err, want) {
+					t.Errorf("Open(ct with byte %d bit %d flipped) = %v; want %v", i, bit, err, want)
+				}
+			})
+		}
+	}
+	t.Run("appended byte", func(t *testing.T) {
+		if _, err := k.Open(cryptoTestBinding, k.ID(), append(slices.Clone(ct), 0)); !errors.Is(err, ErrAuth) {
+			t.Errorf("Open(ct || 0) = %v; want %v", err, ErrAuth)
+		}
+	})
+	t.Run("ciphertext from another row", func(t *testing.T) {
+		b2 := cryptoTestBinding
+		b2.Version++
+		other := mustSeal(t, k, b2, &Payload{Deleted: true})
+		// Splice the other row's body behind this row's nonce.
+		spliced := append(slices.Clone(ct[:1+nonceSize]), other[1+nonceSize:]...)
+		if _, err := k.Open(cryptoTestBinding, k.ID(), spliced); !errors.Is(err, ErrAuth) {
+			t.Errorf("Open(spliced) = %v; want %v", err, ErrAuth)
+		}
+	})
+}
+
+func TestOpenWrongKey(t *testing.T) {
+	ours, theirs := mustKeys(t, cryptoTestKey), mustKeys(t, cryptoOtherKey)
+	ct := mustSeal(t, theirs, cryptoTestBinding, cryptoTestPayload())
+	tests := []struct {
+		name  string
+		keyID string
+		want  error
+	}{
+		{"their key id", theirs.ID(), ErrWrongKey},
+		{"forged key id", ours.ID(), ErrAuth},
+		{"empty key id", "", ErrWrongKey},
+		{"upper-case key id", strings.ToUpper(ours.ID()), ErrWrongKey},
+		{"long key id", strings.Repeat("x", 1000), ErrWrongKey},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if _, err := ours.Open(cryptoTestBinding, tt.keyID, ct); !errors.Is(err, tt.want) {
+				t.Errorf("Open(row of another key, %q) = %v; want %v", tt.keyID, err, tt.want)
+			}
+		})
+	}
+	t.Run("key id checked first", func(t *testing.T) {
+		for _, ct := range [][]byte{nil, {9}, make([]byte, MaxCiphertextSize+1)} {
+			if _, err := ours.Open(cryptoTestBinding, theirs.ID(), ct); !errors.Is(err, ErrWrongKey) {
+				t.Errorf("Open(%d bytes, their key id) = %v; want %v", len(ct), err, ErrWrongKey)
+			}
+		}
+	})
+}
+
+func TestOpenWrongBinding(t *testing.T) {
+	k := mustKeys(t, cryptoTestKey)
+	b := Binding{Namespace: "ab", Name: "c", Version: 7, SourceCluster: "east"}
+	ct := mustSeal(t, k, b, cryptoTestPayload())
+	tests := []struct {
+		name string
+		edit func(*Binding)
+	}{
+		{"namespace", func(b *Binding) { b.Namespace = "other" }},
+		{"name", func(b *Binding) { b.Name = "other" }},
+		{"version rolled back", func(b *Binding) { b.Version-- }},
+		{"version replayed forward", func(b *Binding) { b.Version++ }},
+		{"version negated", func(b *Binding) { b.Version = -b.Version }},
+		{"source cluster", func(b *Binding) { b.SourceCluster = "west" }},
+		{"source cluster empty", func(b *Binding) { b.SourceCluster = "" }},
+		{"namespace/name boundary", func(b *Binding) { b.Namespace, b.Name = "a", "bc" }},
+		{"name/cluster boundary", func(b *Binding) { b.Name, b.SourceCluster = "ce", "ast" }},
+		{"namespace and name swapped", func(b *Binding) { b.Namespace, b.Name = b.Name, b.Namespace }},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			wrong := b
+			tt.edit(&wrong)
+			if _, err := k.Open(wrong, k.ID(), ct); !errors.Is(err, ErrAuth) {
+				t.Errorf("Open(%+v) of a row sealed for %+v = %v; want %v", wrong, b, err, ErrAuth)
+			}
+		})
+	}
+	if _, err := k.Open(b, k.ID(), ct); err != nil {
+		t.Errorf("Open(%+v) = %v; want nil", b, err)
+	}
+}
+
+func TestOpenMalformed(t *testing.T) {
+	k := mustKeys(t, cryptoTestKey)
+	ct := mustSeal(t, k, cryptoTestBinding, &Payload{})
+	for n := range minCiphertextSize {
+		t.Run(fmt.Sprintf("truncated to %d", n), func(t *testing.T) {
+			if _, err := k.Open(cryptoTestBinding, k.ID(), ct[:n]); !errors.Is(err, ErrTruncated) {
+				t.Errorf("Open(%d bytes) = %v; want %v", n, err, ErrTruncated)
+			}
+		})
+	}
+	t.Run("truncated nil", func(t *testing.T) {
+		if _, err := k.Open(cryptoTestBinding, k.ID(), nil); !errors.Is(err, ErrTruncated) {
+			t.Errorf("Open(nil) = %v; want %v", err, ErrTruncated)
+		}
+	})
+	t.Run("bare minimum", func(t *testing.T) {
+		// Well-formed length but not a valid tag.
+		if _, err := k.Open(cryptoTestBinding, k.ID(), ct[:minCiphertextSize]); !errors.Is(err, ErrAuth) {
+			t.Errorf("Open(%d bytes) = %v; want %v", minCiphertextSize, err, ErrAuth)
+		}
+	})
+	for _, f := range []byte{0, 2, 0x7b /* '{' */, 0xff} {
+		t.Run(fmt.Sprintf("format %d", f), func(t *testing.T) {
+			bad := slices.Clone(ct)
+			bad[0] = f
+			if _, err := k.Open(cryptoTestBinding, k.ID(), bad); !errors.Is(err, ErrUnsupportedFormat) {
+				t.Errorf("Open(format %d) = %v; want %v", f, err, ErrUnsupportedFormat)
+			}
+			if _, err := k.Open(cryptoTestBinding, k.ID(), bad[:1]); !errors.Is(err, ErrUnsupportedFormat) {
+				t.Errorf("Open(format %d, 1 byte) = %v; want %v", f, err, ErrUnsupportedFormat)
+			}
+		})
+	}
+	t.Run("too large", func(t *testing.T) {
+		big := make([]byte, MaxCiphertextSize+1)
+		big[0] = formatV1
+		if _, err := k.Open(cryptoTestBinding, k.ID(), big); !errors.Is(err, ErrTooLarge) {
+			t.Errorf("Open(%d bytes) = %v; want %v", len(big), err, ErrTooLarge)
+		}
+		big[0] = 0xff // size is checked before format
+		if _, err := k.Open(cryptoTestBinding, k.ID(), big); !errors.Is(err, ErrTooLarge) {
+			t.Errorf("Open(%d bytes, format 0xff) = %v; want %v", len(big), err, ErrTooLarge)
+		}
+	})
+	t.Run("authenticated but not JSON", func(t *testing.T) {
+		bad := refSeal(t, cryptoTestKey, cryptoTestBinding, []byte("not json"))
+		_, err := k.Open(cryptoTestBinding, k.ID(), bad)
+		if err == nil || errors.Is(err, ErrAuth) {
+			t.Errorf("Open(sealed non-JSON) = %v; want a decode error", err)
+		}
+	})
+}
+
+// refAssociatedData re-implements the documented associated data layout
+// independently of crypto.go, so an accidental change to the wire format
+// fails here.
+func refAssociatedData(b Binding, keyID string) []byte {
+	var buf bytes.Buffer
+	lp := func(s string) {
+		binary.Write(&buf, binary.BigEndian, uint64(len(s)))
+		buf.WriteString(s)
+	}
+	lp("kube-secret-sync row v1")
+	buf.WriteByte(1)
+	lp(b.Namespace)
+	lp(b.Name)
+	lp(keyID)
+	binary.Write(&buf, binary.BigEndian, b.Version)
+	lp(b.SourceCluster)
+	return buf.Bytes()
+}
+
+func refSubkey(tb testing.TB, key, info string, n int) []byte {
+	tb.Helper()
+	sub, err := hkdf.Key(sha256.New, []byte(key), nil, info, n)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return sub
+}
+
+func refAEAD(tb testing.TB, key string) cipher.AEAD {
+	tb.Helper()
+	block, err := aes.NewCipher(refSubkey(tb, key, "kube-secret-sync v1 aes-256-gcm", 32))
+	if err != nil {
+		tb.Fatal(err)
+	}
+	aead, err := cipher.NewGCM(block)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return aead
+}
+
+// refSeal seals arbitrary plaintext following the documented format.
+func refSeal(tb testing.TB, key string, b Binding, plaintext []byte) []byte {
+	tb.Helper()
+	keyID := hex.EncodeToString(refSubkey(tb, key, "kube-secret-sync v1 key-id", 8))
+	nonce := make([]byte, 12) // fixed: tests only, and the fuzz seeds must be deterministic
+	out := append([]byte{1}, nonce...)
+	return refAEAD(tb, key).Seal(out, nonce, plaintext, refAssociatedData(b, keyID))
+}
+
+// refHash re-implements the documented Hash encoding.
+func refHash(tb testing.TB, key, namespace, name string, p *Payload) []byte {
+	tb.Helper()
+	var buf bytes.Buffer
+	u64 := func(v int) { binary.Write(&buf, binary.BigEndian, uint64(v)) }
+	lp := func(s string) { u64(len(s)); buf.WriteString(s) }
+	flag := func(v bool) {
+		if v {
+			buf.WriteByte(1)
+		} else {
+			buf.WriteByte(0)
+		}
+	}
+	lp("kube-secret-sync hash v1")
+	lp(namespace)
+	lp(name)
+	flag(p.Deleted)
+	lp(p.Type)
+	flag(p.Immutable)
+	u64(len(p.Data))
+	for _, k := range slices.Sorted(maps.Keys(p.Data)) {
+		lp(k)
+		lp(string(p.Data[k]))
+	}
+	for _, m := range []map[string]string{p.Labels, p.Annotations} {
+		u64(len(m))
+		for _, k := range slices.Sorted(maps.Keys(m)) {
+			lp(k)
+			lp(m[k])
+		}
+	}
+	mac := hmac.New(sha256.New, refSubkey(tb, key, "kube-secret-sync v1 hmac-sha256", 32))
+	mac.Write(buf.Bytes())
+	return mac.Sum(nil)
+}
+
+func TestWireFormat(t *testing.T) {
+	k := mustKeys(t, cryptoTestKey)
+	p := cryptoTestPayload()
+
+	t.Run("key id", func(t *testing.T) {
+		want := hex.EncodeToString(refSubkey(t, cryptoTestKey, "kube-secret-sync v1 key-id", 8))
+		if k.ID() != want {
+			t.Errorf("ID() = %q; want %q", k.ID(), want)
+		}
+	})
+	t.Run("reference open", func(t *testing.T) {
+		ct := mustSeal(t, k, cryptoTestBinding, p)
+		if ct[0] != 1 {
+			t.Fatalf("format byte = %d; want 1", ct[0])
+		}
+		pt, err := refAEAD(t, cryptoTestKey).Open(nil, ct[1:13], ct[13:], refAssociatedData(cryptoTestBinding, k.ID()))
+		if err != nil {
+			t.Fatalf("reference Open = %v; want nil", err)
+		}
+		const want = `{"type":"kubernetes.io/tls","data":{"tls.crt":"LS0tLS1CRUdJTiBDRVJUSUZJQ0FURS0tLS0tCk1JSUIKLS0tLS1FTkQgQ0VSVElGSUNBVEUtLS0tLQo=","tls.key":"AP+Afw=="},"labels":{"kube-secret-sync":"true"},"annotations":{"cert-manager.io/common-name":"example.com"},"updatedAt":"2025-03-04T05:06:07.123456789Z"}`
+		if string(pt) != want {
+			t.Errorf("plaintext = %s; want %s", pt, want)
+		}
+	})
+	t.Run("reference seal", func(t *testing.T) {
+		ct := refSeal(t, cryptoTestKey, cryptoTestBinding, []byte(`{"deleted":true,"type":"Opaque","updatedAt":"2025-01-01T00:00:00Z"}`))
+		got, err := k.Open(cryptoTestBinding, k.ID(), ct)
+		if err != nil {
+			t.Fatalf("Open(reference ciphertext) = %v; want nil", err)
+		}
+		want := &Payload{Deleted: true, Type: "Opaque", UpdatedAt: time.Date(2025, 1, 1, 0, 0, 0, 0, time.UTC)}
+		if d := diffPayload(got, want); d != "" {
+			t.Errorf("Open(reference ciphertext) differs: %s", d)
+		}
+	})
+	t.Run("reference hash", func(t *testing.T) {
+		for _, p := range []*Payload{{}, p, {Deleted: true, Immutable: true, Data: map[string][]byte{"big": bytes.Repeat([]byte("x"), 5000)}, Annotations: map[string]string{"big": strings.Repeat("y", 3000), "z": "1"}}} {
+			if got, want := k.Hash("ns", "n", p), refHash(t, cryptoTestKey, "ns", "n", p); !bytes.Equal(got, want) {
+				t.Errorf("Hash = %x; want %x", got, want)
+			}
+		}
+	})
+	// Golden values pin the format across releases: a leader and a follower
+	// built from different commits must agree.
+	t.Run("golden", func(t *testing.T) {
+		const (
+			wantID   = "ae015472db0866b5"
+			wantCT   = "010000000000000000000000009ee5cab1259f079e3ebec1027dc5b507b28d9ca011baff48d2e692891a3e580285a762c91538879b1b29267f1db06f9fc4c8f969aad57c081953d23124263f9d35ceed3bd5b8ec15421e0cb612dc201549506e2d5dbc702b"
+			wantHash = "bbd1f51b622db7ec280cc78c67abcde597b665a7af89c11eab96bc2b604756a8"
+		)
+		small := &Payload{Type: "Opaque", Data: map[string][]byte{"k": []byte("v")}, UpdatedAt: time.Unix(0, 0).UTC()}
+		ct, err := k.Seal(zeroReader{}, cryptoTestBinding, small)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if k.ID() != wantID {
+			t.Errorf("ID() = %s; want %s", k.ID(), wantID)
+		}
+		if got := hex.EncodeToString(ct); got != wantCT {
+			t.Errorf("Seal(zero nonce) = %s; want %s", got, wantCT)
+		}
+		if got := hex.EncodeToString(k.Hash("default", "tls", small)); got != wantHash {
+			t.Errorf("Hash = %s; want %s", got, wantHash)
+		}
+	})
+}
+
+func TestHash(t *testing.T) {
+	k := mustKeys(t, cryptoTestKey)
+	base := func() *Payload {
+		return &Payload{
+			Type:        "kubernetes.io/tls",
+			Data:        map[string][]byte{"tls.crt": []byte("crt"), "tls.key": []byte("key"), "ab": []byte("c")},
+			Labels:      map[string]string{"app": "web", "tier": "front"},
+			Annotations: map[string]string{"note": "x"},
+			UpdatedAt:   time.Date(2025, 1, 1, 0, 0, 0, 0, time.UTC),
+		}
+	}
+	want := k.Hash("ns", "n", base())
+	if len(want) != sha256.Size {
+		t.Fatalf("len(Hash) = %d; want %d", len(want), sha256.Size)
+	}
+
+	t.Run("same", func(t *testing.T) {
+		tests := []struct {
+			name string
+			edit func(*Payload)
+		}{
+			{"unchanged", func(*Payload) {}},
+			{"UpdatedAt", func(p *Payload) { p.UpdatedAt = time.Now() }},
+			{"insertion order", func(p *Payload) {
+				p.Data = map[string][]byte{}
+				p.Data["tls.key"], p.Data["ab"], p.Data["tls.crt"] = []byte("key"), []byte("c"), []byte("crt")
+				p.Labels = map[string]string{}
+				p.Labels["tier"], p.Labels["app"] = "front", "web"
+			}},
+		}
+		for _, tt := range tests {
+			t.Run(tt.name, func(t *testing.T) {
+				p := base()
+				tt.edit(p)
+				if got := k.Hash("ns", "n", p); !bytes.Equal(got, want) {
+					t.Errorf("Hash after %s = %x; want %x", tt.name, got, want)
+				}
+			})
+		}
+		t.Run("nil and empty maps", func(t *testing.T) {
+			a := &Payload{Type: "Opaque"}
+			b := &Payload{Type: "Opaque", Data: map[string][]byte{}, Labels: map[string]string{}, Annotations: map[string]string{}}
+			if ha, hb := k.Hash("ns", "n", a), k.Hash("ns", "n", b); !bytes.Equal(ha, hb) {
+				t.Errorf("Hash(nil maps) = %x, Hash(empty maps) = %x; want equal", ha, hb)
+			}
+			c := &Payload{Data: map[string][]byte{"k": nil}}
+			d := &Payload{Data: map[string][]byte{"k": {}}}
+			if hc, hd := k.Hash("ns", "n", c), k.Hash("ns", "n", d); !bytes.Equal(hc, hd) {
+				t.Errorf("Hash(nil value) = %x, Hash(empty value) = %x; want equal", hc, hd)
+			}
+			if hn, he := k.Hash("ns", "n", nil), k.Hash("ns", "n", &Payload{}); !bytes.Equal(hn, he) {
+				t.Errorf("Hash(nil) = %x, Hash(&Payload{}) = %x; want equal", hn, he)
+			}
+		})
+	})
+
+	t.Run("differs", func(t *testing.T) {
+		tests := []struct {
+			name      string
+			namespace string
+			objName   string
+			edit      func(*Payload)
+		}{
+			{"namespace", "ns2", "n", func(*Payload) {}},
+			{"name", "ns", "n2", func(*Payload) {}},
+			{"namespace/name boundary", "nsn", "", func(*Payload) {}},
+			{"deleted", "ns", "n", func(p *Payload) { p.Deleted = true }},
+			{"type", "ns", "n", func(p *Payload) { p.Type = "Opaque" }},
+			{"immutable", "ns", "n", func(p *Payload) { p.Immutable = true }},
+			{"data key renamed", "ns", "n", func(p *Payload) { p.Data["tls.crt2"] = p.Data["tls.crt"]; delete(p.Data, "tls.crt") }},
+			{"data key added", "ns", "n", func(p *Payload) { p.Data["ca.crt"] = nil }},
+			{"data key removed", "ns", "n", func(p *Payload) { delete(p.Data, "tls.key") }},
+			{"data value", "ns", "n", func(p *Payload) { p.Data["tls.key"] = []byte("kez") }},
+			{"data key/value boundary", "ns", "n", func(p *Payload) { delete(p.Data, "ab"); p.Data["a"] = []byte("bc") }},
+			{"label value", "ns", "n", func(p *Payload) { p.Labels["app"] = "api" }},
+			{"label key", "ns", "n", func(p *Payload) { p.Labels["app2"] = p.Labels["app"]; delete(p.Labels, "app") }},
+			{"annotation value", "ns", "n", func(p *Payload) { p.Annotations["note"] = "y" }},
+			{"annotation added", "ns", "n", func(p *Payload) { p.Annotations["x"] = "" }},
+			{"label moved to annotations", "ns", "n", func(p *Payload) { p.Annotations["tier"] = "front"; delete(p.Labels, "tier") }},
+			{"annotation moved to labels", "ns", "n", func(p *Payload) { p.Labels["note"] = "x"; delete(p.Annotations, "note") }},
+			{"data moved to labels", "ns", "n", func(p *Payload) { p.Labels["ab"] = "c"; delete(p.Data, "ab") }},
+			{"type moved into data", "ns", "n", func(p *Payload) { p.Type = ""; p.Data[""] = []byte("kubernetes.io/tls") }},
+		}
+		seen := map[string]string{hex.EncodeToString(want): "base"}
+		for _, tt := range tests {
+			t.Run(tt.name, func(t *testing.T) {
+				p := base()
+				tt.edit(p)
+				got := hex.EncodeToString(k.Hash(tt.namespace, tt.objName, p))
+				if prev, ok := seen[got]; ok {
+					t.Errorf("Hash after %s = %s; same as %s", tt.name, got, prev)
+				}
+				seen[got] = tt.name
+			})
+		}
+	})
+
+	t.Run("per key", func(t *testing.T) {
+		if other := mustKeys(t, cryptoOtherKey).Hash("ns", "n", base()); bytes.Equal(other, want) {
+			t.Errorf("Hash under two keys = %x; want different", want)
+		}
+	})
+
+	t.Run("does not mutate", func(t *testing.T) {
+		p := base()
+		k.Hash("ns", "n", p)
+		if d := diffPayload(p, base()); d != "" {
+			t.Errorf("Hash changed its payload: %s", d)
+		}
+	})
+}
+
+func raceDetectorOn() bool {
+	bi, ok := debug.ReadBuildInfo()
+	if !ok {
+		return false
+	}
+	for _, s := range bi.Settings {
+		if s.Key == "-race" {
+			return s.Value == "true"
+		}
+	}
+	return false
+}
+
+func TestHashAllocs(t *testing.T) {
+	if raceDetectorOn() {
+		t.Skip("sync.Pool drops items at random under the race detector")
+	}
+	k := mustKeys(t, cryptoTestKey)
+	p := tlsPayload()
+	k.Hash("ns", "n", p) // warm the pool
+	// The only allocation is the returned sum.
+	if n := testing.AllocsPerRun(100, func() { k.Hash("ns", "n", p) }); n > 1 {
+		t.Errorf("Hash allocates %v times per call; want at most 1", n)
+	}
+}
+
+// TestKeysConcurrent is meant for -race: one Keys shared by many goroutines.
+func TestKeysConcurrent(t *testing.T) {
+	k := mustKeys(t, cryptoTestKey)
+	p := tlsPayload()
+	wantHash := k.Hash("ns", "n", p)
+	var wg sync.WaitGroup
+	for g := range 8 {
+		wg.Go(func() {
+			b := cryptoTestBinding
+			b.Version = int64(g)
+			for range 50 {
+				ct, err := k.Seal(crand.Reader, b, p)
+				if err != nil {
+					t.Errorf("Seal = %v", err)
+					return
+				}
+				if _, err := k.Open(b, k.ID(), ct); err != nil {
+					t.Errorf("Open = %v", err)
+					return
+				}
+				if h := k.Hash("ns", "n", p); !bytes.Equal(h, wantHash) {
+					t.Errorf("Hash = %x; want %x", h, wantHash)
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+}
+
+// FuzzOpen: arbitrary rows must never panic and fail only with known errors.
+func FuzzOpen(f *testing.F) {
+	k := mustKeys(f, cryptoTestKey)
+	// Deterministic, so that every fuzz worker agrees with the seed corpus.
+	valid, err := k.Seal(zeroReader{}, cryptoTestBinding, cryptoTestPayload())
+	if err != nil {
+		f.Fatal(err)
+	}
+	f.Add(cryptoTestBinding.Namespace, cryptoTestBinding.Name, cryptoTestBinding.Version, cryptoTestBinding.SourceCluster, k.ID(), valid)
+	f.Add("", "", int64(0), "", k.ID(), []byte{})
+	f.Add("", "", int64(0), "", k.ID(), []byte{1})
+	f.Add("a", "b", int64(-1), "c", "", []byte{2, 0, 0})
+	f.Add("a", "b", int64(1), "c", k.ID(), make([]byte, minCiphertextSize))
+	f.Add("default", "tls", int64(42), "leader-eu", k.ID(), refSeal(f, cryptoTestKey, cryptoTestBinding, []byte(`{"data":{"k":"!!"}}`)))
+	f.Fuzz(func(t *testing.T, ns, name string, version int64, cluster, keyID string, ct []byte) {
+		b := Binding{Namespace: ns, Name: name, Version: version, SourceCluster: cluster}
+		p, err := k.Open(b, keyID, ct)
+		switch {
+		case err == nil:
+			if p == nil {
+				t.Fatalf("Open = nil, nil")
+			}
+			// Only the seeded valid row can authenticate.
+			if b != cryptoTestBinding || !bytes.Equal(ct, valid) {
+				t.Fatalf("Open(%+v, %x) authenticated a row that was never sealed", b, ct)
+			}
+		case errors.Is(err, ErrWrongKey), errors.Is(err, ErrTooLarge), errors.Is(err, ErrUnsupportedFormat),
+			errors.Is(err, ErrTruncated), errors.Is(err, ErrAuth):
+			if p != nil {
+				t.Fatalf("Open = %+v, %v; want nil payload with an error", p, err)
+			}
+		case strings.HasPrefix(err.Error(), "decode payload: "):
+			// Only reachable with an authenticated row, i.e. the seed above.
+		default:
+			t.Fatalf("Open(%x) = %v; want a known error", ct, err)
+		}
+	})
+}
+
+// FuzzSealOpen: any payload Seal accepts comes back unchanged, with the same
+// Hash; Seal refuses only what JSON cannot carry faithfully.
+func FuzzSealOpen(f *testing.F) {
+	k := mustKeys(f, cryptoTestKey)
+	f.Add("default", "tls", int64(42), "leader", false, "kubernetes.io/tls", false, "tls.crt", []byte("pem"), "app", "web", "note", "x", int64(1700000000123456789))
+	f.Add("", "", int64(-1), "", true, "", true, "", []byte{}, "", "", "", "", int64(0))
+	f.Add("a\xff", "b", int64(1<<62), "c", false, "\xc3", false, "k\x00", []byte{0, 255}, "\u2028", "</script>", "a\nb", `"\`, int64(-1))
+	f.Fuzz(func(t *testing.T, ns, name string, version int64, cluster string, deleted bool, typ string, immutable bool,
+		dataKey string, dataVal []byte, labelKey, labelVal, annKey, annVal string, nanos int64) {
+		b := Binding{Namespace: ns, Name: name, Version: version, SourceCluster: cluster}
+		p := &Payload{
+			Deleted:     deleted,
+			Type:        typ,
+			Data:        map[string][]byte{dataKey: dataVal},
+			Immutable:   immutable,
+			Labels:      map[string]string{labelKey: labelVal},
+			Annotations: map[string]string{annKey: annVal},
+			UpdatedAt:   time.Unix(0, nanos).UTC(),
+		}
+		ct, err := k.Seal(crand.Reader, b, p)
+		if err != nil {
+			if !errors.Is(err, ErrInvalidPayload) {
+				t.Fatalf("Seal = %v; want nil or %v", err, ErrInvalidPayload)
+			}
+			if allValidUTF8(typ, dataKey, labelKey, labelVal, annKey, annVal) {
+				t.Fatalf("Seal refused valid UTF-8: %v", err)
+			}
+			return
+		}
+		got, err := k.Open(b, k.ID(), ct)
+		if err != nil {
+			t.Fatalf("Open(Seal(p)) = %v", err)
+		}
+		if d := diffPayload(got, p); d != "" {
+			t.Fatalf("Open(Seal(p)) differs: %s", d)
+		}
+		if !bytes.Equal(k.Hash(ns, name, got), k.Hash(ns, name, p)) {
+			t.Fatalf("Hash(Open(Seal(p))) != Hash(p)")
+		}
+	})
+}
+
+func allValidUTF8(ss ...string) bool {
+	for _, s := range ss {
+		if !utf8.ValidString(s) {
+			return false
+		}
+	}
+	return true
+}
+
+// tlsPayload is a cert-manager-style TLS Secret of 4 KiB of data.
+func tlsPayload() *Payload {
+	rng := mrand.New(mrand.NewPCG(1, 2))
+	pem := func(kind string, n int) []byte {
+		raw := make([]byte, n)
+		for i := range raw {
+			raw[i] = byte(rng.Uint32())
+		}
+		b64 := base64.StdEncoding.EncodeToString(raw)
+		var sb strings.Builder
+		sb.WriteString("-----BEGIN " + kind + "-----\n")
+		for len(b64) > 64 {
+			sb.WriteString(b64[:64] + "\n")
+			b64 = b64[64:]
+		}
+		sb.WriteString(b64 + "\n-----END " + kind + "-----\n")
+		return []byte(sb.String())
+	}
+	return &Payload{
+		Type: "kubernetes.io/tls",
+		Data: map[string][]byte{
+			"tls.crt": pem("CERTIFICATE", 1850),
+			"tls.key": pem("PRIVATE KEY", 1140),
+		},
+		Labels: map[string]string{
+			"kube-secret-sync":               "true",
+			"controller.cert-manager.io/fao": "true",
+		},
+		Annotations: map[string]string{
+			"cert-manager.io/alt-names":        "example.com,www.example.com",
+			"cert-manager.io/certificate-name": "example-com",
+			"cert-manager.io/common-name":      "example.com",
+			"cert-manager.io/ip-sans":          "",
+			"cert-manager.io/issuer-group":     "cert-manager.io",
+			"cert-manager.io/issuer-kind":      "ClusterIssuer",
+			"cert-manager.io/issuer-name":      "letsencrypt-prod",
+			"cert-manager.io/uri-sans":         "",
+		},
+		UpdatedAt: time.Date(2025, 6, 1, 12, 0, 0, 0, time.UTC),
+	}
+}
+
+func payloadDataSize(p *Payload) int64 {
+	var n int
+	for _, v := range p.Data {
+		n += len(v)
+	}
+	return int64(n)
+}
+
+func BenchmarkSeal(b *testing.B) {
+	k := mustKeys(b, cryptoTestKey)
+	p := tlsPayload()
+	b.ReportAllocs()
+	b.SetBytes(payloadDataSize(p))
+	for b.Loop() {
+		if _, err := k.Seal(crand.Reader, cryptoTestBinding, p); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+func BenchmarkOpen(b *testing.B) {
+	k := mustKeys(b, cryptoTestKey)
+	p := tlsPayload()
+	ct := mustSeal(b, k, cryptoTestBinding, p)
+	b.ReportAllocs()
+	b.SetBytes(payloadDataSize(p))
+	for b.Loop() {
+		if _, err := k.Open(cryptoTestBinding, k.ID(), ct); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+func BenchmarkHash(b *testing.B) {
+	k := mustKeys(b, cryptoTestKey)
+	p := tlsPayload()
+	b.ReportAllocs()
+	b.SetBytes(payloadDataSize(p))
+	for b.Loop() {
+		k.Hash("default", "tls", p)
+	}
+}

@@ -1,0 +1,384 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"math/rand/v2"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/kube-secret-sync/kube-secret-sync/migrations"
+)
+
+// Store is the shared database: one row per synced Secret plus the version
+// counter. All SQL here is common to PostgreSQL and CockroachDB (SPEC §4).
+type Store struct {
+	pool *pgxpool.Pool
+	// maxRetries bounds whole-transaction retries on serialization
+	// failures and deadlocks.
+	maxRetries int
+}
+
+// ObjectKey names a Secret.
+type ObjectKey struct{ Namespace, Name string }
+
+func (k ObjectKey) String() string { return k.Namespace + "/" + k.Name }
+
+// Row is one stored Secret as read by a follower.
+type Row struct {
+	ObjectKey
+	Ciphertext    []byte
+	KeyID         string
+	Hash          []byte
+	Tombstone     bool
+	Version       int64
+	SourceCluster string
+	UpdatedAt     time.Time
+}
+
+// Binding is what the row's ciphertext must be bound to.
+func (r *Row) Binding() Binding {
+	return Binding{Namespace: r.Namespace, Name: r.Name, Version: r.Version, SourceCluster: r.SourceCluster}
+}
+
+// RowState is what the leader needs to know of a stored row to decide
+// whether a Secret changed: no ciphertext is read.
+type RowState struct {
+	Hash          []byte
+	Tombstone     bool
+	SourceCluster string
+}
+
+// Change is one row the leader writes: a Secret's new content or its
+// tombstone.
+type Change struct {
+	ObjectKey
+	Hash    []byte
+	Payload *Payload
+}
+
+// SealFunc encrypts a change once its transaction's version is known.
+type SealFunc func(version int64, c *Change) ([]byte, error)
+
+// Cursor is a follower's position in the (version, namespace, name) order.
+type Cursor struct {
+	Version   int64
+	Namespace string
+	Name      string
+}
+
+// Before reports whether c comes before r in pull order.
+func (c Cursor) Before(r *Row) bool {
+	if r.Version != c.Version {
+		return r.Version > c.Version
+	}
+	if r.Namespace != c.Namespace {
+		return r.Namespace > c.Namespace
+	}
+	return r.Name > c.Name
+}
+
+// writeChunk bounds the rows of one upsert statement (and transaction):
+// large enough for ~20k rows/s on PostgreSQL, small enough to keep a
+// CockroachDB transaction well under its size limits.
+const writeChunk = 500
+
+// OpenStore connects to dsn and checks the connection.
+func OpenStore(ctx context.Context, dsn string) (*Store, error) {
+	cfg, err := pgxpool.ParseConfig(dsn)
+	if err != nil {
+		return nil, errors.New("parse DSN: invalid connection string")
+	}
+	cfg.MaxConns = 4
+	cfg.ConnConfig.RuntimeParams["application_name"] = "kube-secret-sync"
+	pool, err := pgxpool.NewWithConfig(ctx, cfg)
+	if err != nil {
+		return nil, fmt.Errorf("connect: %w", err)
+	}
+	return &Store{pool: pool, maxRetries: 10}, nil
+}
+
+// Close closes the pool.
+func (s *Store) Close() { s.pool.Close() }
+
+// Ping checks that the database answers.
+func (s *Store) Ping(ctx context.Context) error { return s.pool.Ping(ctx) }
+
+// retryable reports whether a transaction failed only because it lost a
+// race with another one (SQLSTATE 40001 serialization failure, 40P01
+// deadlock) and should be run again from the start.
+func retryable(err error) bool {
+	var pgErr *pgconn.PgError
+	return errors.As(err, &pgErr) && (pgErr.Code == "40001" || pgErr.Code == "40P01")
+}
+
+// inTx runs fn in a SERIALIZABLE transaction and retries the whole
+// transaction on serialization failures. It deliberately does not use
+// savepoint-based retries (cockroach-go's ExecuteTx): on PostgreSQL their
+// commit is a RELEASE SAVEPOINT that can report success for a rolled-back
+// write.
+func (s *Store) inTx(ctx context.Context, fn func(pgx.Tx) error) error {
+	backoff := 10 * time.Millisecond
+	for attempt := 0; ; attempt++ {
+		err := pgx.BeginTxFunc(ctx, s.pool, pgx.TxOptions{IsoLevel: pgx.Serializable}, fn)
+		if err == nil || !retryable(err) || attempt >= s.maxRetries {
+			return err
+		}
+		// Full jitter keeps competing writers from retrying in lock step.
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(rand.N(backoff) + time.Millisecond):
+		}
+		backoff = min(2*backoff, time.Second)
+	}
+}
+
+const upsertSQL = `
+INSERT INTO kss_secrets (namespace, name, ciphertext, key_id, hash, tombstone, version, source_cluster, created_at, updated_at)
+SELECT u.namespace, u.name, u.ciphertext, $4, u.hash, u.tombstone, $6, $7, now(), now()
+FROM unnest($1::TEXT[], $2::TEXT[], $3::BYTEA[], $5::BYTEA[], $8::BOOL[]) AS u (namespace, name, ciphertext, hash, tombstone)
+ON CONFLICT (namespace, name) DO UPDATE SET
+    ciphertext = excluded.ciphertext,
+    key_id = excluded.key_id,
+    hash = excluded.hash,
+    tombstone = excluded.tombstone,
+    version = excluded.version,
+    source_cluster = excluded.source_cluster,
+    updated_at = excluded.updated_at
+WHERE kss_secrets.hash <> excluded.hash OR kss_secrets.tombstone <> excluded.tombstone OR kss_secrets.key_id <> excluded.key_id`
+
+// Write stores changes, writeChunk rows per transaction. Each transaction
+// first bumps the version counter and then seals its rows under that
+// version, so the version bound into a ciphertext is the one its row
+// carries. A row whose stored hash already equals the change's is left as
+// it is (a second leader, or a retry after a lost acknowledgement).
+// It returns the last version written.
+func (s *Store) Write(ctx context.Context, cluster, keyID string, changes []Change, seal SealFunc) (int64, error) {
+	var last int64
+	for chunk := range slices.Chunk(changes, writeChunk) {
+		n := len(chunk)
+		namespaces, names := make([]string, n), make([]string, n)
+		ciphertexts, hashes := make([][]byte, n), make([][]byte, n)
+		tombstones := make([]bool, n)
+		for i := range chunk {
+			namespaces[i], names[i] = chunk[i].Namespace, chunk[i].Name
+			hashes[i], tombstones[i] = chunk[i].Hash, chunk[i].Payload.Deleted
+		}
+		err := s.inTx(ctx, func(tx pgx.Tx) error {
+			var version int64
+			err := tx.QueryRow(ctx, `UPDATE kss_version SET version = version + 1 WHERE id = 1 RETURNING version`).Scan(&version)
+			if err != nil {
+				return fmt.Errorf("bump version: %w", err)
+			}
+			for i := range chunk {
+				if ciphertexts[i], err = seal(version, &chunk[i]); err != nil {
+					return fmt.Errorf("seal %s: %w", chunk[i].ObjectKey, err)
+				}
+			}
+			if _, err := tx.Exec(ctx, upsertSQL, namespaces, names, ciphertexts, keyID, hashes, version, cluster, tombstones); err != nil {
+				return fmt.Errorf("upsert: %w", err)
+			}
+			last = version
+			return nil
+		})
+		if err != nil {
+			return last, err
+		}
+	}
+	return last, nil
+}
+
+// States returns the hash, tombstone flag and source of every row.
+func (s *Store) States(ctx context.Context) (map[ObjectKey]RowState, error) {
+	rows, err := s.pool.Query(ctx, `SELECT namespace, name, hash, tombstone, source_cluster FROM kss_secrets`)
+	if err != nil {
+		return nil, fmt.Errorf("read row states: %w", err)
+	}
+	states := make(map[ObjectKey]RowState)
+	var k ObjectKey
+	var st RowState
+	_, err = pgx.ForEachRow(rows, []any{&k.Namespace, &k.Name, &st.Hash, &st.Tombstone, &st.SourceCluster}, func() error {
+		states[k] = st
+		st.Hash = nil // Scan into a fresh slice next time.
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("read row states: %w", err)
+	}
+	return states, nil
+}
+
+// Pull returns up to limit rows after cursor in (version, namespace, name)
+// order. Paging by this key never misses a row: a row rewritten while a
+// follower pages moves to a higher version and is met again later.
+func (s *Store) Pull(ctx context.Context, after Cursor, limit int) ([]Row, error) {
+	rows, err := s.pool.Query(ctx, `
+SELECT namespace, name, ciphertext, key_id, hash, tombstone, version, source_cluster, updated_at
+FROM kss_secrets
+WHERE (version, namespace, name) > ($1, $2, $3)
+ORDER BY version, namespace, name
+LIMIT $4`, after.Version, after.Namespace, after.Name, limit)
+	if err != nil {
+		return nil, fmt.Errorf("pull: %w", err)
+	}
+	out, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (Row, error) {
+		var r Row
+		err := row.Scan(&r.Namespace, &r.Name, &r.Ciphertext, &r.KeyID, &r.Hash, &r.Tombstone, &r.Version, &r.SourceCluster, &r.UpdatedAt)
+		return r, err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("pull: %w", err)
+	}
+	return out, nil
+}
+
+// MaxVersion returns the counter: the version of the last committed write.
+func (s *Store) MaxVersion(ctx context.Context) (int64, error) {
+	var v int64
+	err := s.pool.QueryRow(ctx, `SELECT version FROM kss_version WHERE id = 1`).Scan(&v)
+	return v, err
+}
+
+// Migrate applies the embedded migrations that are not yet recorded. Many
+// replicas may start at once: they serialise on a lock row with an expiry
+// (portable, unlike advisory locks), and a replica that finds nothing
+// pending takes no lock at all, so a follower with a read-only database
+// user starts once the leader has migrated.
+func (s *Store) Migrate(ctx context.Context, holder string) error {
+	files, err := fs.Glob(migrations.FS, "*.sql")
+	if err != nil {
+		return err
+	}
+	slices.Sort(files)
+	pending, err := s.pendingMigrations(ctx, files)
+	if err != nil || len(pending) == 0 {
+		return err
+	}
+	release, err := s.lockMigrations(ctx, holder)
+	if err != nil {
+		return err
+	}
+	defer release()
+	// Another replica may have applied them while we waited.
+	if pending, err = s.pendingMigrations(ctx, files); err != nil {
+		return err
+	}
+	for _, name := range pending {
+		body, err := fs.ReadFile(migrations.FS, name)
+		if err != nil {
+			return err
+		}
+		for _, stmt := range splitStatements(string(body)) {
+			// One statement per transaction: CockroachDB restricts DDL
+			// mixed with writes in one transaction.
+			if _, err := s.pool.Exec(ctx, stmt); err != nil {
+				return fmt.Errorf("migration %s: %w", name, err)
+			}
+		}
+		if _, err := s.pool.Exec(ctx, `INSERT INTO kss_schema_migrations (name) VALUES ($1) ON CONFLICT (name) DO NOTHING`, name); err != nil {
+			return fmt.Errorf("record migration %s: %w", name, err)
+		}
+	}
+	return nil
+}
+
+// pendingMigrations creates the bookkeeping tables if needed and returns
+// the files not yet applied.
+func (s *Store) pendingMigrations(ctx context.Context, files []string) ([]string, error) {
+	for _, stmt := range []string{
+		`CREATE TABLE IF NOT EXISTS kss_schema_migrations (name TEXT PRIMARY KEY, applied_at TIMESTAMPTZ NOT NULL DEFAULT now())`,
+		`CREATE TABLE IF NOT EXISTS kss_migration_lock (id INT PRIMARY KEY, holder TEXT NOT NULL, expires_at TIMESTAMPTZ NOT NULL)`,
+	} {
+		if err := s.execDDL(ctx, stmt); err != nil {
+			return nil, err
+		}
+	}
+	rows, err := s.pool.Query(ctx, `SELECT name FROM kss_schema_migrations`)
+	if err != nil {
+		return nil, err
+	}
+	applied, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		return nil, err
+	}
+	return slices.DeleteFunc(slices.Clone(files), func(f string) bool { return slices.Contains(applied, f) }), nil
+}
+
+// execDDL runs an idempotent CREATE … IF NOT EXISTS. Two of them racing
+// on PostgreSQL can fail with a unique violation (23505) or duplicate
+// table (42P07) in the catalog; the table then exists, which is all we
+// wanted, so the statement is simply tried again.
+func (s *Store) execDDL(ctx context.Context, stmt string) error {
+	for attempt := 0; ; attempt++ {
+		_, err := s.pool.Exec(ctx, stmt)
+		var pgErr *pgconn.PgError
+		if err == nil || attempt >= 3 || !errors.As(err, &pgErr) || (pgErr.Code != "23505" && pgErr.Code != "42P07" && !retryable(err)) {
+			return err
+		}
+	}
+}
+
+// lockMigrations takes the migration lock row. The lock expires after two
+// minutes so that a replica that died holding it is replaced.
+func (s *Store) lockMigrations(ctx context.Context, holder string) (release func(), err error) {
+	for {
+		tag, err := s.pool.Exec(ctx, `
+INSERT INTO kss_migration_lock (id, holder, expires_at) VALUES (1, $1, now() + INTERVAL '2 minutes')
+ON CONFLICT (id) DO UPDATE SET holder = excluded.holder, expires_at = excluded.expires_at
+WHERE kss_migration_lock.expires_at < now()`, holder)
+		if err != nil && !retryable(err) {
+			return nil, fmt.Errorf("take migration lock: %w", err)
+		}
+		if err == nil && tag.RowsAffected() == 1 {
+			return func() {
+				// The caller's context may be cancelled; releasing must still happen.
+				ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+				defer cancel()
+				_, _ = s.pool.Exec(ctx, `DELETE FROM kss_migration_lock WHERE id = 1 AND holder = $1`, holder)
+			}, nil
+		}
+		select {
+		case <-ctx.Done():
+			return nil, fmt.Errorf("wait for migration lock: %w", ctx.Err())
+		case <-time.After(100*time.Millisecond + rand.N(100*time.Millisecond)):
+		}
+	}
+}
+
+// splitStatements splits a migration file at semicolons that end a line,
+// dropping comment-only and empty statements.
+func splitStatements(sql string) []string {
+	var out []string
+	var cur strings.Builder
+	for line := range strings.Lines(sql) {
+		cur.WriteString(line)
+		if strings.HasSuffix(strings.TrimSpace(line), ";") {
+			if stmt := strings.TrimSpace(stripComments(cur.String())); stmt != "" {
+				out = append(out, stmt)
+			}
+			cur.Reset()
+		}
+	}
+	if stmt := strings.TrimSpace(stripComments(cur.String())); stmt != "" {
+		out = append(out, stmt)
+	}
+	return out
+}
+
+func stripComments(s string) string {
+	var b strings.Builder
+	for line := range strings.Lines(s) {
+		if !strings.HasPrefix(strings.TrimSpace(line), "--") {
+			b.WriteString(line)
+		}
+	}
+	return b.String()
+}

@@ -1,0 +1,569 @@
+package main
+
+import (
+	"context"
+	"crypto/hmac"
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"io"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/sirupsen/logrus"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/informers"
+	"k8s.io/client-go/kubernetes"
+	corelisters "k8s.io/client-go/listers/core/v1"
+	"k8s.io/client-go/tools/cache"
+	"k8s.io/client-go/tools/record"
+)
+
+// pullPage is how many rows a follower reads per query.
+const pullPage = 500
+
+// ---------------------------------------------------------------------
+// Leader
+// ---------------------------------------------------------------------
+
+// leaderLoop watches labelled Secrets and writes each change to the
+// database. A watch (informer) makes it prompt; the full reconcile every
+// TICK_SECONDS re-reads the database's row states, so a row changed or lost
+// behind its back is rewritten, and a deletion missed while it was down
+// becomes a tombstone.
+type leaderLoop struct {
+	cfg     *Config
+	log     *logrus.Entry
+	store   *Store
+	client  kubernetes.Interface
+	metrics *metrics
+	rand    io.Reader
+
+	listers map[string]corelisters.SecretLister // by namespace; "" = all
+	synced  []cache.InformerSynced
+
+	mu    sync.Mutex
+	dirty map[ObjectKey]struct{}
+	wake  chan struct{}
+
+	// known mirrors the stored rows: what was last read or written.
+	known map[ObjectKey]RowState
+}
+
+func newLeaderLoop(cfg *Config, log *logrus.Entry, store *Store, client kubernetes.Interface, m *metrics) *leaderLoop {
+	return &leaderLoop{
+		cfg: cfg, log: log, store: store, client: client, metrics: m, rand: rand.Reader,
+		listers: map[string]corelisters.SecretLister{},
+		dirty:   map[ObjectKey]struct{}{},
+		wake:    make(chan struct{}, 1),
+	}
+}
+
+// startInformers watches the labelled Secrets: cluster-wide, or one watch
+// per namespace when NAMESPACES is set (which then works with namespaced
+// RBAC).
+func (l *leaderLoop) startInformers(ctx context.Context) error {
+	namespaces := l.cfg.Namespaces
+	if len(namespaces) == 0 {
+		namespaces = []string{metav1.NamespaceAll}
+	}
+	handler := cache.ResourceEventHandlerFuncs{
+		AddFunc:    l.enqueue,
+		UpdateFunc: func(_, obj any) { l.enqueue(obj) },
+		DeleteFunc: l.enqueue,
+	}
+	for _, ns := range namespaces {
+		factory := informers.NewSharedInformerFactoryWithOptions(l.client, 0,
+			informers.WithNamespace(ns),
+			informers.WithTweakListOptions(func(o *metav1.ListOptions) { o.LabelSelector = l.cfg.selector.String() }))
+		inf := factory.Core().V1().Secrets()
+		if _, err := inf.Informer().AddEventHandler(handler); err != nil {
+			return err
+		}
+		l.listers[ns] = inf.Lister()
+		l.synced = append(l.synced, inf.Informer().HasSynced)
+		factory.Start(ctx.Done())
+	}
+	// Never reconcile from a cache that is not filled yet: every Secret
+	// missing from it would become a tombstone.
+	if !cache.WaitForCacheSync(ctx.Done(), l.synced...) {
+		return fmt.Errorf("watch secrets: cache not synced: %w", context.Cause(ctx))
+	}
+	return nil
+}
+
+func (l *leaderLoop) enqueue(obj any) {
+	if d, ok := obj.(cache.DeletedFinalStateUnknown); ok {
+		obj = d.Obj
+	}
+	s, ok := obj.(*corev1.Secret)
+	if !ok {
+		return
+	}
+	l.mu.Lock()
+	l.dirty[ObjectKey{s.Namespace, s.Name}] = struct{}{}
+	l.mu.Unlock()
+	select {
+	case l.wake <- struct{}{}:
+	default:
+	}
+}
+
+// get returns the labelled Secret key from the cache, or nil when it does
+// not exist, is not labelled, or is in a namespace that is not synced.
+func (l *leaderLoop) get(key ObjectKey) *corev1.Secret {
+	if !l.cfg.namespaceAllowed(key.Namespace) {
+		return nil
+	}
+	lister := l.listers[metav1.NamespaceAll]
+	if lister == nil {
+		lister = l.listers[key.Namespace]
+	}
+	if lister == nil {
+		return nil
+	}
+	s, err := lister.Secrets(key.Namespace).Get(key.Name)
+	if err != nil {
+		return nil
+	}
+	return s
+}
+
+func (l *leaderLoop) cachedKeys() []ObjectKey {
+	var keys []ObjectKey
+	for _, lister := range l.listers {
+		all, _ := lister.List(l.cfg.selector)
+		for _, s := range all {
+			keys = append(keys, ObjectKey{s.Namespace, s.Name})
+		}
+	}
+	return keys
+}
+
+func (l *leaderLoop) run(ctx context.Context) error {
+	if err := l.startInformers(ctx); err != nil {
+		return err
+	}
+	l.log.WithField("cluster", l.cfg.ClusterName).Info("leader: watching labelled Secrets")
+	tick := time.NewTicker(l.cfg.Tick())
+	defer tick.Stop()
+	full := true
+	var retry <-chan time.Time
+	backoff := time.Second
+	for {
+		if full {
+			err := l.reconcileFull(ctx)
+			full = err != nil
+		} else if err := l.reconcileDirty(ctx); err != nil {
+			// The keys went back to the dirty set; try again soon.
+			retry = time.After(backoff)
+			backoff = min(2*backoff, l.cfg.Tick())
+		} else {
+			backoff = time.Second
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-tick.C:
+			full = true
+		case <-retry:
+		case <-l.wake:
+			// Let a burst of events (a kubectl apply of many Secrets)
+			// arrive, so that it becomes one transaction.
+			select {
+			case <-ctx.Done():
+			case <-time.After(50 * time.Millisecond):
+			}
+		}
+	}
+}
+
+// reconcileFull compares every labelled Secret and every stored row.
+func (l *leaderLoop) reconcileFull(ctx context.Context) (err error) {
+	start := time.Now()
+	defer func() { l.metrics.observe("full", start, err) }()
+	ctx, cancel := context.WithTimeout(ctx, l.cfg.Tick())
+	defer cancel()
+	states, err := l.store.States(ctx)
+	if err != nil {
+		l.log.WithError(err).Error("full reconcile: cannot read the database")
+		return err
+	}
+	l.known = states
+	// Events that arrive from now on are handled after this pass too,
+	// which is harmless: an unchanged Secret writes nothing.
+	l.mu.Lock()
+	clear(l.dirty)
+	l.mu.Unlock()
+	keys := l.cachedKeys()
+	for k := range states {
+		keys = append(keys, k)
+	}
+	return l.sync(ctx, "full", keys)
+}
+
+func (l *leaderLoop) reconcileDirty(ctx context.Context) (err error) {
+	l.mu.Lock()
+	keys := make([]ObjectKey, 0, len(l.dirty))
+	for k := range l.dirty {
+		keys = append(keys, k)
+	}
+	clear(l.dirty)
+	l.mu.Unlock()
+	if len(keys) == 0 {
+		return nil
+	}
+	start := time.Now()
+	defer func() { l.metrics.observe("incremental", start, err) }()
+	ctx, cancel := context.WithTimeout(ctx, l.cfg.Tick())
+	defer cancel()
+	if err := l.sync(ctx, "incremental", keys); err != nil {
+		l.mu.Lock()
+		for _, k := range keys {
+			l.dirty[k] = struct{}{}
+		}
+		l.mu.Unlock()
+		return err
+	}
+	return nil
+}
+
+// sync writes the rows of keys whose content differs from what is stored.
+func (l *leaderLoop) sync(ctx context.Context, kind string, keys []ObjectKey) error {
+	changes := l.changes(keys)
+	if len(changes) == 0 {
+		return nil
+	}
+	cluster := l.cfg.ClusterName
+	seal := func(version int64, c *Change) ([]byte, error) {
+		b := Binding{Namespace: c.Namespace, Name: c.Name, Version: version, SourceCluster: cluster}
+		return l.cfg.keys.Seal(l.rand, b, c.Payload)
+	}
+	version, err := l.store.Write(ctx, cluster, l.cfg.keys.ID(), changes, seal)
+	if err != nil {
+		l.log.WithError(err).WithField("rows", len(changes)).Error("write to the database failed; will retry")
+		return err
+	}
+	for _, c := range changes {
+		l.known[c.ObjectKey] = RowState{Hash: c.Hash, Tombstone: c.Payload.Deleted, SourceCluster: cluster}
+		l.log.WithFields(logrus.Fields{
+			"namespace": c.Namespace, "name": c.Name, "tombstone": c.Payload.Deleted, "version": version,
+		}).Info("stored")
+	}
+	l.metrics.rowsWritten.Add(float64(len(changes)))
+	l.metrics.cursor.Set(float64(version))
+	l.log.WithFields(logrus.Fields{"rows": len(changes), "kind": kind, "version": version}).Debug("write done")
+	return nil
+}
+
+// changes returns the rows to write for keys: a Secret whose keyed hash
+// differs from its stored row, or a tombstone for a row this cluster wrote
+// whose Secret is gone or no longer labelled.
+func (l *leaderLoop) changes(keys []ObjectKey) []Change {
+	slices.SortFunc(keys, func(a, b ObjectKey) int {
+		if a.Namespace != b.Namespace {
+			return compareStrings(a.Namespace, b.Namespace)
+		}
+		return compareStrings(a.Name, b.Name)
+	})
+	keys = slices.Compact(keys)
+	var out []Change
+	for _, key := range keys {
+		stored, ok := l.known[key]
+		if s := l.get(key); s != nil {
+			p := payloadOf(s)
+			h := l.cfg.keys.Hash(key.Namespace, key.Name, p)
+			if ok && !stored.Tombstone && hmac.Equal(stored.Hash, h) {
+				continue
+			}
+			out = append(out, Change{ObjectKey: key, Hash: h, Payload: p})
+			continue
+		}
+		// Only this cluster's rows: a second leader's Secrets are not ours
+		// to delete.
+		if ok && !stored.Tombstone && stored.SourceCluster == l.cfg.ClusterName {
+			p := &Payload{Deleted: true, UpdatedAt: time.Now().UTC()}
+			out = append(out, Change{ObjectKey: key, Hash: l.cfg.keys.Hash(key.Namespace, key.Name, p), Payload: p})
+		}
+	}
+	return out
+}
+
+func compareStrings(a, b string) int {
+	switch {
+	case a < b:
+		return -1
+	case a > b:
+		return 1
+	}
+	return 0
+}
+
+// ---------------------------------------------------------------------
+// Follower
+// ---------------------------------------------------------------------
+
+// followerLoop pulls the rows changed since its cursor every POLL_SECONDS
+// and applies them; every TICK_SECONDS it compares every row with every
+// managed copy, which repairs drift and retries rows that failed.
+type followerLoop struct {
+	cfg      *Config
+	log      *logrus.Entry
+	store    *Store
+	client   kubernetes.Interface
+	metrics  *metrics
+	writer   *secretWriter
+	cursors  *cursorStore
+	recorder record.EventRecorder
+
+	cursor Cursor
+	// reported remembers conflicts already reported per row version, so
+	// an unmanaged Secret is reported once, not on every pass.
+	reported map[ObjectKey]int64
+}
+
+func newFollowerLoop(cfg *Config, log *logrus.Entry, store *Store, client kubernetes.Interface, m *metrics, recorder record.EventRecorder) *followerLoop {
+	return &followerLoop{
+		cfg: cfg, log: log, store: store, client: client, metrics: m, recorder: recorder,
+		writer:   &secretWriter{client: client, createNamespaces: cfg.CreateNamespaces},
+		cursors:  &cursorStore{client: client, namespace: cfg.PodNamespace, name: cfg.LeaseName + "-state"},
+		reported: map[ObjectKey]int64{},
+	}
+}
+
+func (f *followerLoop) run(ctx context.Context) error {
+	// Without its cursor the follower would re-read everything; keep
+	// trying, the API server may be coming up.
+	for {
+		c, err := f.cursors.load(ctx)
+		if err == nil {
+			f.cursor = c
+			break
+		}
+		f.log.WithError(err).Error("cannot read cursor; retrying")
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(f.cfg.Poll()):
+		}
+	}
+	f.metrics.cursor.Set(float64(f.cursor.Version))
+	f.log.WithFields(logrus.Fields{"cluster": f.cfg.ClusterName, "cursor": f.cursor.Version}).Info("follower: pulling rows")
+	// A fresh follower converges with one full pass; a restarted one
+	// resumes from its cursor and leaves the full pass to the first tick.
+	full := f.cursor == (Cursor{})
+	tick := time.NewTicker(f.cfg.Tick())
+	defer tick.Stop()
+	poll := time.NewTicker(f.cfg.Poll())
+	defer poll.Stop()
+	for {
+		if full {
+			f.reconcileFull(ctx)
+			full = false
+		} else {
+			f.pull(ctx)
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-tick.C:
+			full = true
+		case <-poll.C:
+		}
+	}
+}
+
+// pull applies the rows after the cursor. The cursor moves past a row
+// whether or not it applied: a failed row is retried by the next full
+// pass, and one bad row never holds up the rows after it.
+func (f *followerLoop) pull(ctx context.Context) (err error) {
+	start := time.Now()
+	ctx, cancel := context.WithTimeout(ctx, f.cfg.Tick())
+	defer cancel()
+	before := f.cursor
+	defer func() {
+		if f.cursor != before || err != nil {
+			f.metrics.observe("incremental", start, err)
+		} else {
+			f.metrics.beat()
+		}
+	}()
+	for {
+		rows, err := f.store.Pull(ctx, f.cursor, pullPage)
+		if err != nil {
+			f.log.WithError(err).Error("pull: cannot read the database")
+			return err
+		}
+		for i := range rows {
+			f.applyRow(ctx, &rows[i], nil)
+			f.cursor = Cursor{rows[i].Version, rows[i].Namespace, rows[i].Name}
+		}
+		if len(rows) < pullPage {
+			break
+		}
+	}
+	return f.saveCursor(ctx, before)
+}
+
+func (f *followerLoop) saveCursor(ctx context.Context, before Cursor) error {
+	if f.cursor == before {
+		return nil
+	}
+	f.metrics.cursor.Set(float64(f.cursor.Version))
+	if err := f.cursors.save(ctx, f.cursor); err != nil {
+		// Not fatal: the rows are applied; a restart would re-read a few.
+		f.log.WithError(err).Warn("cannot store cursor")
+		return err
+	}
+	return nil
+}
+
+// reconcileFull compares every row with the managed copies and applies
+// what differs. A copy that is already equal to its row (same version,
+// same keyed hash) is not even decrypted.
+func (f *followerLoop) reconcileFull(ctx context.Context) (err error) {
+	start := time.Now()
+	defer func() { f.metrics.observe("full", start, err) }()
+	ctx, cancel := context.WithTimeout(ctx, f.cfg.Tick())
+	defer cancel()
+	list, err := f.client.CoreV1().Secrets(metav1.NamespaceAll).List(ctx, metav1.ListOptions{LabelSelector: managedLabel + "=true"})
+	if err != nil {
+		f.log.WithError(err).Error("full reconcile: cannot list managed Secrets")
+		return err
+	}
+	copies := make(map[ObjectKey]*corev1.Secret, len(list.Items))
+	for i := range list.Items {
+		s := &list.Items[i]
+		copies[ObjectKey{s.Namespace, s.Name}] = s
+	}
+	maxVersion, err := f.store.MaxVersion(ctx)
+	if err != nil {
+		f.log.WithError(err).Error("full reconcile: cannot read the database")
+		return err
+	}
+	if maxVersion < f.cursor.Version {
+		f.log.WithFields(logrus.Fields{"cursor": f.cursor.Version, "database": maxVersion}).
+			Warn("the database's version is behind this follower's cursor (restored from a backup?): starting over from version 0")
+		f.cursor = Cursor{}
+	}
+	before := f.cursor
+	var page Cursor
+	for {
+		rows, err := f.store.Pull(ctx, page, pullPage)
+		if err != nil {
+			f.log.WithError(err).Error("full reconcile: cannot read the database")
+			return err
+		}
+		for i := range rows {
+			r := &rows[i]
+			if existing := copies[r.ObjectKey]; !f.inSync(r, existing) {
+				f.applyRow(ctx, r, existing)
+			}
+			page = Cursor{r.Version, r.Namespace, r.Name}
+		}
+		if len(rows) < pullPage {
+			break
+		}
+	}
+	if f.cursor.Before(&Row{ObjectKey: ObjectKey{page.Namespace, page.Name}, Version: page.Version}) {
+		f.cursor = page
+	}
+	return f.saveCursor(ctx, before)
+}
+
+// inSync reports whether nothing needs doing for r: a tombstone with no
+// managed copy, or a copy written from this very row version whose content
+// still has the row's keyed hash (no hand edits since).
+func (f *followerLoop) inSync(r *Row, existing *corev1.Secret) bool {
+	if !f.cfg.namespaceAllowed(r.Namespace) {
+		return true
+	}
+	if existing == nil {
+		return r.Tombstone
+	}
+	if r.Tombstone || appliedVersion(existing) != r.Version {
+		return false
+	}
+	return hmac.Equal(f.cfg.keys.Hash(r.Namespace, r.Name, payloadOf(existing)), r.Hash)
+}
+
+// applyRow decrypts one row and applies it. Errors are reported here (log,
+// metric, Event for conflicts) and not returned: one bad row must not stop
+// the others.
+func (f *followerLoop) applyRow(ctx context.Context, r *Row, existing *corev1.Secret) {
+	log := f.log.WithFields(logrus.Fields{"namespace": r.Namespace, "name": r.Name, "version": r.Version, "source": r.SourceCluster})
+	if !f.cfg.namespaceAllowed(r.Namespace) {
+		return
+	}
+	p, err := f.cfg.keys.Open(r.Binding(), r.KeyID, r.Ciphertext)
+	if err == nil && p.Deleted != r.Tombstone {
+		err = fmt.Errorf("%w: tombstone column disagrees with the sealed payload", ErrAuth)
+	}
+	if err != nil {
+		reason := "tampered"
+		if errors.Is(err, ErrWrongKey) {
+			reason = "wrong_key"
+		} else if errors.Is(err, ErrUnsupportedFormat) {
+			reason = "invalid"
+		}
+		f.metrics.rowErrors.WithLabelValues(reason).Inc()
+		log.WithError(err).Error("row not applied: cannot open it")
+		return
+	}
+	var action string
+	if p.Deleted {
+		if f.cfg.DeletePolicy == deletePolicyRetain {
+			return
+		}
+		var deleted bool
+		deleted, err = f.writer.remove(ctx, r.ObjectKey, r.Version, existing)
+		action = map[bool]string{true: "deleted", false: "unchanged"}[deleted]
+	} else {
+		var pl plan
+		pl, err = f.writer.apply(ctx, copyFor(r, p), existing)
+		action = pl.String()
+		if existing == nil && pl == planRecreate {
+			action = "created"
+		}
+	}
+	var unmanaged *errUnmanaged
+	var rollback *errRollback
+	switch {
+	case errors.As(err, &unmanaged):
+		f.metrics.conflicts.Inc()
+		f.metrics.rowErrors.WithLabelValues("unmanaged").Inc()
+		if f.reported[r.ObjectKey] != r.Version {
+			f.reported[r.ObjectKey] = r.Version
+			log.Warn(unmanaged.Error())
+			f.recordConflict(ctx, r.ObjectKey)
+		}
+	case errors.As(err, &rollback):
+		f.metrics.rowErrors.WithLabelValues("rollback").Inc()
+		log.WithError(err).Error("row not applied")
+	case err != nil:
+		f.metrics.rowErrors.WithLabelValues("api").Inc()
+		log.WithError(err).Error("row not applied; will retry")
+	default:
+		f.metrics.rowsApplied.WithLabelValues(action).Inc()
+		if action != "unchanged" {
+			log.WithField("action", action).Info("applied")
+		}
+	}
+}
+
+func copyFor(r *Row, p *Payload) *corev1.Secret {
+	return desiredCopy(r.ObjectKey, p, r.Version, r.SourceCluster)
+}
+
+// recordConflict puts a Warning Event on the unmanaged Secret, where
+// `kubectl describe secret` shows it.
+func (f *followerLoop) recordConflict(ctx context.Context, key ObjectKey) {
+	s, err := f.client.CoreV1().Secrets(key.Namespace).Get(ctx, key.Name, metav1.GetOptions{})
+	if err != nil {
+		return
+	}
+	f.recorder.Eventf(s, corev1.EventTypeWarning, "NotManaged",
+		"kube-secret-sync did not overwrite this Secret: it exists without the %s=true label", managedLabel)
+}

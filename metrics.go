@@ -1,0 +1,145 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"net/http"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+)
+
+// metrics are the daemon's Prometheus metrics, on their own registry so
+// that tests can run several daemons in one process.
+type metrics struct {
+	registry *prometheus.Registry
+
+	rowsWritten   prometheus.Counter
+	rowsApplied   *prometheus.CounterVec // by action
+	rowErrors     *prometheus.CounterVec // by reason
+	conflicts     prometheus.Counter
+	reconciles    *prometheus.CounterVec // by kind and result
+	reconcileTime *prometheus.HistogramVec
+	cursor        prometheus.Gauge
+	active        prometheus.Gauge
+	lastSuccess   prometheus.Gauge
+
+	// heartbeat is the Unix time of the last loop iteration, for /healthz.
+	heartbeat atomic.Int64
+	// ready is set once the database is migrated and the loop started.
+	ready atomic.Bool
+	// running is set while this replica's sync loop runs (it holds the
+	// Lease); a standby has no loop to watch.
+	running atomic.Bool
+}
+
+func newMetrics() *metrics {
+	m := &metrics{registry: prometheus.NewRegistry()}
+	f := func(c prometheus.Collector) { m.registry.MustRegister(c) }
+	m.rowsWritten = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "kube_secret_sync_rows_written_total",
+		Help: "Rows (Secrets or tombstones) the leader wrote to the database.",
+	})
+	m.rowsApplied = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "kube_secret_sync_rows_applied_total",
+		Help: "Rows the follower applied, by action (created, updated, recreated, deleted, unchanged).",
+	}, []string{"action"})
+	m.rowErrors = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "kube_secret_sync_row_errors_total",
+		Help: "Rows that could not be synced, by reason (wrong_key, tampered, rollback, unmanaged, api, invalid).",
+	}, []string{"reason"})
+	m.conflicts = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "kube_secret_sync_unmanaged_conflicts_total",
+		Help: "Rows not applied because a Secret of the same name exists and is not managed by kube-secret-sync.",
+	})
+	m.reconciles = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "kube_secret_sync_reconciles_total",
+		Help: "Reconcile passes, by kind (full, incremental) and result (ok, error).",
+	}, []string{"kind", "result"})
+	m.reconcileTime = prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Name:    "kube_secret_sync_reconcile_duration_seconds",
+		Help:    "Duration of reconcile passes, by kind.",
+		Buckets: prometheus.ExponentialBuckets(0.005, 2, 14),
+	}, []string{"kind"})
+	m.cursor = prometheus.NewGauge(prometheus.GaugeOpts{
+		Name: "kube_secret_sync_cursor_version",
+		Help: "Follower: the row version applied up to. Leader: the last version written.",
+	})
+	m.active = prometheus.NewGauge(prometheus.GaugeOpts{
+		Name: "kube_secret_sync_active",
+		Help: "1 while this replica holds the Lease and syncs.",
+	})
+	m.lastSuccess = prometheus.NewGauge(prometheus.GaugeOpts{
+		Name: "kube_secret_sync_last_success_timestamp_seconds",
+		Help: "Unix time of the last reconcile pass that ended without error.",
+	})
+	for _, c := range []prometheus.Collector{m.rowsWritten, m.rowsApplied, m.rowErrors, m.conflicts, m.reconciles,
+		m.reconcileTime, m.cursor, m.active, m.lastSuccess,
+		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{})} {
+		f(c)
+	}
+	m.beat()
+	return m
+}
+
+// observe records one reconcile pass.
+func (m *metrics) observe(kind string, start time.Time, err error) {
+	m.reconcileTime.WithLabelValues(kind).Observe(time.Since(start).Seconds())
+	result := "ok"
+	if err != nil {
+		result = "error"
+	} else {
+		m.lastSuccess.SetToCurrentTime()
+	}
+	m.reconciles.WithLabelValues(kind, result).Inc()
+	m.beat()
+}
+
+func (m *metrics) beat() { m.heartbeat.Store(time.Now().Unix()) }
+
+// setRunning marks the start and end of this replica's sync loop.
+func (m *metrics) setRunning(on bool) {
+	m.beat()
+	m.running.Store(on)
+	if on {
+		m.active.Set(1)
+	} else {
+		m.active.Set(0)
+	}
+}
+
+// serve runs the metrics and probe endpoints until ctx ends. /healthz fails
+// when the running loop has not turned for staleAfter (a stuck process is
+// restarted); /readyz succeeds once the daemon has started.
+func (m *metrics) serve(ctx context.Context, addr string, staleAfter time.Duration) error {
+	mux := http.NewServeMux()
+	mux.Handle("/metrics", promhttp.HandlerFor(m.registry, promhttp.HandlerOpts{}))
+	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) {
+		if age := time.Since(time.Unix(m.heartbeat.Load(), 0)); m.running.Load() && age > staleAfter {
+			http.Error(w, "loop stalled for "+age.Round(time.Second).String(), http.StatusServiceUnavailable)
+			return
+		}
+		_, _ = w.Write([]byte("ok\n"))
+	})
+	mux.HandleFunc("/readyz", func(w http.ResponseWriter, _ *http.Request) {
+		if !m.ready.Load() {
+			http.Error(w, "starting", http.StatusServiceUnavailable)
+			return
+		}
+		_, _ = w.Write([]byte("ok\n"))
+	})
+	srv := &http.Server{Addr: addr, Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	go func() {
+		<-ctx.Done()
+		shutdown, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+		defer cancel()
+		_ = srv.Shutdown(shutdown)
+	}()
+	if err := srv.ListenAndServe(); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		return err
+	}
+	return nil
+}

@@ -1,0 +1,317 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"maps"
+	"strconv"
+	"strings"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
+)
+
+// Marks on a follower's copy. The label says "this Secret is managed by
+// kube-secret-sync" and is the only thing that allows the follower to
+// overwrite or delete it; the annotations say where and when it came from.
+const (
+	managedLabel = "kube-secret-sync.io/managed"
+	// lastUpdatedAnnotation carries the source's update time, under the
+	// original KubeSecretSync's name.
+	lastUpdatedAnnotation = "kube-secret-sync-last-updated"
+	sourceAnnotation      = "kube-secret-sync.io/source-cluster"
+	versionAnnotation     = "kube-secret-sync.io/version"
+	// managedPrefix covers every label or annotation this tool owns.
+	managedPrefix = "kube-secret-sync.io/"
+
+	lastAppliedAnnotation = "kubectl.kubernetes.io/last-applied-configuration"
+)
+
+// carried reports whether a label or annotation of the source travels to
+// the followers. The follower's own marks and kubectl's client-side apply
+// record (which would make `kubectl apply` on the follower act on the
+// leader's history) stay behind.
+func carried(key string) bool {
+	return !strings.HasPrefix(key, managedPrefix) && key != lastUpdatedAnnotation && key != lastAppliedAnnotation
+}
+
+// payloadOf extracts what is synced of a Secret: type, data, immutable and
+// the carried labels and annotations. Everything cluster-local
+// (ownerReferences, finalizers, managedFields, uid, resourceVersion,
+// creationTimestamp) is left out by construction. The leader applies it to
+// a source Secret and the follower to its copy, so equal content gives
+// equal payloads (and equal hashes) on both sides.
+func payloadOf(s *corev1.Secret) *Payload {
+	p := &Payload{
+		Type:        string(s.Type),
+		Data:        s.Data,
+		Immutable:   s.Immutable != nil && *s.Immutable,
+		Labels:      filterKeys(s.Labels),
+		Annotations: filterKeys(s.Annotations),
+		UpdatedAt:   lastChange(s),
+	}
+	if p.Type == "" {
+		p.Type = string(corev1.SecretTypeOpaque)
+	}
+	return p
+}
+
+func filterKeys(m map[string]string) map[string]string {
+	var out map[string]string
+	for k, v := range m {
+		if carried(k) {
+			if out == nil {
+				out = make(map[string]string, len(m))
+			}
+			out[k] = v
+		}
+	}
+	return out
+}
+
+// lastChange is the source's update time: the newest managedFields entry
+// (every create, update and apply records one), else the creation time.
+// On a follower's copy it is the time carried in its annotation.
+func lastChange(s *corev1.Secret) time.Time {
+	if v, ok := s.Annotations[lastUpdatedAnnotation]; ok {
+		if t, err := time.Parse(time.RFC3339Nano, v); err == nil {
+			return t
+		}
+	}
+	t := s.CreationTimestamp.Time
+	for _, f := range s.ManagedFields {
+		if f.Time != nil && f.Time.After(t) {
+			t = f.Time.Time
+		}
+	}
+	return t.UTC()
+}
+
+// desiredCopy is the follower's Secret for a row: the source's synced
+// content plus the management marks.
+func desiredCopy(key ObjectKey, p *Payload, version int64, source string) *corev1.Secret {
+	labels := maps.Clone(p.Labels)
+	if labels == nil {
+		labels = map[string]string{}
+	}
+	labels[managedLabel] = "true"
+	annotations := maps.Clone(p.Annotations)
+	if annotations == nil {
+		annotations = map[string]string{}
+	}
+	annotations[lastUpdatedAnnotation] = p.UpdatedAt.UTC().Format(time.RFC3339Nano)
+	annotations[sourceAnnotation] = source
+	annotations[versionAnnotation] = strconv.FormatInt(version, 10)
+	s := &corev1.Secret{
+		ObjectMeta: metav1.ObjectMeta{
+			Namespace:   key.Namespace,
+			Name:        key.Name,
+			Labels:      labels,
+			Annotations: annotations,
+		},
+		Type: corev1.SecretType(p.Type),
+		Data: p.Data,
+	}
+	if p.Immutable {
+		s.Immutable = &p.Immutable
+	}
+	return s
+}
+
+// isManaged reports whether this follower may change or delete s.
+func isManaged(s *corev1.Secret) bool { return s.Labels[managedLabel] == "true" }
+
+// appliedVersion is the row version a managed copy was last written from,
+// or -1 when it carries none.
+func appliedVersion(s *corev1.Secret) int64 {
+	v, err := strconv.ParseInt(s.Annotations[versionAnnotation], 10, 64)
+	if err != nil {
+		return -1
+	}
+	return v
+}
+
+// plan is what it takes to turn an existing managed copy into the desired one.
+type plan int
+
+const (
+	planNone plan = iota
+	planUpdate
+	// planRecreate: the API server refuses the change in place (type is
+	// immutable, and so is an immutable Secret's data).
+	planRecreate
+)
+
+func (p plan) String() string {
+	return [...]string{"unchanged", "updated", "recreated"}[p]
+}
+
+// planFor compares an existing copy with the desired one, field by field
+// over everything the follower owns.
+func planFor(existing, desired *corev1.Secret) plan {
+	existingImmutable := existing.Immutable != nil && *existing.Immutable
+	desiredImmutable := desired.Immutable != nil && *desired.Immutable
+	existingType := existing.Type
+	if existingType == "" {
+		existingType = corev1.SecretTypeOpaque
+	}
+	contentSame := existingType == desired.Type && existingImmutable == desiredImmutable && dataEqual(existing.Data, desired.Data)
+	metaSame := maps.Equal(existing.Labels, desired.Labels) && maps.Equal(existing.Annotations, desired.Annotations)
+	switch {
+	case contentSame && metaSame:
+		return planNone
+	case contentSame:
+		return planUpdate
+	case existingType != desired.Type || existingImmutable:
+		return planRecreate
+	default:
+		return planUpdate
+	}
+}
+
+func dataEqual(a, b map[string][]byte) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for k, va := range a {
+		vb, ok := b[k]
+		if !ok || string(va) != string(vb) {
+			return false
+		}
+	}
+	return true
+}
+
+// errUnmanaged says a Secret of the same name exists and is not ours.
+type errUnmanaged struct{ key ObjectKey }
+
+func (e *errUnmanaged) Error() string {
+	return fmt.Sprintf("%s exists and is not managed by kube-secret-sync (no %s=true label): left alone", e.key, managedLabel)
+}
+
+// errRollback says a row is older than what the copy was written from: a
+// database writer replaying an old row, which is refused.
+type errRollback struct {
+	key          ObjectKey
+	row, applied int64
+}
+
+func (e *errRollback) Error() string {
+	return fmt.Sprintf("%s: row version %d is older than applied version %d: refusing rollback", e.key, e.row, e.applied)
+}
+
+// secretWriter applies desired copies to a follower cluster.
+type secretWriter struct {
+	client           kubernetes.Interface
+	createNamespaces bool
+}
+
+// apply makes the cluster's copy equal desired. existing is the current
+// copy if the caller has it (nil: look it up).
+func (w *secretWriter) apply(ctx context.Context, desired *corev1.Secret, existing *corev1.Secret) (plan, error) {
+	key := ObjectKey{desired.Namespace, desired.Name}
+	secrets := w.client.CoreV1().Secrets(desired.Namespace)
+	if existing == nil {
+		got, err := secrets.Get(ctx, desired.Name, metav1.GetOptions{})
+		switch {
+		case apierrors.IsNotFound(err):
+			return planRecreate, w.create(ctx, desired)
+		case err != nil:
+			return planNone, fmt.Errorf("get %s: %w", key, err)
+		}
+		existing = got
+	}
+	if !isManaged(existing) {
+		return planNone, &errUnmanaged{key}
+	}
+	if row, applied := appliedVersion(desired), appliedVersion(existing); row < applied {
+		return planNone, &errRollback{key, row, applied}
+	}
+	switch p := planFor(existing, desired); p {
+	case planNone:
+		return p, nil
+	case planUpdate:
+		// Start from the live object so that what others own on it
+		// (ownerReferences or finalizers added in this cluster) survives.
+		upd := existing.DeepCopy()
+		upd.Labels, upd.Annotations = desired.Labels, desired.Annotations
+		upd.Type, upd.Data, upd.Immutable, upd.StringData = desired.Type, desired.Data, desired.Immutable, nil
+		if _, err := secrets.Update(ctx, upd, metav1.UpdateOptions{}); err != nil {
+			return p, fmt.Errorf("update %s: %w", key, err)
+		}
+		return p, nil
+	default:
+		// The UID precondition makes sure we delete the copy we compared,
+		// not one that someone else created in between.
+		uid := existing.UID
+		err := secrets.Delete(ctx, desired.Name, metav1.DeleteOptions{Preconditions: &metav1.Preconditions{UID: &uid}})
+		if err != nil && !apierrors.IsNotFound(err) {
+			return p, fmt.Errorf("delete %s for recreation: %w", key, err)
+		}
+		return p, w.create(ctx, desired)
+	}
+}
+
+func (w *secretWriter) create(ctx context.Context, desired *corev1.Secret) error {
+	key := ObjectKey{desired.Namespace, desired.Name}
+	secrets := w.client.CoreV1().Secrets(desired.Namespace)
+	_, err := secrets.Create(ctx, desired, metav1.CreateOptions{})
+	if apierrors.IsNotFound(err) && w.createNamespaces {
+		// The namespace is missing (the only NotFound a create returns).
+		if err := w.ensureNamespace(ctx, desired.Namespace); err != nil {
+			return err
+		}
+		_, err = secrets.Create(ctx, desired, metav1.CreateOptions{})
+	}
+	if apierrors.IsAlreadyExists(err) {
+		// Created by someone else since we looked: never take it over.
+		return &errUnmanaged{key}
+	}
+	if err != nil {
+		return fmt.Errorf("create %s: %w", key, err)
+	}
+	return nil
+}
+
+func (w *secretWriter) ensureNamespace(ctx context.Context, name string) error {
+	ns := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{
+		Name:        name,
+		Annotations: map[string]string{managedPrefix + "created-namespace": "true"},
+	}}
+	_, err := w.client.CoreV1().Namespaces().Create(ctx, ns, metav1.CreateOptions{})
+	if err != nil && !apierrors.IsAlreadyExists(err) {
+		return fmt.Errorf("create namespace %s: %w", name, err)
+	}
+	return nil
+}
+
+// remove deletes the managed copy for a tombstone. existing is the
+// current copy if the caller has it. It reports whether it deleted.
+func (w *secretWriter) remove(ctx context.Context, key ObjectKey, version int64, existing *corev1.Secret) (bool, error) {
+	secrets := w.client.CoreV1().Secrets(key.Namespace)
+	if existing == nil {
+		got, err := secrets.Get(ctx, key.Name, metav1.GetOptions{})
+		if apierrors.IsNotFound(err) {
+			return false, nil
+		}
+		if err != nil {
+			return false, fmt.Errorf("get %s: %w", key, err)
+		}
+		existing = got
+	}
+	if !isManaged(existing) {
+		return false, &errUnmanaged{key}
+	}
+	if applied := appliedVersion(existing); version < applied {
+		return false, &errRollback{key, version, applied}
+	}
+	uid := existing.UID
+	err := secrets.Delete(ctx, key.Name, metav1.DeleteOptions{Preconditions: &metav1.Preconditions{UID: &uid}})
+	if err != nil && !apierrors.IsNotFound(err) {
+		return false, fmt.Errorf("delete %s: %w", key, err)
+	}
+	return err == nil, nil
+}
