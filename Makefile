@@ -51,7 +51,7 @@ assets:
 
 ## img: regenerate img/architecture.png from img/architecture.dot.
 img:
-	@command -v dot >/dev/null || { sudo=""; [[ $$(id -u) -eq 0 ]] || sudo=sudo; $$sudo apt-get install -y -qq --no-install-recommends graphviz; }
+	@command -v dot >/dev/null || { sudo=""; [[ $$(id -u) -eq 0 ]] || sudo=sudo; $$sudo apt-get update -qq; $$sudo apt-get install -y -qq --no-install-recommends graphviz; }
 	dot -Tpng -Gdpi=110 -o img/architecture.png img/architecture.dot
 
 ## image: the container image (needs a Docker engine).

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/http"
 	"os"
 	"strings"
 	"text/tabwriter"
@@ -45,6 +46,10 @@ type Config struct {
 	// Derived at load time.
 	keys     *Keys
 	selector labels.Selector
+
+	// wrapTransport, if set, wraps the Kubernetes client's transport
+	// (tests count the API writes a daemon makes).
+	wrapTransport func(http.RoundTripper) http.RoundTripper
 }
 
 // IsLeader reports whether LEADER selects the writer role.

@@ -92,6 +92,9 @@ func restConfig(cfg *Config) (*rest.Config, error) {
 	}
 	rc.QPS, rc.Burst = cfg.KubeQPS, cfg.KubeBurst
 	rc.UserAgent = "kube-secret-sync/" + version
+	if cfg.wrapTransport != nil {
+		rc.Wrap(cfg.wrapTransport)
+	}
 	return rc, nil
 }
 

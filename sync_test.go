@@ -1,0 +1,492 @@
+package main
+
+// End-to-end tests of the sync: a real PostgreSQL database, two real
+// kube-apiservers (cluster a runs the leader, cluster b the follower) and
+// the daemon's run function, exactly as main calls it.
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"maps"
+	"net/http"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/sirupsen/logrus"
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/kube-secret-sync/kube-secret-sync/internal/testenv"
+)
+
+const (
+	testKey      = "k8s-secret-sync-test-key-32bytes"
+	testPassword = "Db-Passw0rd-never-logged"
+)
+
+// syncEnv is one test's slice of the shared servers: a fresh database, a
+// synced namespace that exists in the leader's cluster only, and a
+// namespace per cluster for the daemons' Lease and cursor.
+type syncEnv struct {
+	t                *testing.T
+	leader, follower *testenv.Cluster
+	ns               string
+	dsn              string
+	sysA, sysB       string
+	logs             *syncBuffer
+}
+
+func newSyncEnv(t *testing.T) *syncEnv {
+	t.Helper()
+	cs := testenv.Clusters(t, 2)
+	e := &syncEnv{t: t, leader: cs[0], follower: cs[1], logs: &syncBuffer{}}
+	e.dsn = withPassword(testenv.PostgresDSN(t), testPassword)
+	e.ns = testenv.Namespace(t, e.leader)
+	e.sysA = testenv.Namespace(t, e.leader)
+	e.sysB = testenv.Namespace(t, e.follower)
+	t.Cleanup(func() { testenv.DeleteNamespace(t, e.follower, e.ns) })
+	t.Cleanup(func() { e.checkLogs() })
+	return e
+}
+
+// withPassword adds a password to a DSN. The test server trusts every
+// local connection, so any password works, and the logs can be checked
+// for it.
+func withPassword(dsn, password string) string {
+	return strings.Replace(dsn, "postgres://postgres@", "postgres://postgres:"+password+"@", 1)
+}
+
+// config returns a daemon configuration for cluster c, as loadConfig
+// would build it, with short intervals.
+func (e *syncEnv) config(leader bool) *Config {
+	e.t.Helper()
+	c := &Config{
+		DSN:              e.dsn,
+		EncryptionKey:    testKey,
+		TickSeconds:      1,
+		PollSeconds:      0.1,
+		ClusterName:      "cluster-a",
+		LabelSelector:    "kube-secret-sync=true",
+		Namespaces:       []string{e.ns},
+		DeletePolicy:     deletePolicyDelete,
+		CreateNamespaces: true,
+		KubeQPS:          100,
+		KubeBurst:        200,
+		LeaderElection:   true,
+		LeaseName:        "kube-secret-sync",
+		Kubeconfig:       e.leader.Kubeconfig,
+		PodNamespace:     e.sysA,
+		PodName:          "leader-0",
+	}
+	if leader {
+		c.Leader = "1"
+	} else {
+		c.Kubeconfig, c.PodNamespace, c.PodName = e.follower.Kubeconfig, e.sysB, "follower-0"
+	}
+	if err := c.validate(); err != nil {
+		e.t.Fatal(err)
+	}
+	return c
+}
+
+// daemon is one running instance of run().
+type daemon struct {
+	cancel context.CancelFunc
+	done   chan error
+	writes *writeCounter
+}
+
+// start runs the daemon until the test ends (or stop is called).
+func (e *syncEnv) start(cfg *Config) *daemon {
+	e.t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	d := &daemon{cancel: cancel, done: make(chan error, 1), writes: &writeCounter{}}
+	cfg.wrapTransport = d.writes.wrap
+	l := logrus.New()
+	l.SetOutput(io.MultiWriter(e.logs, testWriter{e.t}))
+	l.SetFormatter(&logrus.JSONFormatter{})
+	l.SetLevel(logrus.DebugLevel)
+	log := l.WithField("cluster", cfg.ClusterName)
+	go func() { d.done <- run(ctx, cfg, log) }()
+	e.t.Cleanup(func() { d.stop(e.t) })
+	return d
+}
+
+func (d *daemon) stop(t *testing.T) {
+	t.Helper()
+	d.cancel()
+	select {
+	case err, ok := <-d.done:
+		if ok && err != nil {
+			t.Errorf("run() = %v; want nil after cancel", err)
+		}
+		close(d.done)
+	case <-time.After(30 * time.Second):
+		t.Errorf("run() did not return within 30s of cancel")
+	}
+}
+
+func (e *syncEnv) startPair() (leader, follower *daemon) {
+	return e.start(e.config(true)), e.start(e.config(false))
+}
+
+// checkLogs fails the test if a Secret value, the key or the DSN password
+// reached the logs.
+func (e *syncEnv) checkLogs() {
+	logs := e.logs.String()
+	for _, secret := range []string{testKey, testPassword, secretValue, "c2VjcmV0LXZhbHVl"} {
+		if strings.Contains(logs, secret) {
+			e.t.Errorf("logs contain %q", secret)
+		}
+	}
+}
+
+// secretValue appears in test Secrets and must never appear in logs.
+const secretValue = "secret-value"
+
+func (e *syncEnv) secrets(c *testenv.Cluster) secretsClient {
+	return c.Clientset.CoreV1().Secrets(e.ns)
+}
+
+type secretsClient = interface {
+	Create(context.Context, *corev1.Secret, metav1.CreateOptions) (*corev1.Secret, error)
+	Update(context.Context, *corev1.Secret, metav1.UpdateOptions) (*corev1.Secret, error)
+	Delete(context.Context, string, metav1.DeleteOptions) error
+	Get(context.Context, string, metav1.GetOptions) (*corev1.Secret, error)
+}
+
+func labelled(name string, data map[string]string) *corev1.Secret {
+	s := &corev1.Secret{
+		ObjectMeta: metav1.ObjectMeta{Name: name, Labels: map[string]string{"kube-secret-sync": "true"}},
+		Data:       map[string][]byte{},
+	}
+	for k, v := range data {
+		s.Data[k] = []byte(v)
+	}
+	return s
+}
+
+func mustCreate(t *testing.T, c secretsClient, s *corev1.Secret) *corev1.Secret {
+	t.Helper()
+	got, err := c.Create(t.Context(), s, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatalf("create %s: %v", s.Name, err)
+	}
+	return got
+}
+
+// mustModify reads, changes and writes back a Secret, retrying conflicts.
+func mustModify(t *testing.T, c secretsClient, name string, change func(*corev1.Secret)) {
+	t.Helper()
+	eventually(t, 10*time.Second, func() error {
+		s, err := c.Get(t.Context(), name, metav1.GetOptions{})
+		if err != nil {
+			return err
+		}
+		change(s)
+		_, err = c.Update(t.Context(), s, metav1.UpdateOptions{})
+		return err
+	})
+}
+
+// eventually polls cond until it returns nil or timeout passes.
+func eventually(t testing.TB, timeout time.Duration, cond func() error) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		err := cond()
+		if err == nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("still failing after %v: %v", timeout, err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// copyMatches compares the follower's copy with the source field by field:
+// type, data, immutable, carried labels and annotations; plus the marks.
+func copyMatches(src, dst *corev1.Secret) error {
+	if dst.Type != src.Type {
+		return fmt.Errorf("type = %q; want %q", dst.Type, src.Type)
+	}
+	if !maps.EqualFunc(dst.Data, src.Data, bytes.Equal) {
+		return fmt.Errorf("data keys = %v; want %v", keysOf(dst.Data), keysOf(src.Data))
+	}
+	if a, b := dst.Immutable != nil && *dst.Immutable, src.Immutable != nil && *src.Immutable; a != b {
+		return fmt.Errorf("immutable = %v; want %v", a, b)
+	}
+	wantLabels := filterKeys(src.Labels)
+	if wantLabels == nil {
+		wantLabels = map[string]string{}
+	}
+	wantLabels[managedLabel] = "true"
+	if !maps.Equal(dst.Labels, wantLabels) {
+		return fmt.Errorf("labels = %v; want %v", dst.Labels, wantLabels)
+	}
+	gotAnn := maps.Clone(dst.Annotations)
+	for _, k := range []string{lastUpdatedAnnotation, sourceAnnotation, versionAnnotation} {
+		if _, ok := gotAnn[k]; !ok {
+			return fmt.Errorf("annotation %s missing", k)
+		}
+		delete(gotAnn, k)
+	}
+	if want := filterKeys(src.Annotations); !maps.Equal(gotAnn, want) {
+		return fmt.Errorf("annotations = %v; want %v", gotAnn, want)
+	}
+	if len(dst.OwnerReferences) > 0 || len(dst.Finalizers) > 0 {
+		return fmt.Errorf("copy has ownerReferences %v / finalizers %v", dst.OwnerReferences, dst.Finalizers)
+	}
+	return nil
+}
+
+func keysOf[V any](m map[string]V) []string { return appendSortedKeys(nil, m) }
+
+// waitSynced waits until the follower's copy of name equals the leader's.
+func (e *syncEnv) waitSynced(name string) *corev1.Secret {
+	e.t.Helper()
+	var dst *corev1.Secret
+	eventually(e.t, 30*time.Second, func() error {
+		src, err := e.secrets(e.leader).Get(e.t.Context(), name, metav1.GetOptions{})
+		if err != nil {
+			return err
+		}
+		dst, err = e.secrets(e.follower).Get(e.t.Context(), name, metav1.GetOptions{})
+		if err != nil {
+			return err
+		}
+		return copyMatches(src, dst)
+	})
+	return dst
+}
+
+func (e *syncEnv) waitGone(name string) {
+	e.t.Helper()
+	eventually(e.t, 30*time.Second, func() error {
+		_, err := e.secrets(e.follower).Get(e.t.Context(), name, metav1.GetOptions{})
+		if apierrors.IsNotFound(err) {
+			return nil
+		}
+		return fmt.Errorf("copy %s still exists (err %v)", name, err)
+	})
+}
+
+func TestSyncLifecycle(t *testing.T) {
+	e := newSyncEnv(t)
+	e.startPair()
+	src := e.secrets(e.leader)
+
+	// The synced namespace exists only in the leader's cluster: the
+	// follower creates it.
+	if _, err := e.follower.Clientset.CoreV1().Namespaces().Get(t.Context(), e.ns, metav1.GetOptions{}); !apierrors.IsNotFound(err) {
+		t.Fatalf("namespace %s exists in the follower before the sync (err %v)", e.ns, err)
+	}
+	tls := labelled("tls", map[string]string{"tls.crt": "CERT", "tls.key": secretValue, "ca.crt": "CA"})
+	tls.Type = corev1.SecretTypeTLS
+	tls.Labels["app"] = "web"
+	tls.Annotations = map[string]string{"cert-manager.io/certificate-name": "web", lastAppliedAnnotation: "{}"}
+	mustCreate(t, src, tls)
+	copy := e.waitSynced("tls")
+	if _, ok := copy.Annotations[lastAppliedAnnotation]; ok {
+		t.Errorf("copy carries %s", lastAppliedAnnotation)
+	}
+
+	t.Run("value change", func(t *testing.T) {
+		mustModify(t, src, "tls", func(s *corev1.Secret) { s.Data["tls.crt"] = []byte("RENEWED") })
+		e.waitSynced("tls")
+	})
+	t.Run("key removed", func(t *testing.T) {
+		mustModify(t, src, "tls", func(s *corev1.Secret) { delete(s.Data, "ca.crt") })
+		if got := e.waitSynced("tls"); got.Data["ca.crt"] != nil {
+			t.Errorf("ca.crt still in the copy")
+		}
+	})
+	t.Run("labels and annotations", func(t *testing.T) {
+		mustModify(t, src, "tls", func(s *corev1.Secret) {
+			s.Labels["tier"] = "edge"
+			delete(s.Labels, "app")
+			s.Annotations["note"] = "moved"
+		})
+		e.waitSynced("tls")
+	})
+	t.Run("type change", func(t *testing.T) {
+		// Type is immutable in the API: the source is recreated, and so
+		// must the copy be.
+		if err := src.Delete(t.Context(), "tls", metav1.DeleteOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		opaque := labelled("tls", map[string]string{"token": secretValue})
+		mustCreate(t, src, opaque)
+		if got := e.waitSynced("tls"); got.Type != corev1.SecretTypeOpaque {
+			t.Errorf("type = %s; want Opaque", got.Type)
+		}
+	})
+	t.Run("immutable", func(t *testing.T) {
+		im := labelled("frozen", map[string]string{"v": "1"})
+		im.Immutable = ptr(true)
+		mustCreate(t, src, im)
+		e.waitSynced("frozen")
+		// An immutable Secret changes only by recreation.
+		if err := src.Delete(t.Context(), "frozen", metav1.DeleteOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		im2 := labelled("frozen", map[string]string{"v": "2"})
+		im2.Immutable = ptr(true)
+		mustCreate(t, src, im2)
+		if got := e.waitSynced("frozen"); string(got.Data["v"]) != "2" {
+			t.Errorf("frozen v = %q; want 2", got.Data["v"])
+		}
+	})
+	t.Run("unlabel", func(t *testing.T) {
+		mustModify(t, src, "tls", func(s *corev1.Secret) { delete(s.Labels, "kube-secret-sync") })
+		e.waitGone("tls")
+	})
+	t.Run("delete", func(t *testing.T) {
+		mustCreate(t, src, labelled("doomed", map[string]string{"k": "v"}))
+		e.waitSynced("doomed")
+		if err := src.Delete(t.Context(), "doomed", metav1.DeleteOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		e.waitGone("doomed")
+	})
+	t.Run("relabel after unlabel", func(t *testing.T) {
+		mustModify(t, src, "tls", func(s *corev1.Secret) { s.Labels = map[string]string{"kube-secret-sync": "true"} })
+		e.waitSynced("tls")
+	})
+}
+
+func TestOwnerReferencesAndFinalizersNotCopied(t *testing.T) {
+	e := newSyncEnv(t)
+	e.startPair()
+	src := e.secrets(e.leader)
+	owner := mustCreate(t, src, &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: "owner"}})
+	s := labelled("owned", map[string]string{"k": secretValue})
+	s.OwnerReferences = []metav1.OwnerReference{{APIVersion: "v1", Kind: "Secret", Name: owner.Name, UID: owner.UID}}
+	s.Finalizers = []string{"example.com/keep"}
+	mustCreate(t, src, s)
+	got := e.waitSynced("owned") // copyMatches refuses ownerReferences and finalizers
+	if got.UID == owner.UID || got.ResourceVersion == "" {
+		t.Errorf("copy has the source's identity")
+	}
+	// Let the namespace go away at cleanup.
+	mustModify(t, src, "owned", func(s *corev1.Secret) { s.Finalizers = nil })
+}
+
+func TestUnmanagedSecretIsLeftAlone(t *testing.T) {
+	e := newSyncEnv(t)
+	dst := e.follower.Clientset.CoreV1().Secrets(e.ns)
+	if _, err := e.follower.Clientset.CoreV1().Namespaces().Create(t.Context(),
+		&corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: e.ns}}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	mine := mustCreate(t, dst, &corev1.Secret{
+		ObjectMeta: metav1.ObjectMeta{Name: "shared-name", Labels: map[string]string{"owner": "team-b"}},
+		Data:       map[string][]byte{"local": []byte("keep me")},
+	})
+	e.startPair()
+	src := e.secrets(e.leader)
+	mustCreate(t, src, labelled("shared-name", map[string]string{"k": secretValue}))
+	mustCreate(t, src, labelled("other", map[string]string{"k": "v"}))
+	e.waitSynced("other")
+	// The conflict is reported with an Event on the unmanaged Secret.
+	eventually(t, 30*time.Second, func() error {
+		evs, err := e.follower.Clientset.CoreV1().Events(e.ns).List(t.Context(), metav1.ListOptions{
+			FieldSelector: "involvedObject.name=shared-name,reason=NotManaged"})
+		if err != nil {
+			return err
+		}
+		if len(evs.Items) == 0 {
+			return errors.New("no NotManaged event yet")
+		}
+		return nil
+	})
+	// Deleting the source writes a tombstone; the unmanaged Secret must
+	// survive that too.
+	if err := src.Delete(t.Context(), "shared-name", metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if err := src.Delete(t.Context(), "other", metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	e.waitGone("other") // the tombstones have been processed
+	got, err := dst.Get(t.Context(), "shared-name", metav1.GetOptions{})
+	if err != nil {
+		t.Fatalf("unmanaged Secret: %v", err)
+	}
+	if got.ResourceVersion != mine.ResourceVersion || string(got.Data["local"]) != "keep me" {
+		t.Errorf("unmanaged Secret was modified: rv %s -> %s, data %v", mine.ResourceVersion, got.ResourceVersion, keysOf(got.Data))
+	}
+}
+
+func ptr[T any](v T) *T { return &v }
+
+// syncBuffer is a goroutine-safe log sink.
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
+
+// testWriter sends daemon logs to the test log (shown on failure or -v).
+type testWriter struct{ t *testing.T }
+
+func (w testWriter) Write(p []byte) (int, error) {
+	defer func() { _ = recover() }() // a log line after the test ended
+	w.t.Log(strings.TrimRight(string(p), "\n"))
+	return len(p), nil
+}
+
+// writeCounter counts the requests a daemon makes that change Secrets,
+// Namespaces or ConfigMaps (Lease renewals and Events are not counted).
+type writeCounter struct {
+	secrets, other atomic.Int64
+}
+
+func (w *writeCounter) wrap(rt http.RoundTripper) http.RoundTripper {
+	return roundTripFunc(func(r *http.Request) (*http.Response, error) {
+		if r.Method != http.MethodGet {
+			switch {
+			case strings.Contains(r.URL.Path, "/secrets"):
+				w.secrets.Add(1)
+			case strings.Contains(r.URL.Path, "/configmaps"), strings.HasSuffix(r.URL.Path, "/namespaces"):
+				w.other.Add(1)
+			}
+		}
+		return rt.RoundTrip(r)
+	})
+}
+
+type roundTripFunc func(*http.Request) (*http.Response, error)
+
+func (f roundTripFunc) RoundTrip(r *http.Request) (*http.Response, error) { return f(r) }
+
+// dbConn opens a direct connection to the test's database.
+func (e *syncEnv) dbConn() *pgx.Conn {
+	e.t.Helper()
+	conn, err := pgx.Connect(e.t.Context(), e.dsn)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	e.t.Cleanup(func() { conn.Close(context.Background()) })
+	return conn
+}
