@@ -11,7 +11,9 @@ import (
 	"fmt"
 	"io"
 	"maps"
+	"net"
 	"net/http"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -52,7 +54,8 @@ func newSyncEnv(t *testing.T) *syncEnv {
 	e.ns = testenv.Namespace(t, e.leader)
 	e.sysA = testenv.Namespace(t, e.leader)
 	e.sysB = testenv.Namespace(t, e.follower)
-	t.Cleanup(func() { testenv.DeleteNamespace(t, e.follower, e.ns) })
+	follower := e.follower // a test may swap in its own follower cluster
+	t.Cleanup(func() { testenv.DeleteNamespace(t, follower, e.ns) })
 	t.Cleanup(func() { e.checkLogs() })
 	return e
 }
@@ -86,6 +89,11 @@ func (e *syncEnv) config(leader bool) *Config {
 		PodNamespace:     e.sysA,
 		PodName:          "leader-0",
 	}
+	port, err := freeTCPPort()
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	c.MetricsAddr = fmt.Sprintf("127.0.0.1:%d", port)
 	if leader {
 		c.Leader = "1"
 	} else {
@@ -99,16 +107,17 @@ func (e *syncEnv) config(leader bool) *Config {
 
 // daemon is one running instance of run().
 type daemon struct {
-	cancel context.CancelFunc
-	done   chan error
-	writes *writeCounter
+	cancel  context.CancelFunc
+	done    chan error
+	writes  *writeCounter
+	metrics string // address of /metrics
 }
 
 // start runs the daemon until the test ends (or stop is called).
 func (e *syncEnv) start(cfg *Config) *daemon {
 	e.t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
-	d := &daemon{cancel: cancel, done: make(chan error, 1), writes: &writeCounter{}}
+	d := &daemon{cancel: cancel, done: make(chan error, 1), writes: &writeCounter{}, metrics: cfg.MetricsAddr}
 	cfg.wrapTransport = d.writes.wrap
 	l := logrus.New()
 	l.SetOutput(io.MultiWriter(e.logs, testWriter{e.t}))
@@ -125,13 +134,58 @@ func (d *daemon) stop(t *testing.T) {
 	d.cancel()
 	select {
 	case err, ok := <-d.done:
-		if ok && err != nil {
-			t.Errorf("run() = %v; want nil after cancel", err)
+		if ok {
+			if err != nil {
+				t.Errorf("run() = %v; want nil after cancel", err)
+			}
+			close(d.done)
 		}
-		close(d.done)
 	case <-time.After(30 * time.Second):
 		t.Errorf("run() did not return within 30s of cancel")
 	}
+}
+
+// metric returns the value of one sample of the daemon's /metrics, e.g.
+// metric(t, `kube_secret_sync_reconciles_total{kind="full",result="ok"}`),
+// or 0 if the sample does not exist yet.
+func (d *daemon) metric(t testing.TB, sample string) float64 {
+	t.Helper()
+	resp, err := http.Get("http://" + d.metrics + "/metrics")
+	if err != nil {
+		return 0 // not serving yet
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	for line := range strings.Lines(string(body)) {
+		if v, ok := strings.CutPrefix(strings.TrimSpace(line), sample+" "); ok {
+			f, err := strconv.ParseFloat(v, 64)
+			if err != nil {
+				t.Fatalf("metric %s: %v", sample, err)
+			}
+			return f
+		}
+	}
+	return 0
+}
+
+// waitMetric waits until sample reaches at least min.
+func (d *daemon) waitMetric(t testing.TB, sample string, min float64) {
+	t.Helper()
+	eventually(t, 30*time.Second, func() error {
+		if v := d.metric(t, sample); v < min {
+			return fmt.Errorf("%s = %v; want >= %v", sample, v, min)
+		}
+		return nil
+	})
+}
+
+func freeTCPPort() (int, error) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return 0, err
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port, nil
 }
 
 func (e *syncEnv) startPair() (leader, follower *daemon) {

@@ -134,24 +134,8 @@ func StartCluster(ctx context.Context, assets, name string) (*Cluster, error) {
 		QPS:             200,
 		Burst:           400,
 	}
-	ctx, cancel := context.WithTimeout(ctx, 90*time.Second)
-	defer cancel()
-	alive := func() error {
-		if err := c.etcd.exited(); err != nil {
-			return err
-		}
-		return c.apiserver.exited()
-	}
-	// The CA file appears once the API server has written its self-signed
-	// certificate; only then can a client verify it.
-	err = poll(ctx, 100*time.Millisecond, alive, func(ctx context.Context) bool {
-		if _, err := os.Stat(caFile); err != nil {
-			return false
-		}
-		return c.ready(ctx)
-	})
-	if err != nil {
-		return nil, fmt.Errorf("wait for %s kube-apiserver: %w", name, err)
+	if err := c.waitReady(ctx, caFile); err != nil {
+		return nil, err
 	}
 	if c.Clientset, err = kubernetes.NewForConfig(c.Config); err != nil {
 		return nil, err
@@ -162,6 +146,44 @@ func StartCluster(ctx context.Context, assets, name string) (*Cluster, error) {
 	}
 	ok = true
 	return c, nil
+}
+
+func (c *Cluster) waitReady(ctx context.Context, caFile string) error {
+	ctx, cancel := context.WithTimeout(ctx, 90*time.Second)
+	defer cancel()
+	alive := func() error {
+		if err := c.etcd.exited(); err != nil {
+			return err
+		}
+		return c.apiserver.exited()
+	}
+	// The CA file appears once the API server has written its self-signed
+	// certificate; only then can a client verify it.
+	err := poll(ctx, 100*time.Millisecond, alive, func(ctx context.Context) bool {
+		if _, err := os.Stat(caFile); err != nil {
+			return false
+		}
+		return c.ready(ctx)
+	})
+	if err != nil {
+		return fmt.Errorf("wait for %s kube-apiserver: %w", c.Name, err)
+	}
+	return nil
+}
+
+// PauseAPIServer stops the cluster's kube-apiserver (etcd keeps its
+// data), simulating an API-server outage; ResumeAPIServer starts it again
+// on the same address with the same certificate.
+func (c *Cluster) PauseAPIServer() { c.apiserver.stop(syscall.SIGTERM, 10*time.Second) }
+
+// ResumeAPIServer restarts a paused API server and waits until it is ready.
+func (c *Cluster) ResumeAPIServer(ctx context.Context) error {
+	p, err := c.apiserver.restart()
+	if err != nil {
+		return err
+	}
+	c.apiserver = p
+	return c.waitReady(ctx, c.Config.TLSClientConfig.CAFile)
 }
 
 func (c *Cluster) ready(ctx context.Context) bool {

@@ -108,9 +108,17 @@ func StartPostgres(ctx context.Context) (*Postgres, error) {
 	if err != nil {
 		return nil, err
 	}
+	if err := pg.waitReady(ctx); err != nil {
+		return nil, err
+	}
+	ok = true
+	return pg, nil
+}
+
+func (pg *Postgres) waitReady(ctx context.Context) error {
 	ctx, cancel := context.WithTimeout(ctx, 60*time.Second)
 	defer cancel()
-	err = poll(ctx, 50*time.Millisecond, pg.proc.exited, func(ctx context.Context) bool {
+	err := poll(ctx, 50*time.Millisecond, pg.proc.exited, func(ctx context.Context) bool {
 		conn, err := pgx.Connect(ctx, pg.DSN("postgres"))
 		if err != nil {
 			return false
@@ -119,10 +127,23 @@ func StartPostgres(ctx context.Context) (*Postgres, error) {
 		return true
 	})
 	if err != nil {
-		return nil, fmt.Errorf("wait for postgres: %w", err)
+		return fmt.Errorf("wait for postgres: %w", err)
 	}
-	ok = true
-	return pg, nil
+	return nil
+}
+
+// Pause stops the server but keeps its data, simulating a database
+// outage; Resume starts it again on the same port.
+func (pg *Postgres) Pause() { pg.proc.stop(syscall.SIGINT, 10*time.Second) }
+
+// Resume restarts a paused server and waits until it accepts connections.
+func (pg *Postgres) Resume(ctx context.Context) error {
+	p, err := pg.proc.restart()
+	if err != nil {
+		return err
+	}
+	pg.proc = p
+	return pg.waitReady(ctx)
 }
 
 // DSN returns a connection string for database db as the superuser.

@@ -28,6 +28,8 @@ import (
 // demo) does not orphan its servers.
 type process struct {
 	name string
+	args []string // bin and arguments, for restart
+	cred *syscall.Credential
 	cmd  *exec.Cmd
 	log  *tailBuffer
 	done chan struct{}
@@ -49,12 +51,17 @@ func startProcess(name string, cred *syscall.Credential, dir string, bin string,
 	if err := cmd.Start(); err != nil {
 		return nil, fmt.Errorf("start %s: %w", name, err)
 	}
-	p := &process{name: name, cmd: cmd, log: log, done: make(chan struct{})}
+	p := &process{name: name, args: append([]string{bin}, args...), cred: cred, cmd: cmd, log: log, done: make(chan struct{})}
 	go func() {
 		p.err = cmd.Wait()
 		close(p.done)
 	}()
 	return p, nil
+}
+
+// restart starts the same command again after stop.
+func (p *process) restart() (*process, error) {
+	return startProcess(p.name, p.cred, p.cmd.Dir, p.args[0], p.args[1:]...)
 }
 
 // exited reports whether the process has ended, with its output tail.
