@@ -59,25 +59,6 @@ func main() {
 	log.Info("stopped")
 }
 
-// newLogger configures logrus once: JSON by default, text with PRETTY=1.
-func newLogger(cfg *Config) *logrus.Entry {
-	l := logrus.New()
-	l.SetOutput(os.Stderr)
-	if on(cfg.Pretty) {
-		l.SetFormatter(&logrus.TextFormatter{FullTimestamp: true})
-	} else {
-		l.SetFormatter(&logrus.JSONFormatter{})
-	}
-	if on(cfg.Debug) {
-		l.SetLevel(logrus.DebugLevel)
-	}
-	role := "follower"
-	if cfg.IsLeader() {
-		role = "leader"
-	}
-	return l.WithFields(logrus.Fields{"role": role, "cluster": cfg.ClusterName})
-}
-
 // restConfig uses KUBECONFIG when set, else the in-cluster configuration.
 func restConfig(cfg *Config) (*rest.Config, error) {
 	var rc *rest.Config

@@ -320,4 +320,3 @@ func TestTwoReplicasOneActive(t *testing.T) {
 	mustCreate(t, e.secrets(e.leader), labelled("y", map[string]string{"k": "v"}))
 	e.waitSynced("y")
 }
-
