@@ -58,6 +58,7 @@ func newLeaderLoop(cfg *Config, log *logrus.Entry, store *Store, client kubernet
 		listers: map[string]corelisters.SecretLister{},
 		dirty:   map[ObjectKey]struct{}{},
 		wake:    make(chan struct{}, 1),
+		known:   map[ObjectKey]RowState{},
 	}
 }
 
@@ -150,15 +151,22 @@ func (l *leaderLoop) run(ctx context.Context) error {
 	tick := time.NewTicker(l.cfg.Tick())
 	defer tick.Stop()
 	full := true
-	var retry <-chan time.Time
 	backoff := time.Second
 	for {
+		var err error
 		if full {
-			err := l.reconcileFull(ctx)
+			err = l.reconcileFull(ctx)
 			full = err != nil
-		} else if err := l.reconcileDirty(ctx); err != nil {
-			// The keys went back to the dirty set; try again soon.
-			retry = time.After(backoff)
+		} else {
+			// On error the keys go back to the dirty set.
+			err = l.reconcileDirty(ctx)
+		}
+		// While failing (database down), wait for the retry timer rather
+		// than retrying on every watch event.
+		var retry <-chan time.Time
+		wake := l.wake
+		if err != nil {
+			retry, wake = time.After(backoff), nil
 			backoff = min(2*backoff, l.cfg.Tick())
 		} else {
 			backoff = time.Second
@@ -169,7 +177,7 @@ func (l *leaderLoop) run(ctx context.Context) error {
 		case <-tick.C:
 			full = true
 		case <-retry:
-		case <-l.wake:
+		case <-wake:
 			// Let a burst of events (a kubectl apply of many Secrets)
 			// arrive, so that it becomes one transaction.
 			select {
