@@ -111,10 +111,13 @@ func (c *Config) validate() error {
 		return fmt.Errorf("invalid ENCRYPTION_KEY: %w", err)
 	}
 	c.keys = keys
-	if c.TickSeconds < 1 {
-		return fmt.Errorf("invalid TICK_SECONDS: must be at least 1, got %d", c.TickSeconds)
+	// The upper bound keeps Tick() far from overflowing time.Duration
+	// (a negative interval panics in time.NewTicker).
+	if c.TickSeconds < 1 || c.TickSeconds > maxTickSeconds {
+		return fmt.Errorf("invalid TICK_SECONDS: must be between 1 and %d, got %d", maxTickSeconds, c.TickSeconds)
 	}
-	if c.PollSeconds < 0.05 || c.PollSeconds > float64(c.TickSeconds) {
+	// Written so that NaN, which fails every comparison, is refused too.
+	if !(c.PollSeconds >= 0.05 && c.PollSeconds <= float64(c.TickSeconds)) {
 		return fmt.Errorf("invalid POLL_SECONDS: must be between 0.05 and TICK_SECONDS (%d), got %g", c.TickSeconds, c.PollSeconds)
 	}
 	if c.ClusterName == "" || len(c.ClusterName) > 253 {
@@ -140,7 +143,7 @@ func (c *Config) validate() error {
 	default:
 		return fmt.Errorf("invalid DELETE_POLICY: must be %q or %q, got %q", deletePolicyDelete, deletePolicyRetain, c.DeletePolicy)
 	}
-	if c.KubeQPS <= 0 {
+	if !(c.KubeQPS > 0) { // NaN included
 		return errors.New("invalid KUBE_QPS: must be positive")
 	}
 	if c.KubeBurst < 1 {
@@ -161,6 +164,9 @@ func (c *Config) validate() error {
 	}
 	return nil
 }
+
+// maxTickSeconds bounds TICK_SECONDS to one day.
+const maxTickSeconds = 24 * 60 * 60
 
 // Delete policies for a follower's copy whose source is gone.
 const (
@@ -193,3 +199,9 @@ func usage() {
 	_ = envconfig.Usagef("", &Config{}, tw, "{{range .}}  {{usage_key .}}\t{{usage_description .}}{{if usage_default .}} (default {{usage_default .}}){{end}}\n{{end}}")
 	_ = tw.Flush()
 }
+
+// passTimeout bounds one reconcile pass, so that a hung call cannot stall
+// the loop forever. It is far longer than a tick: a first pass over a large
+// fleet is limited by KUBE_QPS (1000 creates at 20/s take 50 s), and cutting
+// it short would only make the next pass redo the work.
+func (c *Config) passTimeout() time.Duration { return max(5*c.Tick(), 5*time.Minute) }

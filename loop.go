@@ -192,7 +192,7 @@ func (l *leaderLoop) run(ctx context.Context) error {
 func (l *leaderLoop) reconcileFull(ctx context.Context) (err error) {
 	start := time.Now()
 	defer func() { l.metrics.observe("full", start, err) }()
-	ctx, cancel := context.WithTimeout(ctx, l.cfg.Tick())
+	ctx, cancel := context.WithTimeout(ctx, l.cfg.passTimeout())
 	defer cancel()
 	states, err := l.store.States(ctx)
 	if err != nil {
@@ -225,7 +225,7 @@ func (l *leaderLoop) reconcileDirty(ctx context.Context) (err error) {
 	}
 	start := time.Now()
 	defer func() { l.metrics.observe("incremental", start, err) }()
-	ctx, cancel := context.WithTimeout(ctx, l.cfg.Tick())
+	ctx, cancel := context.WithTimeout(ctx, l.cfg.passTimeout())
 	defer cancel()
 	if err := l.sync(ctx, "incremental", keys); err != nil {
 		l.mu.Lock()
@@ -388,7 +388,7 @@ func (f *followerLoop) run(ctx context.Context) error {
 // pass, and one bad row never holds up the rows after it.
 func (f *followerLoop) pull(ctx context.Context) (err error) {
 	start := time.Now()
-	ctx, cancel := context.WithTimeout(ctx, f.cfg.Tick())
+	ctx, cancel := context.WithTimeout(ctx, f.cfg.passTimeout())
 	defer cancel()
 	before := f.cursor
 	defer func() {
@@ -434,7 +434,7 @@ func (f *followerLoop) saveCursor(ctx context.Context, before Cursor) error {
 func (f *followerLoop) reconcileFull(ctx context.Context) (err error) {
 	start := time.Now()
 	defer func() { f.metrics.observe("full", start, err) }()
-	ctx, cancel := context.WithTimeout(ctx, f.cfg.Tick())
+	ctx, cancel := context.WithTimeout(ctx, f.cfg.passTimeout())
 	defer cancel()
 	list, err := f.client.CoreV1().Secrets(metav1.NamespaceAll).List(ctx, metav1.ListOptions{LabelSelector: managedLabel + "=true"})
 	if err != nil {

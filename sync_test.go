@@ -38,7 +38,7 @@ const (
 // synced namespace that exists in the leader's cluster only, and a
 // namespace per cluster for the daemons' Lease and cursor.
 type syncEnv struct {
-	t                *testing.T
+	t                testing.TB
 	leader, follower *testenv.Cluster
 	ns               string
 	dsn              string
@@ -46,7 +46,7 @@ type syncEnv struct {
 	logs             *syncBuffer
 }
 
-func newSyncEnv(t *testing.T) *syncEnv {
+func newSyncEnv(t testing.TB) *syncEnv {
 	t.Helper()
 	cs := testenv.Clusters(t, 2)
 	e := &syncEnv{t: t, leader: cs[0], follower: cs[1], logs: &syncBuffer{}}
@@ -129,7 +129,7 @@ func (e *syncEnv) start(cfg *Config) *daemon {
 	return d
 }
 
-func (d *daemon) stop(t *testing.T) {
+func (d *daemon) stop(t testing.TB) {
 	t.Helper()
 	d.cancel()
 	select {
@@ -228,7 +228,7 @@ func labelled(name string, data map[string]string) *corev1.Secret {
 	return s
 }
 
-func mustCreate(t *testing.T, c secretsClient, s *corev1.Secret) *corev1.Secret {
+func mustCreate(t testing.TB, c secretsClient, s *corev1.Secret) *corev1.Secret {
 	t.Helper()
 	got, err := c.Create(t.Context(), s, metav1.CreateOptions{})
 	if err != nil {
@@ -238,7 +238,7 @@ func mustCreate(t *testing.T, c secretsClient, s *corev1.Secret) *corev1.Secret 
 }
 
 // mustModify reads, changes and writes back a Secret, retrying conflicts.
-func mustModify(t *testing.T, c secretsClient, name string, change func(*corev1.Secret)) {
+func mustModify(t testing.TB, c secretsClient, name string, change func(*corev1.Secret)) {
 	t.Helper()
 	eventually(t, 10*time.Second, func() error {
 		s, err := c.Get(t.Context(), name, metav1.GetOptions{})
@@ -502,7 +502,7 @@ func (b *syncBuffer) String() string {
 }
 
 // testWriter sends daemon logs to the test log (shown on failure or -v).
-type testWriter struct{ t *testing.T }
+type testWriter struct{ t testing.TB }
 
 func (w testWriter) Write(p []byte) (int, error) {
 	defer func() { _ = recover() }() // a log line after the test ended

@@ -1,0 +1,156 @@
+package main
+
+// Benchmarks of the sync against the real components (make bench). Each
+// reports its throughput; ratios compare two ways of doing the same work
+// measured in the same run, which is what stays meaningful on a noisy
+// shared machine.
+
+import (
+	"fmt"
+	"io"
+	"testing"
+	"time"
+
+	"github.com/sirupsen/logrus"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+)
+
+// benchSecrets is the fleet size of the reconcile benchmarks.
+const benchSecrets = 1000
+
+func quietLog() *logrus.Entry {
+	l := logrus.New()
+	l.SetOutput(io.Discard)
+	return logrus.NewEntry(l)
+}
+
+// mustCreateMany creates n labelled Secrets of a TLS certificate's size in the leader's namespace.
+func (e *syncEnv) mustCreateMany(prefix string, n int) {
+	e.t.Helper()
+	src := e.secrets(e.leader)
+	for i := range n {
+		s := labelled(fmt.Sprintf("%s-%d", prefix, i), nil)
+		s.Data["tls.crt"] = make([]byte, 3000)
+		s.Data["tls.key"] = make([]byte, 1700)
+		mustCreate(e.t, src, s)
+	}
+}
+
+func (e *syncEnv) mustStore(cfg *Config) *Store {
+	e.t.Helper()
+	store, err := OpenStore(e.t.Context(), cfg.DSN)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	e.t.Cleanup(store.Close)
+	if err := store.Migrate(e.t.Context(), "bench"); err != nil {
+		e.t.Fatal(err)
+	}
+	return store
+}
+
+// BenchmarkEndToEnd measures how fast Secrets created in the leader's
+// cluster appear in the follower's: 100 per operation, through both
+// daemons' real loops, PostgreSQL and two kube-apiservers.
+func BenchmarkEndToEnd(b *testing.B) {
+	e := newSyncEnv(b)
+	leader, follower := e.config(true), e.config(false)
+	follower.PollSeconds = 0.1
+	e.start(leader)
+	e.start(follower)
+	const batch = 100
+	round := 0
+	start := time.Now()
+	for b.Loop() {
+		round++
+		e.mustCreateMany(fmt.Sprintf("r%d", round), batch)
+		eventually(b, 2*time.Minute, func() error {
+			list, err := e.follower.Clientset.CoreV1().Secrets(e.ns).List(b.Context(), metav1.ListOptions{LabelSelector: managedLabel + "=true"})
+			if err != nil {
+				return err
+			}
+			if len(list.Items) < round*batch {
+				return fmt.Errorf("%d of %d copies", len(list.Items), round*batch)
+			}
+			return nil
+		})
+	}
+	b.ReportMetric(float64(round*batch)/time.Since(start).Seconds(), "secrets/s")
+}
+
+// BenchmarkLeaderIdlePass measures the leader's full reconcile of a fleet
+// that has not changed (read row states, hash every Secret, write
+// nothing), against the pass that first stored the fleet.
+func BenchmarkLeaderIdlePass(b *testing.B) {
+	e := newSyncEnv(b)
+	cfg := e.config(true)
+	e.mustCreateMany("s", benchSecrets)
+	store := e.mustStore(cfg)
+	l := newLeaderLoop(cfg, quietLog(), store, e.leader.Clientset, newMetrics())
+	if err := l.startInformers(b.Context()); err != nil {
+		b.Fatal(err)
+	}
+	first := time.Now()
+	if err := l.reconcileFull(b.Context()); err != nil {
+		b.Fatal(err)
+	}
+	storing := time.Since(first)
+	before, _ := store.MaxVersion(b.Context())
+	for b.Loop() {
+		if err := l.reconcileFull(b.Context()); err != nil {
+			b.Fatal(err)
+		}
+	}
+	if after, _ := store.MaxVersion(b.Context()); after != before {
+		b.Fatalf("idle passes wrote: version %d -> %d", before, after)
+	}
+	idle := b.Elapsed() / time.Duration(b.N)
+	b.ReportMetric(float64(benchSecrets)/idle.Seconds(), "secrets/s")
+	b.ReportMetric(storing.Seconds()*1000, "ms-first-pass")
+	b.ReportMetric(float64(storing)/float64(idle), "first/idle-ratio")
+}
+
+// BenchmarkFollowerIdlePass measures the follower's full reconcile of a
+// fleet that is in sync: one List of the copies, one paged read of the
+// rows, a keyed hash per copy and nothing decrypted or written. The ratio
+// compares it with only decrypting every row, the work the hash check
+// saves.
+func BenchmarkFollowerIdlePass(b *testing.B) {
+	e := newSyncEnv(b)
+	e.mustCreateMany("s", benchSecrets)
+	lcfg := e.config(true)
+	store := e.mustStore(lcfg)
+	l := newLeaderLoop(lcfg, quietLog(), store, e.leader.Clientset, newMetrics())
+	if err := l.startInformers(b.Context()); err != nil {
+		b.Fatal(err)
+	}
+	if err := l.reconcileFull(b.Context()); err != nil {
+		b.Fatal(err)
+	}
+	cfg := e.config(false)
+	f := newFollowerLoop(cfg, quietLog(), store, e.follower.Clientset, newMetrics(), nil)
+	if err := f.reconcileFull(b.Context()); err != nil { // creates the copies
+		b.Fatal(err)
+	}
+	rows, err := store.Pull(b.Context(), Cursor{}, benchSecrets+1)
+	if err != nil {
+		b.Fatal(err)
+	}
+	openStart := time.Now()
+	for i := range rows {
+		if _, err := cfg.keys.Open(rows[i].Binding(), rows[i].KeyID, rows[i].Ciphertext); err != nil {
+			b.Fatal(err)
+		}
+	}
+	openAll := time.Since(openStart)
+	b.ResetTimer()
+	for b.Loop() {
+		if err := f.reconcileFull(b.Context()); err != nil {
+			b.Fatal(err)
+		}
+	}
+	idle := b.Elapsed() / time.Duration(b.N)
+	b.ReportMetric(float64(benchSecrets)/idle.Seconds(), "secrets/s")
+	b.ReportMetric(openAll.Seconds()*1000, "ms-decrypt-all")
+	b.ReportMetric(float64(openAll)/float64(idle), "decrypt-all/idle-pass")
+}
