@@ -335,7 +335,7 @@ type followerLoop struct {
 func newFollowerLoop(cfg *Config, log *logrus.Entry, store *Store, client kubernetes.Interface, m *metrics, recorder record.EventRecorder) *followerLoop {
 	return &followerLoop{
 		cfg: cfg, log: log, store: store, client: client, metrics: m, recorder: recorder,
-		writer:   &secretWriter{client: client, createNamespaces: cfg.CreateNamespaces},
+		writer:   &secretWriter{client: client, createNamespaces: cfg.CreateNamespaces, log: log},
 		cursors:  &cursorStore{client: client, namespace: cfg.PodNamespace, name: cfg.LeaseName + "-state"},
 		reported: map[ObjectKey]int64{},
 	}
@@ -540,10 +540,12 @@ func (f *followerLoop) applyRow(ctx context.Context, r *Row, existing *corev1.Se
 	var rollback *errRollback
 	switch {
 	case errors.As(err, &unmanaged):
-		f.metrics.conflicts.Inc()
 		f.metrics.rowErrors.WithLabelValues("unmanaged").Inc()
+		// Counted, logged and evented once per row version, not on
+		// every full pass while the conflict lasts.
 		if f.reported[r.ObjectKey] != r.Version {
 			f.reported[r.ObjectKey] = r.Version
+			f.metrics.conflicts.Inc()
 			log.Warn(unmanaged.Error())
 			f.recordConflict(ctx, r.ObjectKey)
 		}

@@ -49,11 +49,11 @@ func newMetrics() *metrics {
 	}, []string{"action"})
 	m.rowErrors = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "kube_secret_sync_row_errors_total",
-		Help: "Rows that could not be synced, by reason (wrong_key, tampered, rollback, unmanaged, api, invalid).",
+		Help: "Attempts to sync a row that failed, by reason (wrong_key, tampered, rollback, unmanaged, api, invalid); a full pass retries failed rows.",
 	}, []string{"reason"})
 	m.conflicts = prometheus.NewCounter(prometheus.CounterOpts{
 		Name: "kube_secret_sync_unmanaged_conflicts_total",
-		Help: "Rows not applied because a Secret of the same name exists and is not managed by kube-secret-sync.",
+		Help: "Distinct row versions not applied because a Secret of the same name exists and is not managed by kube-secret-sync.",
 	})
 	m.reconciles = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "kube_secret_sync_reconciles_total",

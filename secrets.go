@@ -8,6 +8,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/sirupsen/logrus"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -207,6 +208,7 @@ func (e *errRollback) Error() string {
 type secretWriter struct {
 	client           kubernetes.Interface
 	createNamespaces bool
+	log              *logrus.Entry
 }
 
 // apply makes the cluster's copy equal desired. existing is the current
@@ -282,7 +284,10 @@ func (w *secretWriter) ensureNamespace(ctx context.Context, name string) error {
 		Annotations: map[string]string{managedPrefix + "created-namespace": "true"},
 	}}
 	_, err := w.client.CoreV1().Namespaces().Create(ctx, ns, metav1.CreateOptions{})
-	if err != nil && !apierrors.IsAlreadyExists(err) {
+	switch {
+	case err == nil:
+		w.log.WithField("namespace", name).Info("created namespace")
+	case !apierrors.IsAlreadyExists(err):
 		return fmt.Errorf("create namespace %s: %w", name, err)
 	}
 	return nil
