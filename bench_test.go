@@ -13,6 +13,7 @@ import (
 
 	"github.com/sirupsen/logrus"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
 )
 
 // benchSecrets is the fleet size of the reconcile benchmarks.
@@ -134,7 +135,15 @@ func BenchmarkFollowerIdlePass(b *testing.B) {
 		b.Fatal(err)
 	}
 	cfg := e.config(false)
-	f := newFollowerLoop(cfg, quietLog(), store, e.follower.Clientset, newMetrics(), nil)
+	rc, err := restConfig(cfg) // the daemon's own client settings
+	if err != nil {
+		b.Fatal(err)
+	}
+	client, err := kubernetes.NewForConfig(rc)
+	if err != nil {
+		b.Fatal(err)
+	}
+	f := newFollowerLoop(cfg, quietLog(), store, client, newMetrics(), nil)
 	if err := f.reconcileFull(b.Context()); err != nil { // creates the copies
 		b.Fatal(err)
 	}

@@ -262,6 +262,10 @@ func (s *Store) Migrate(ctx context.Context, holder string) error {
 	if err != nil || len(pending) == 0 {
 		return err
 	}
+	// There is work to do, which needs DDL rights anyway.
+	if err := s.execDDL(ctx, createMigrationLockSQL); err != nil {
+		return err
+	}
 	release, err := s.lockMigrations(ctx, holder)
 	if err != nil {
 		return err
@@ -290,37 +294,48 @@ func (s *Store) Migrate(ctx context.Context, holder string) error {
 	return nil
 }
 
-// pendingMigrations creates the bookkeeping tables if needed and returns
-// the files not yet applied.
+const (
+	createSchemaMigrationsSQL = `CREATE TABLE IF NOT EXISTS kss_schema_migrations (name TEXT PRIMARY KEY, applied_at TIMESTAMPTZ NOT NULL DEFAULT now())`
+	createMigrationLockSQL    = `CREATE TABLE IF NOT EXISTS kss_migration_lock (id INT PRIMARY KEY, holder TEXT NOT NULL, expires_at TIMESTAMPTZ NOT NULL)`
+)
+
+// pendingMigrations returns the files not yet applied, creating the
+// migrations table in a database that lacks it. It reads first: even
+// CREATE TABLE IF NOT EXISTS of an existing table needs the CREATE
+// privilege on the schema, which a follower's read-only user lacks.
 func (s *Store) pendingMigrations(ctx context.Context, files []string) ([]string, error) {
-	for _, stmt := range []string{
-		`CREATE TABLE IF NOT EXISTS kss_schema_migrations (name TEXT PRIMARY KEY, applied_at TIMESTAMPTZ NOT NULL DEFAULT now())`,
-		`CREATE TABLE IF NOT EXISTS kss_migration_lock (id INT PRIMARY KEY, holder TEXT NOT NULL, expires_at TIMESTAMPTZ NOT NULL)`,
-	} {
-		if err := s.execDDL(ctx, stmt); err != nil {
+	applied, err := s.appliedMigrations(ctx)
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) && pgErr.Code == "42P01" { // undefined_table: a fresh database
+		if err := s.execDDL(ctx, createSchemaMigrationsSQL); err != nil {
 			return nil, err
 		}
+		applied, err = s.appliedMigrations(ctx)
 	}
-	rows, err := s.pool.Query(ctx, `SELECT name FROM kss_schema_migrations`)
 	if err != nil {
-		return nil, err
-	}
-	applied, err := pgx.CollectRows(rows, pgx.RowTo[string])
-	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("read applied migrations: %w", err)
 	}
 	return slices.DeleteFunc(slices.Clone(files), func(f string) bool { return slices.Contains(applied, f) }), nil
 }
 
+func (s *Store) appliedMigrations(ctx context.Context) ([]string, error) {
+	rows, err := s.pool.Query(ctx, `SELECT name FROM kss_schema_migrations`)
+	if err != nil {
+		return nil, err
+	}
+	return pgx.CollectRows(rows, pgx.RowTo[string])
+}
+
 // execDDL runs an idempotent CREATE … IF NOT EXISTS. Two of them racing
-// on PostgreSQL can fail with a unique violation (23505) or duplicate
-// table (42P07) in the catalog; the table then exists, which is all we
-// wanted, so the statement is simply tried again.
+// on PostgreSQL can fail with a unique violation (23505) in the catalog,
+// duplicate table (42P07) or duplicate object (42710: the table's row
+// type); the table then exists, which is all we wanted, so the statement
+// is simply tried again.
 func (s *Store) execDDL(ctx context.Context, stmt string) error {
 	for attempt := 0; ; attempt++ {
 		_, err := s.pool.Exec(ctx, stmt)
 		var pgErr *pgconn.PgError
-		if err == nil || attempt >= 3 || !errors.As(err, &pgErr) || (pgErr.Code != "23505" && pgErr.Code != "42P07" && !retryable(err)) {
+		if err == nil || attempt >= 3 || !errors.As(err, &pgErr) || (!slices.Contains([]string{"23505", "42P07", "42710"}, pgErr.Code) && !retryable(err)) {
 			return err
 		}
 	}

@@ -73,6 +73,10 @@ func restConfig(cfg *Config) (*rest.Config, error) {
 	}
 	rc.QPS, rc.Burst = cfg.KubeQPS, cfg.KubeBurst
 	rc.UserAgent = "kube-secret-sync/" + version
+	// Protobuf is several times cheaper to decode than JSON for the large
+	// Secret lists of informers and full passes.
+	rc.AcceptContentTypes = "application/vnd.kubernetes.protobuf,application/json"
+	rc.ContentType = "application/vnd.kubernetes.protobuf"
 	if cfg.wrapTransport != nil {
 		rc.Wrap(cfg.wrapTransport)
 	}
