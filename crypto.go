@@ -115,11 +115,15 @@ type Keys struct {
 // 32 bytes) is refused rather than silently reinterpreted. HKDF does not
 // strengthen a guessable key: generate it, e.g. `openssl rand -base64 24`.
 func NewKeys(key string) (*Keys, error) {
-	if len(key) != 32 {
-		// The length is reported, the key never is.
-		if n := utf8.RuneCountInString(key); n != len(key) {
-			return nil, fmt.Errorf("%w: got %d bytes in %d characters; use ASCII characters only", ErrKeyLength, len(key), n)
+	// 32 bytes that are also 32 characters: ASCII only, so that "exactly
+	// 32 characters" holds whichever way an operator counts. The length is
+	// reported, the key never is.
+	for i := 0; i < len(key); i++ {
+		if key[i] >= utf8.RuneSelf {
+			return nil, fmt.Errorf("%w: got %d bytes in %d characters; use ASCII characters only", ErrKeyLength, len(key), utf8.RuneCountInString(key))
 		}
+	}
+	if len(key) != 32 {
 		return nil, fmt.Errorf("%w: got %d", ErrKeyLength, len(key))
 	}
 	prk, err := hkdf.Extract(sha256.New, []byte(key), nil)

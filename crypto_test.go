@@ -116,8 +116,9 @@ func TestNewKeys(t *testing.T) {
 		{"32 ASCII characters", cryptoTestKey, nil},
 		// 16 characters but 32 bytes: accepted, for compatibility with the
 		// original, which used the string's bytes as the AES key.
-		{"32 bytes of UTF-8", strings.Repeat("é", 16), nil},
-		{"32 arbitrary bytes", string(bytes.Repeat([]byte{0xff, 0x00}, 16)), nil},
+		{"32 bytes of UTF-8 in 16 characters", strings.Repeat("é", 16), ErrKeyLength},
+		{"31 characters in 32 bytes", "é" + strings.Repeat("a", 30), ErrKeyLength},
+		{"32 bytes that are not UTF-8", string(bytes.Repeat([]byte{0xff, 0x00}, 16)), ErrKeyLength},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -74,23 +74,13 @@ type Cursor struct {
 	Name      string
 }
 
-// Before reports whether c comes before r in pull order.
-func (c Cursor) Before(r *Row) bool {
-	if r.Version != c.Version {
-		return r.Version > c.Version
-	}
-	if r.Namespace != c.Namespace {
-		return r.Namespace > c.Namespace
-	}
-	return r.Name > c.Name
-}
-
 // writeChunk bounds the rows of one upsert statement (and transaction):
 // large enough for ~20k rows/s on PostgreSQL, small enough to keep a
 // CockroachDB transaction well under its size limits.
 const writeChunk = 500
 
-// OpenStore connects to dsn and checks the connection.
+// OpenStore creates a connection pool for dsn. The pool connects lazily:
+// the first query (Migrate, at start) tells whether the database answers.
 func OpenStore(ctx context.Context, dsn string) (*Store, error) {
 	cfg, err := pgxpool.ParseConfig(dsn)
 	if err != nil {

@@ -1180,3 +1180,16 @@ func BenchmarkPull(b *testing.B) {
 	}
 	b.ReportMetric(float64(rows)/b.Elapsed().Seconds(), "rows/s")
 }
+
+// Before reports whether c comes before r in pull order, comparing bytes
+// as the tests' C-collation database does.
+func (c Cursor) Before(r *Row) bool {
+	if r.Version != c.Version {
+		return r.Version > c.Version
+	}
+	if r.Namespace != c.Namespace {
+		return r.Namespace > c.Namespace
+	}
+	return r.Name > c.Name
+}
+

@@ -475,7 +475,10 @@ func (f *followerLoop) reconcileFull(ctx context.Context) (err error) {
 			break
 		}
 	}
-	if f.cursor.Before(&Row{ObjectKey: ObjectKey{page.Namespace, page.Name}, Version: page.Version}) {
+	// The pass read every row up to page, the last one in the database's
+	// order, so the cursor may move there. Versions decide, not a Go string
+	// comparison, which could disagree with the database's collation.
+	if page != (Cursor{}) && page.Version >= f.cursor.Version {
 		f.cursor = page
 	}
 	return f.saveCursor(ctx, before)

@@ -74,18 +74,20 @@ func filterKeys(m map[string]string) map[string]string {
 }
 
 // lastChange is the source's update time: the newest managedFields entry
-// (every create, update and apply records one), else the creation time.
-// On a follower's copy it is the time carried in its annotation.
+// (every create, update and apply records one), else the creation time. A
+// Secret that carries the annotation (a follower's copy, or a promoted
+// follower's Secret) reports the later of the two, so that a renewal after
+// a promotion still moves it forward.
 func lastChange(s *corev1.Secret) time.Time {
-	if v, ok := s.Annotations[lastUpdatedAnnotation]; ok {
-		if t, err := time.Parse(time.RFC3339Nano, v); err == nil {
-			return t
-		}
-	}
 	t := s.CreationTimestamp.Time
 	for _, f := range s.ManagedFields {
 		if f.Time != nil && f.Time.After(t) {
 			t = f.Time.Time
+		}
+	}
+	if v, ok := s.Annotations[lastUpdatedAnnotation]; ok {
+		if a, err := time.Parse(time.RFC3339Nano, v); err == nil && a.After(t) {
+			t = a
 		}
 	}
 	return t.UTC()
@@ -155,22 +157,27 @@ func (p plan) String() string {
 func planFor(existing, desired *corev1.Secret) plan {
 	existingImmutable := existing.Immutable != nil && *existing.Immutable
 	desiredImmutable := desired.Immutable != nil && *desired.Immutable
-	existingType := existing.Type
-	if existingType == "" {
-		existingType = corev1.SecretTypeOpaque
-	}
-	contentSame := existingType == desired.Type && existingImmutable == desiredImmutable && dataEqual(existing.Data, desired.Data)
+	existingType, desiredType := orOpaque(existing.Type), orOpaque(desired.Type)
+	contentSame := existingType == desiredType && existingImmutable == desiredImmutable && dataEqual(existing.Data, desired.Data)
 	metaSame := maps.Equal(existing.Labels, desired.Labels) && maps.Equal(existing.Annotations, desired.Annotations)
 	switch {
 	case contentSame && metaSame:
 		return planNone
 	case contentSame:
 		return planUpdate
-	case existingType != desired.Type || existingImmutable:
+	case existingType != desiredType || existingImmutable:
 		return planRecreate
 	default:
 		return planUpdate
 	}
+}
+
+// orOpaque normalises the empty type, which the API server treats as Opaque.
+func orOpaque(t corev1.SecretType) corev1.SecretType {
+	if t == "" {
+		return corev1.SecretTypeOpaque
+	}
+	return t
 }
 
 func dataEqual(a, b map[string][]byte) bool {
