@@ -210,8 +210,20 @@ func (s *Store) States(ctx context.Context) (map[ObjectKey]RowState, error) {
 // order. Paging by this key never misses a row: a row rewritten while a
 // follower pages moves to a higher version and is met again later.
 func (s *Store) Pull(ctx context.Context, after Cursor, limit int) ([]Row, error) {
+	return s.pull(ctx, "ciphertext", after, limit)
+}
+
+// PullHeaders is Pull without the ciphertexts (Row.Ciphertext is nil): a
+// follower's full pass compares every row with its copy and needs the
+// ciphertext only of the few that differ (FillCiphertexts), so an idle
+// pass does not move every Secret across regions again.
+func (s *Store) PullHeaders(ctx context.Context, after Cursor, limit int) ([]Row, error) {
+	return s.pull(ctx, "NULL::BYTEA", after, limit)
+}
+
+func (s *Store) pull(ctx context.Context, ciphertext string, after Cursor, limit int) ([]Row, error) {
 	rows, err := s.pool.Query(ctx, `
-SELECT namespace, name, ciphertext, key_id, hash, tombstone, version, source_cluster, updated_at
+SELECT namespace, name, `+ciphertext+`, key_id, hash, tombstone, version, source_cluster, updated_at
 FROM kss_secrets
 WHERE (version, namespace, name) > ($1, $2, $3)
 ORDER BY version, namespace, name
@@ -228,6 +240,42 @@ LIMIT $4`, after.Version, after.Namespace, after.Name, limit)
 		return nil, fmt.Errorf("pull: %w", err)
 	}
 	return out, nil
+}
+
+// FillCiphertexts loads the ciphertext of rows read by PullHeaders, in one
+// query. A row rewritten since keeps a nil Ciphertext: it has a newer
+// version now, which the next incremental pull brings.
+func (s *Store) FillCiphertexts(ctx context.Context, rows []*Row) error {
+	if len(rows) == 0 {
+		return nil
+	}
+	namespaces, names, versions := make([]string, len(rows)), make([]string, len(rows)), make([]int64, len(rows))
+	byKey := make(map[ObjectKey]*Row, len(rows))
+	for i, r := range rows {
+		namespaces[i], names[i], versions[i] = r.Namespace, r.Name, r.Version
+		byKey[r.ObjectKey] = r
+	}
+	res, err := s.pool.Query(ctx, `
+SELECT s.namespace, s.name, s.version, s.ciphertext
+FROM kss_secrets AS s
+JOIN unnest($1::TEXT[], $2::TEXT[], $3::BIGINT[]) AS u (namespace, name, version)
+  ON s.namespace = u.namespace AND s.name = u.name AND s.version = u.version`, namespaces, names, versions)
+	if err != nil {
+		return fmt.Errorf("read ciphertexts: %w", err)
+	}
+	var k ObjectKey
+	var version int64
+	var ciphertext []byte
+	_, err = pgx.ForEachRow(res, []any{&k.Namespace, &k.Name, &version, &ciphertext}, func() error {
+		if r := byKey[k]; r != nil && r.Version == version {
+			r.Ciphertext, ciphertext = ciphertext, nil
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("read ciphertexts: %w", err)
+	}
+	return nil
 }
 
 // MaxVersion returns the counter: the version of the last committed write.

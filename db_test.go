@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io/fs"
 	"net/url"
+	"reflect"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -1193,3 +1194,43 @@ func (c Cursor) Before(r *Row) bool {
 	return r.Name > c.Name
 }
 
+func TestPullHeadersAndFillCiphertexts(t *testing.T) {
+	s := mustMigratedStore(t)
+	mustWrite(t, s, []Change{change("ns", "a", 1), change("ns", "b", 1), change("ns", "c", 1)}, labelSeal)
+	headers, err := s.PullHeaders(t.Context(), Cursor{}, 10)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(headers) != 3 {
+		t.Fatalf("PullHeaders = %d rows; want 3", len(headers))
+	}
+	full := mustPullAll(t, s, Cursor{}, 10)
+	for i, h := range headers {
+		if h.Ciphertext != nil {
+			t.Errorf("PullHeaders row %s has a ciphertext", h.ObjectKey)
+		}
+		h.Ciphertext = full[i].Ciphertext
+		if !reflect.DeepEqual(h, full[i]) {
+			t.Errorf("PullHeaders row %d = %+v; want %+v without ciphertext", i, h, full[i])
+		}
+		headers[i].Ciphertext = nil
+	}
+	// b is rewritten after the headers were read: its old version is gone.
+	mustWrite(t, s, []Change{change("ns", "b", 2)}, labelSeal)
+	todo := []*Row{&headers[0], &headers[1], &headers[2]}
+	if err := s.FillCiphertexts(t.Context(), todo); err != nil {
+		t.Fatal(err)
+	}
+	for i, r := range todo {
+		want := full[i].Ciphertext
+		if r.Name == "b" {
+			want = nil
+		}
+		if !bytes.Equal(r.Ciphertext, want) {
+			t.Errorf("FillCiphertexts %s = %q; want %q", r.ObjectKey, r.Ciphertext, want)
+		}
+	}
+	if err := s.FillCiphertexts(t.Context(), nil); err != nil {
+		t.Errorf("FillCiphertexts(nil) = %v", err)
+	}
+}

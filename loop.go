@@ -459,17 +459,17 @@ func (f *followerLoop) reconcileFull(ctx context.Context) (err error) {
 	before := f.cursor
 	var page Cursor
 	for {
-		rows, err := f.store.Pull(ctx, page, pullPage)
+		rows, err := f.store.PullHeaders(ctx, page, pullPage)
+		if err == nil {
+			err = f.applyOutOfSync(ctx, rows, copies)
+		}
 		if err != nil {
 			f.log.WithError(err).Error("full reconcile: cannot read the database")
 			return err
 		}
-		for i := range rows {
-			r := &rows[i]
-			if existing := copies[r.ObjectKey]; !f.inSync(r, existing) {
-				f.applyRow(ctx, r, existing)
-			}
-			page = Cursor{r.Version, r.Namespace, r.Name}
+		if len(rows) > 0 {
+			last := rows[len(rows)-1]
+			page = Cursor{last.Version, last.Namespace, last.Name}
 		}
 		if len(rows) < pullPage {
 			break
@@ -482,6 +482,26 @@ func (f *followerLoop) reconcileFull(ctx context.Context) (err error) {
 		f.cursor = page
 	}
 	return f.saveCursor(ctx, before)
+}
+
+// applyOutOfSync applies the rows (read without ciphertext) whose copy is
+// not in sync, fetching just their ciphertexts.
+func (f *followerLoop) applyOutOfSync(ctx context.Context, rows []Row, copies map[ObjectKey]*corev1.Secret) error {
+	var todo []*Row
+	for i := range rows {
+		if !f.inSync(&rows[i], copies[rows[i].ObjectKey]) {
+			todo = append(todo, &rows[i])
+		}
+	}
+	if err := f.store.FillCiphertexts(ctx, todo); err != nil {
+		return err
+	}
+	for _, r := range todo {
+		if r.Ciphertext != nil { // else rewritten since: the next pull has it
+			f.applyRow(ctx, r, copies[r.ObjectKey])
+		}
+	}
+	return nil
 }
 
 // inSync reports whether nothing needs doing for r: a tombstone with no
