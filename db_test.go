@@ -104,26 +104,6 @@ func change(ns, name string, hash uint64) Change {
 	return Change{ObjectKey: ObjectKey{ns, name}, Hash: hashOf(hash), Payload: &Payload{Type: "Opaque"}}
 }
 
-// pollUntil calls cond every 10ms until it returns nil or timeout passes.
-func pollUntil(tb testing.TB, timeout time.Duration, cond func() error) {
-	tb.Helper()
-	deadline := time.Now().Add(timeout)
-	for {
-		err := cond()
-		if err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			tb.Fatalf("condition not met within %v: %v", timeout, err)
-		}
-		select {
-		case <-tb.Context().Done():
-			tb.Fatal(tb.Context().Err())
-		case <-time.After(10 * time.Millisecond):
-		}
-	}
-}
-
 // receive waits for one value from ch, failing the test after timeout.
 func receive[T any](tb testing.TB, ch <-chan T, timeout time.Duration, what string) T {
 	tb.Helper()
@@ -852,7 +832,7 @@ func TestWriteCommitOrder(t *testing.T) {
 		bDone <- result{v, err}
 	}()
 	// B is queued behind A on the version counter's row.
-	pollUntil(t, 30*time.Second, func() error {
+	eventually(t, 30*time.Second, func() error {
 		n := queryInt(t, reader, `SELECT count(*) FROM pg_stat_activity
 WHERE datname = current_database() AND wait_event_type = 'Lock' AND query LIKE '%kss_version%'`)
 		if n != 1 {

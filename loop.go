@@ -4,7 +4,6 @@ import (
 	"context"
 	"crypto/hmac"
 	"crypto/rand"
-	"errors"
 	"fmt"
 	"io"
 	"slices"
@@ -484,26 +483,6 @@ func (f *followerLoop) reconcileFull(ctx context.Context) (err error) {
 	return f.saveCursor(ctx, before)
 }
 
-// applyOutOfSync applies the rows (read without ciphertext) whose copy is
-// not in sync, fetching just their ciphertexts.
-func (f *followerLoop) applyOutOfSync(ctx context.Context, rows []Row, copies map[ObjectKey]*corev1.Secret) error {
-	var todo []*Row
-	for i := range rows {
-		if !f.inSync(&rows[i], copies[rows[i].ObjectKey]) {
-			todo = append(todo, &rows[i])
-		}
-	}
-	if err := f.store.FillCiphertexts(ctx, todo); err != nil {
-		return err
-	}
-	for _, r := range todo {
-		if r.Ciphertext != nil { // else rewritten since: the next pull has it
-			f.applyRow(ctx, r, copies[r.ObjectKey])
-		}
-	}
-	return nil
-}
-
 // inSync reports whether nothing needs doing for r: a tombstone with no
 // managed copy, or a copy written from this very row version whose content
 // still has the row's keyed hash (no hand edits since).
@@ -518,85 +497,4 @@ func (f *followerLoop) inSync(r *Row, existing *corev1.Secret) bool {
 		return false
 	}
 	return hmac.Equal(f.cfg.keys.Hash(r.Namespace, r.Name, payloadOf(existing)), r.Hash)
-}
-
-// applyRow decrypts one row and applies it. Errors are reported here (log,
-// metric, Event for conflicts) and not returned: one bad row must not stop
-// the others.
-func (f *followerLoop) applyRow(ctx context.Context, r *Row, existing *corev1.Secret) {
-	log := f.log.WithFields(logrus.Fields{"namespace": r.Namespace, "name": r.Name, "version": r.Version, "source": r.SourceCluster})
-	if !f.cfg.namespaceAllowed(r.Namespace) {
-		return
-	}
-	p, err := f.cfg.keys.Open(r.Binding(), r.KeyID, r.Ciphertext)
-	if err == nil && p.Deleted != r.Tombstone {
-		err = fmt.Errorf("%w: tombstone column disagrees with the sealed payload", ErrAuth)
-	}
-	if err != nil {
-		reason := "tampered"
-		if errors.Is(err, ErrWrongKey) {
-			reason = "wrong_key"
-		} else if errors.Is(err, ErrUnsupportedFormat) {
-			reason = "invalid"
-		}
-		f.metrics.rowErrors.WithLabelValues(reason).Inc()
-		log.WithError(err).Error("row not applied: cannot open it")
-		return
-	}
-	var action string
-	if p.Deleted {
-		if f.cfg.DeletePolicy == deletePolicyRetain {
-			return
-		}
-		var deleted bool
-		deleted, err = f.writer.remove(ctx, r.ObjectKey, r.Version, existing)
-		action = map[bool]string{true: "deleted", false: "unchanged"}[deleted]
-	} else {
-		var pl plan
-		pl, err = f.writer.apply(ctx, copyFor(r, p), existing)
-		action = pl.String()
-		if existing == nil && pl == planRecreate {
-			action = "created"
-		}
-	}
-	var unmanaged *errUnmanaged
-	var rollback *errRollback
-	switch {
-	case errors.As(err, &unmanaged):
-		f.metrics.rowErrors.WithLabelValues("unmanaged").Inc()
-		// Counted, logged and evented once per row version, not on
-		// every full pass while the conflict lasts.
-		if f.reported[r.ObjectKey] != r.Version {
-			f.reported[r.ObjectKey] = r.Version
-			f.metrics.conflicts.Inc()
-			log.Warn(unmanaged.Error())
-			f.recordConflict(ctx, r.ObjectKey)
-		}
-	case errors.As(err, &rollback):
-		f.metrics.rowErrors.WithLabelValues("rollback").Inc()
-		log.WithError(err).Error("row not applied")
-	case err != nil:
-		f.metrics.rowErrors.WithLabelValues("api").Inc()
-		log.WithError(err).Error("row not applied; will retry")
-	default:
-		f.metrics.rowsApplied.WithLabelValues(action).Inc()
-		if action != "unchanged" {
-			log.WithField("action", action).Info("applied")
-		}
-	}
-}
-
-func copyFor(r *Row, p *Payload) *corev1.Secret {
-	return desiredCopy(r.ObjectKey, p, r.Version, r.SourceCluster)
-}
-
-// recordConflict puts a Warning Event on the unmanaged Secret, where
-// `kubectl describe secret` shows it.
-func (f *followerLoop) recordConflict(ctx context.Context, key ObjectKey) {
-	s, err := f.client.CoreV1().Secrets(key.Namespace).Get(ctx, key.Name, metav1.GetOptions{})
-	if err != nil {
-		return
-	}
-	f.recorder.Eventf(s, corev1.EventTypeWarning, "NotManaged",
-		"kube-secret-sync did not overwrite this Secret: it exists without the %s=true label", managedLabel)
 }

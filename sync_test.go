@@ -251,9 +251,10 @@ func mustModify(t testing.TB, c secretsClient, name string, change func(*corev1.
 	})
 }
 
-// eventually polls cond until it returns nil or timeout passes.
-func eventually(t testing.TB, timeout time.Duration, cond func() error) {
-	t.Helper()
+// eventually polls cond every 20ms until it returns nil, the timeout
+// passes or the test's context ends.
+func eventually(tb testing.TB, timeout time.Duration, cond func() error) {
+	tb.Helper()
 	deadline := time.Now().Add(timeout)
 	for {
 		err := cond()
@@ -261,9 +262,13 @@ func eventually(t testing.TB, timeout time.Duration, cond func() error) {
 			return
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("still failing after %v: %v", timeout, err)
+			tb.Fatalf("condition not met within %v: %v", timeout, err)
 		}
-		time.Sleep(50 * time.Millisecond)
+		select {
+		case <-tb.Context().Done():
+			tb.Fatal(tb.Context().Err())
+		case <-time.After(20 * time.Millisecond):
+		}
 	}
 }
 
