@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	crand "crypto/rand"
 	"encoding/binary"
@@ -538,13 +539,7 @@ func TestWritePull(t *testing.T) {
 }
 
 func cmpRows(va int64, ka ObjectKey, vb int64, kb ObjectKey) int {
-	switch {
-	case va != vb:
-		return int(va - vb)
-	case ka.Namespace != kb.Namespace:
-		return compareStrings(ka.Namespace, kb.Namespace)
-	}
-	return compareStrings(ka.Name, kb.Name)
+	return cmp.Or(cmp.Compare(va, vb), cmp.Compare(ka.Namespace, kb.Namespace), cmp.Compare(ka.Name, kb.Name))
 }
 
 // TestWriteSkipsUnchanged: a row whose stored hash equals the change's keeps

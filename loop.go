@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"crypto/hmac"
 	"crypto/rand"
@@ -270,10 +271,7 @@ func (l *leaderLoop) sync(ctx context.Context, kind string, keys []ObjectKey) er
 // whose Secret is gone or no longer labelled.
 func (l *leaderLoop) changes(keys []ObjectKey) []Change {
 	slices.SortFunc(keys, func(a, b ObjectKey) int {
-		if a.Namespace != b.Namespace {
-			return compareStrings(a.Namespace, b.Namespace)
-		}
-		return compareStrings(a.Name, b.Name)
+		return cmp.Or(cmp.Compare(a.Namespace, b.Namespace), cmp.Compare(a.Name, b.Name))
 	})
 	keys = slices.Compact(keys)
 	var out []Change
@@ -296,16 +294,6 @@ func (l *leaderLoop) changes(keys []ObjectKey) []Change {
 		}
 	}
 	return out
-}
-
-func compareStrings(a, b string) int {
-	switch {
-	case a < b:
-		return -1
-	case a > b:
-		return 1
-	}
-	return 0
 }
 
 // ---------------------------------------------------------------------
