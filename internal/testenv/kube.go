@@ -55,7 +55,7 @@ type Cluster struct {
 // StartCluster starts etcd and kube-apiserver from assets on free ports
 // and waits until the API server reports ready.
 func StartCluster(ctx context.Context, assets, name string) (*Cluster, error) {
-	dir, err := os.MkdirTemp("", "kss-cluster-"+name+"-")
+	dir, err := tempDir("cluster-" + name)
 	if err != nil {
 		return nil, err
 	}

@@ -59,7 +59,7 @@ func StartPostgres(ctx context.Context) (*Postgres, error) {
 	if err != nil {
 		return nil, err
 	}
-	dir, err := os.MkdirTemp("", "kss-postgres-")
+	dir, err := tempDir("postgres")
 	if err != nil {
 		return nil, err
 	}

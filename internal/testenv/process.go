@@ -18,6 +18,9 @@ import (
 	"net"
 	"os"
 	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -144,6 +147,33 @@ func poll(ctx context.Context, interval time.Duration, check func() error, cond 
 		case <-ctx.Done():
 			return errors.Join(ctx.Err(), check())
 		case <-t.C:
+		}
+	}
+}
+
+// tempDir creates a directory for one server under os.TempDir(), named
+// kss-<what>-<pid>-<random>. The pid lets a later run remove what a
+// crashed one left behind: a test binary that panics or is killed dies
+// without running its cleanups (its servers die with it through the
+// parent-death signal, but their directories stay).
+func tempDir(what string) (string, error) {
+	sweepOnce.Do(sweepStaleDirs)
+	return os.MkdirTemp("", fmt.Sprintf("kss-%s-%d-", what, os.Getpid()))
+}
+
+var sweepOnce sync.Once
+
+func sweepStaleDirs() {
+	dirs, _ := filepath.Glob(filepath.Join(os.TempDir(), "kss-*-*-*"))
+	for _, dir := range dirs {
+		parts := strings.Split(filepath.Base(dir), "-")
+		pid, err := strconv.Atoi(parts[len(parts)-2])
+		if err != nil || pid == os.Getpid() {
+			continue
+		}
+		// Signal 0 only checks that the process exists.
+		if err := syscall.Kill(pid, 0); errors.Is(err, syscall.ESRCH) {
+			os.RemoveAll(dir)
 		}
 	}
 }
