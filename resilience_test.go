@@ -303,7 +303,7 @@ func TestTwoReplicasOneActive(t *testing.T) {
 	ra, rb := e.start(a), e.start(b)
 	mustCreate(t, e.secrets(e.leader), labelled("x", map[string]string{"k": "v"}))
 	e.waitSynced("x")
-	eventually(t, 30*time.Second, func() error {
+	eventually(t, syncTimeout, func() error {
 		if n := ra.metric(t, "kube_secret_sync_active") + rb.metric(t, "kube_secret_sync_active"); n != 1 {
 			return fmt.Errorf("%v replicas active; want 1", n)
 		}

@@ -29,6 +29,11 @@ import (
 	"github.com/kube-secret-sync/kube-secret-sync/internal/testenv"
 )
 
+// syncTimeout bounds every wait for the daemons: generous, because the
+// machines running the tests are shared and -race is slow; a passing wait
+// returns as soon as its condition holds.
+const syncTimeout = 30 * time.Second
+
 const (
 	testKey      = "k8s-secret-sync-test-key-32bytes"
 	testPassword = "Db-Passw0rd-never-logged"
@@ -171,7 +176,7 @@ func (d *daemon) metric(t testing.TB, sample string) float64 {
 // waitMetric waits until sample reaches at least min.
 func (d *daemon) waitMetric(t testing.TB, sample string, min float64) {
 	t.Helper()
-	eventually(t, 30*time.Second, func() error {
+	eventually(t, syncTimeout, func() error {
 		if v := d.metric(t, sample); v < min {
 			return fmt.Errorf("%s = %v; want >= %v", sample, v, min)
 		}
@@ -314,7 +319,7 @@ func keysOf[V any](m map[string]V) []string { return appendSortedKeys(nil, m) }
 func (e *syncEnv) waitSynced(name string) *corev1.Secret {
 	e.t.Helper()
 	var dst *corev1.Secret
-	eventually(e.t, 30*time.Second, func() error {
+	eventually(e.t, syncTimeout, func() error {
 		src, err := e.secrets(e.leader).Get(e.t.Context(), name, metav1.GetOptions{})
 		if err != nil {
 			return err
@@ -330,7 +335,7 @@ func (e *syncEnv) waitSynced(name string) *corev1.Secret {
 
 func (e *syncEnv) waitGone(name string) {
 	e.t.Helper()
-	eventually(e.t, 30*time.Second, func() error {
+	eventually(e.t, syncTimeout, func() error {
 		_, err := e.secrets(e.follower).Get(e.t.Context(), name, metav1.GetOptions{})
 		if apierrors.IsNotFound(err) {
 			return nil
@@ -457,7 +462,7 @@ func TestUnmanagedSecretIsLeftAlone(t *testing.T) {
 	mustCreate(t, src, labelled("other", map[string]string{"k": "v"}))
 	e.waitSynced("other")
 	// The conflict is reported with an Event on the unmanaged Secret.
-	eventually(t, 30*time.Second, func() error {
+	eventually(t, syncTimeout, func() error {
 		evs, err := e.follower.Clientset.CoreV1().Events(e.ns).List(t.Context(), metav1.ListOptions{
 			FieldSelector: "involvedObject.name=shared-name,reason=NotManaged"})
 		if err != nil {
