@@ -320,3 +320,39 @@ func TestTwoReplicasOneActive(t *testing.T) {
 	mustCreate(t, e.secrets(e.leader), labelled("y", map[string]string{"k": "v"}))
 	e.waitSynced("y")
 }
+
+func TestRollbackIsRefused(t *testing.T) {
+	e := newSyncEnv(t)
+	leader, follower := e.startPair()
+	src := e.secrets(e.leader)
+	mustCreate(t, src, labelled("r", map[string]string{"k": "old-" + secretValue}))
+	e.waitSynced("r")
+	conn := e.dbConn()
+	var old Row
+	if err := conn.QueryRow(t.Context(), `SELECT ciphertext, key_id, hash, version, source_cluster FROM kss_secrets WHERE namespace = $1 AND name = 'r'`, e.ns).
+		Scan(&old.Ciphertext, &old.KeyID, &old.Hash, &old.Version, &old.SourceCluster); err != nil {
+		t.Fatal(err)
+	}
+	mustModify(t, src, "r", func(s *corev1.Secret) { s.Data["k"] = []byte("new-" + secretValue) })
+	current := e.waitSynced("r")
+	// The leader would rewrite the row at its next full pass (the stored
+	// hash no longer matches): stop it, so the follower faces the rows alone.
+	leader.stop(t)
+
+	// Replayed under a new version: the version is bound into the
+	// ciphertext, so it does not open.
+	e.tamper("r", func(r *Row) { r.Ciphertext, r.Hash = old.Ciphertext, old.Hash })
+	follower.waitMetric(t, `kube_secret_sync_row_errors_total{reason="tampered"}`, 1)
+	// Put back with its own old version: it opens, but the copy was
+	// written from a newer version, so it is refused as a rollback.
+	_, err := conn.Exec(t.Context(), `UPDATE kss_secrets SET ciphertext = $1, hash = $2, version = $3 WHERE namespace = $4 AND name = 'r'`,
+		old.Ciphertext, old.Hash, old.Version, e.ns)
+	if err != nil {
+		t.Fatal(err)
+	}
+	follower.waitMetric(t, `kube_secret_sync_row_errors_total{reason="rollback"}`, 1)
+	got, err := e.secrets(e.follower).Get(t.Context(), "r", metav1.GetOptions{})
+	if err != nil || string(got.Data["k"]) != "new-"+secretValue || got.ResourceVersion != current.ResourceVersion {
+		t.Errorf("copy rolled back or changed (err %v)", err)
+	}
+}
