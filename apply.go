@@ -7,6 +7,7 @@ import (
 
 	"github.com/sirupsen/logrus"
 	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 )
 
@@ -56,21 +57,10 @@ func (f *followerLoop) applyRow(ctx context.Context, r *Row, existing *corev1.Se
 		log.WithError(err).Error("row not applied: cannot open it")
 		return
 	}
-	var action string
-	if p.Deleted {
-		if f.cfg.DeletePolicy == deletePolicyRetain {
-			return
-		}
-		var deleted bool
-		deleted, err = f.writer.remove(ctx, r.ObjectKey, r.Version, existing)
-		action = map[bool]string{true: "deleted", false: "unchanged"}[deleted]
-	} else {
-		var pl plan
-		pl, err = f.writer.apply(ctx, copyFor(r, p), existing)
-		action = pl.String()
-		if existing == nil && pl == planRecreate {
-			action = "created"
-		}
+	action, err := f.write(ctx, r, p, existing)
+	if existing != nil && apierrors.IsConflict(err) {
+		// The cached copy was stale: apply once more against the live one.
+		action, err = f.write(ctx, r, p, nil)
 	}
 	var unmanaged *errUnmanaged
 	var rollback *errRollback
@@ -97,6 +87,23 @@ func (f *followerLoop) applyRow(ctx context.Context, r *Row, existing *corev1.Se
 			log.WithField("action", action).Info("applied")
 		}
 	}
+}
+
+// write applies an opened row: the copy for a Secret, the deletion for a
+// tombstone. It returns the action taken, for the metrics and the log.
+func (f *followerLoop) write(ctx context.Context, r *Row, p *Payload, existing *corev1.Secret) (string, error) {
+	if p.Deleted {
+		if f.cfg.DeletePolicy == deletePolicyRetain {
+			return "retained", nil
+		}
+		deleted, err := f.writer.remove(ctx, r.ObjectKey, r.Version, existing)
+		if deleted {
+			return "deleted", err
+		}
+		return "unchanged", err
+	}
+	pl, err := f.writer.apply(ctx, copyFor(r, p), existing)
+	return pl.String(), err
 }
 
 func copyFor(r *Row, p *Payload) *corev1.Secret {

@@ -5,7 +5,6 @@ import (
 	"context"
 	"crypto/hmac"
 	"crypto/rand"
-	"fmt"
 	"io"
 	"slices"
 	"sync"
@@ -13,10 +12,8 @@ import (
 
 	"github.com/sirupsen/logrus"
 	corev1 "k8s.io/api/core/v1"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/client-go/informers"
+	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/client-go/kubernetes"
-	corelisters "k8s.io/client-go/listers/core/v1"
 	"k8s.io/client-go/tools/cache"
 	"k8s.io/client-go/tools/record"
 )
@@ -41,8 +38,7 @@ type leaderLoop struct {
 	metrics *metrics
 	rand    io.Reader
 
-	listers map[string]corelisters.SecretLister // by namespace; "" = all
-	synced  []cache.InformerSynced
+	sources *secretCache // the labelled Secrets, watched
 
 	mu    sync.Mutex
 	dirty map[ObjectKey]struct{}
@@ -55,44 +51,10 @@ type leaderLoop struct {
 func newLeaderLoop(cfg *Config, log *logrus.Entry, store *Store, client kubernetes.Interface, m *metrics) *leaderLoop {
 	return &leaderLoop{
 		cfg: cfg, log: log, store: store, client: client, metrics: m, rand: rand.Reader,
-		listers: map[string]corelisters.SecretLister{},
-		dirty:   map[ObjectKey]struct{}{},
-		wake:    make(chan struct{}, 1),
-		known:   map[ObjectKey]RowState{},
+		dirty: map[ObjectKey]struct{}{},
+		wake:  make(chan struct{}, 1),
+		known: map[ObjectKey]RowState{},
 	}
-}
-
-// startInformers watches the labelled Secrets: cluster-wide, or one watch
-// per namespace when NAMESPACES is set (which then works with namespaced
-// RBAC).
-func (l *leaderLoop) startInformers(ctx context.Context) error {
-	namespaces := l.cfg.Namespaces
-	if len(namespaces) == 0 {
-		namespaces = []string{metav1.NamespaceAll}
-	}
-	handler := cache.ResourceEventHandlerFuncs{
-		AddFunc:    l.enqueue,
-		UpdateFunc: func(_, obj any) { l.enqueue(obj) },
-		DeleteFunc: l.enqueue,
-	}
-	for _, ns := range namespaces {
-		factory := informers.NewSharedInformerFactoryWithOptions(l.client, 0,
-			informers.WithNamespace(ns),
-			informers.WithTweakListOptions(func(o *metav1.ListOptions) { o.LabelSelector = l.cfg.selector.String() }))
-		inf := factory.Core().V1().Secrets()
-		if _, err := inf.Informer().AddEventHandler(handler); err != nil {
-			return err
-		}
-		l.listers[ns] = inf.Lister()
-		l.synced = append(l.synced, inf.Informer().HasSynced)
-		factory.Start(ctx.Done())
-	}
-	// Never reconcile from a cache that is not filled yet: every Secret
-	// missing from it would become a tombstone.
-	if !cache.WaitForCacheSync(ctx.Done(), l.synced...) {
-		return fmt.Errorf("watch secrets: cache not synced: %w", context.Cause(ctx))
-	}
-	return nil
 }
 
 func (l *leaderLoop) enqueue(obj any) {
@@ -112,39 +74,20 @@ func (l *leaderLoop) enqueue(obj any) {
 	}
 }
 
-// get returns the labelled Secret key from the cache, or nil when it does
-// not exist, is not labelled, or is in a namespace that is not synced.
-func (l *leaderLoop) get(key ObjectKey) *corev1.Secret {
-	if !l.cfg.namespaceAllowed(key.Namespace) {
-		return nil
+// startWatch fills the cache of labelled Secrets; every change to one
+// marks it dirty.
+func (l *leaderLoop) startWatch(ctx context.Context) (err error) {
+	handler := cache.ResourceEventHandlerFuncs{
+		AddFunc:    l.enqueue,
+		UpdateFunc: func(_, obj any) { l.enqueue(obj) },
+		DeleteFunc: l.enqueue,
 	}
-	lister := l.listers[metav1.NamespaceAll]
-	if lister == nil {
-		lister = l.listers[key.Namespace]
-	}
-	if lister == nil {
-		return nil
-	}
-	s, err := lister.Secrets(key.Namespace).Get(key.Name)
-	if err != nil {
-		return nil
-	}
-	return s
-}
-
-func (l *leaderLoop) cachedKeys() []ObjectKey {
-	var keys []ObjectKey
-	for _, lister := range l.listers {
-		all, _ := lister.List(l.cfg.selector)
-		for _, s := range all {
-			keys = append(keys, ObjectKey{s.Namespace, s.Name})
-		}
-	}
-	return keys
+	l.sources, err = startSecretCache(ctx, l.client, l.cfg, l.cfg.selector, handler)
+	return err
 }
 
 func (l *leaderLoop) run(ctx context.Context) error {
-	if err := l.startInformers(ctx); err != nil {
+	if err := l.startWatch(ctx); err != nil {
 		return err
 	}
 	l.log.WithField("cluster", l.cfg.ClusterName).Info("leader: watching labelled Secrets")
@@ -205,7 +148,10 @@ func (l *leaderLoop) reconcileFull(ctx context.Context) (err error) {
 	l.mu.Lock()
 	clear(l.dirty)
 	l.mu.Unlock()
-	keys := l.cachedKeys()
+	var keys []ObjectKey
+	for _, s := range l.sources.list() {
+		keys = append(keys, ObjectKey{s.Namespace, s.Name})
+	}
 	for k := range states {
 		keys = append(keys, k)
 	}
@@ -277,7 +223,7 @@ func (l *leaderLoop) changes(keys []ObjectKey) []Change {
 	var out []Change
 	for _, key := range keys {
 		stored, ok := l.known[key]
-		if s := l.get(key); s != nil {
+		if s := l.sources.get(key); s != nil {
 			p := payloadOf(s)
 			h := l.cfg.keys.Hash(key.Namespace, key.Name, p)
 			if ok && !stored.Tombstone && hmac.Equal(stored.Hash, h) {
@@ -313,6 +259,9 @@ type followerLoop struct {
 	cursors  *cursorStore
 	recorder record.EventRecorder
 
+	// copies is the watched cache of managed copies, read by full passes.
+	copies *secretCache
+
 	cursor Cursor
 	// reported remembers conflicts already reported per row version, so
 	// an unmanaged Secret is reported once, not on every pass.
@@ -328,7 +277,17 @@ func newFollowerLoop(cfg *Config, log *logrus.Entry, store *Store, client kubern
 	}
 }
 
+// startWatch fills the cache of managed copies.
+func (f *followerLoop) startWatch(ctx context.Context) (err error) {
+	managed := labels.SelectorFromSet(labels.Set{managedLabel: "true"})
+	f.copies, err = startSecretCache(ctx, f.client, f.cfg, managed, nil)
+	return err
+}
+
 func (f *followerLoop) run(ctx context.Context) error {
+	if err := f.startWatch(ctx); err != nil {
+		return err
+	}
 	// Without its cursor the follower would re-read everything; keep
 	// trying, the API server may be coming up.
 	for {
@@ -415,22 +374,20 @@ func (f *followerLoop) saveCursor(ctx context.Context, before Cursor) error {
 	return nil
 }
 
-// reconcileFull compares every row with the managed copies and applies
-// what differs. A copy that is already equal to its row (same version,
-// same keyed hash) is not even decrypted.
+// reconcileFull compares every row with the managed copies (from the
+// watched cache) and applies what differs. A copy that is already equal to
+// its row (same version, same keyed hash) is not even decrypted.
 func (f *followerLoop) reconcileFull(ctx context.Context) (err error) {
 	start := time.Now()
 	defer func() { f.metrics.observe("full", start, err) }()
 	ctx, cancel := context.WithTimeout(ctx, f.cfg.passTimeout())
 	defer cancel()
-	list, err := f.client.CoreV1().Secrets(metav1.NamespaceAll).List(ctx, metav1.ListOptions{LabelSelector: managedLabel + "=true"})
-	if err != nil {
-		f.log.WithError(err).Error("full reconcile: cannot list managed Secrets")
-		return err
-	}
-	copies := make(map[ObjectKey]*corev1.Secret, len(list.Items))
-	for i := range list.Items {
-		s := &list.Items[i]
+	// The watched cache may lag the API server by a moment: a copy seen
+	// stale is applied against its cached state, and an update that loses
+	// the race fails with a conflict and is retried by the next pass.
+	cached := f.copies.list()
+	copies := make(map[ObjectKey]*corev1.Secret, len(cached))
+	for _, s := range cached {
 		copies[ObjectKey{s.Namespace, s.Name}] = s
 	}
 	maxVersion, err := f.store.MaxVersion(ctx)

@@ -142,6 +142,7 @@ type plan int
 
 const (
 	planNone plan = iota
+	planCreate
 	planUpdate
 	// planRecreate: the API server refuses the change in place (type is
 	// immutable, and so is an immutable Secret's data).
@@ -149,7 +150,7 @@ const (
 )
 
 func (p plan) String() string {
-	return [...]string{"unchanged", "updated", "recreated"}[p]
+	return [...]string{"unchanged", "created", "updated", "recreated"}[p]
 }
 
 // planFor compares an existing copy with the desired one, field by field
@@ -227,7 +228,7 @@ func (w *secretWriter) apply(ctx context.Context, desired *corev1.Secret, existi
 		got, err := secrets.Get(ctx, desired.Name, metav1.GetOptions{})
 		switch {
 		case apierrors.IsNotFound(err):
-			return planRecreate, w.create(ctx, desired)
+			return planCreate, w.create(ctx, desired)
 		case err != nil:
 			return planNone, fmt.Errorf("get %s: %w", key, err)
 		}

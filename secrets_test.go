@@ -355,7 +355,7 @@ func TestPlanFor(t *testing.T) {
 }
 
 func TestPlanString(t *testing.T) {
-	for p, want := range map[plan]string{planNone: "unchanged", planUpdate: "updated", planRecreate: "recreated"} {
+	for p, want := range map[plan]string{planNone: "unchanged", planCreate: "created", planUpdate: "updated", planRecreate: "recreated"} {
 		if got := p.String(); got != want {
 			t.Errorf("plan(%d).String() = %q; want %q", int(p), got, want)
 		}

@@ -1,0 +1,89 @@
+package main
+
+import (
+	"context"
+	"fmt"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/client-go/informers"
+	"k8s.io/client-go/kubernetes"
+	corelisters "k8s.io/client-go/listers/core/v1"
+	"k8s.io/client-go/tools/cache"
+)
+
+// secretCache is a watched, in-memory view of the Secrets that match a
+// label selector in the synced namespaces: one cluster-wide watch, or one
+// per namespace when NAMESPACES is set (which then works with namespaced
+// RBAC). The leader watches the labelled sources through it, the follower
+// its managed copies. Objects from it are shared: never mutate them.
+type secretCache struct {
+	cfg      *Config
+	selector labels.Selector
+	listers  map[string]corelisters.SecretLister // by namespace; "" = all
+}
+
+// startSecretCache starts the watches, registers handler (may be nil) and
+// waits until the cache is filled: reconciling from a partial cache would
+// take every Secret missing from it as deleted.
+func startSecretCache(ctx context.Context, client kubernetes.Interface, cfg *Config, selector labels.Selector, handler cache.ResourceEventHandler) (*secretCache, error) {
+	c := &secretCache{cfg: cfg, selector: selector, listers: map[string]corelisters.SecretLister{}}
+	namespaces := cfg.Namespaces
+	if len(namespaces) == 0 {
+		namespaces = []string{metav1.NamespaceAll}
+	}
+	var synced []cache.InformerSynced
+	for _, ns := range namespaces {
+		factory := informers.NewSharedInformerFactoryWithOptions(client, 0,
+			informers.WithNamespace(ns),
+			informers.WithTweakListOptions(func(o *metav1.ListOptions) { o.LabelSelector = selector.String() }))
+		inf := factory.Core().V1().Secrets()
+		if handler != nil {
+			if _, err := inf.Informer().AddEventHandler(handler); err != nil {
+				return nil, err
+			}
+		}
+		c.listers[ns] = inf.Lister()
+		synced = append(synced, inf.Informer().HasSynced)
+		factory.Start(ctx.Done())
+	}
+	if !cache.WaitForCacheSync(ctx.Done(), synced...) {
+		return nil, fmt.Errorf("watch secrets (%s): cache not synced: %w", selector, context.Cause(ctx))
+	}
+	return c, nil
+}
+
+// get returns the Secret key, or nil when it does not exist, does not
+// match the selector, or is in a namespace that is not synced.
+func (c *secretCache) get(key ObjectKey) *corev1.Secret {
+	if !c.cfg.namespaceAllowed(key.Namespace) {
+		return nil
+	}
+	lister := c.listers[metav1.NamespaceAll]
+	if lister == nil {
+		lister = c.listers[key.Namespace]
+	}
+	if lister == nil {
+		return nil
+	}
+	s, err := lister.Secrets(key.Namespace).Get(key.Name)
+	if err != nil {
+		return nil
+	}
+	return s
+}
+
+// list returns every cached Secret of the synced namespaces.
+func (c *secretCache) list() []*corev1.Secret {
+	var out []*corev1.Secret
+	for _, lister := range c.listers {
+		all, _ := lister.List(c.selector)
+		for _, s := range all {
+			if c.cfg.namespaceAllowed(s.Namespace) {
+				out = append(out, s)
+			}
+		}
+	}
+	return out
+}
