@@ -48,9 +48,10 @@ func (f *followerLoop) applyRow(ctx context.Context, r *Row, existing *corev1.Se
 	}
 	if err != nil {
 		reason := "tampered"
-		if errors.Is(err, ErrWrongKey) {
+		switch {
+		case errors.Is(err, ErrWrongKey):
 			reason = "wrong_key"
-		} else if errors.Is(err, ErrUnsupportedFormat) {
+		case errors.Is(err, ErrUnsupportedFormat), errors.Is(err, ErrTooLarge):
 			reason = "invalid"
 		}
 		f.metrics.rowErrors.WithLabelValues(reason).Inc()

@@ -3,6 +3,7 @@ package main
 // End-to-end tests of the settings that change what is synced.
 
 import (
+	"bytes"
 	"testing"
 
 	corev1 "k8s.io/api/core/v1"
@@ -93,4 +94,14 @@ func TestMissingNamespaceWithoutCreateBlocksNothingElse(t *testing.T) {
 	if _, err := e.follower.Clientset.CoreV1().Namespaces().Get(t.Context(), e.ns, metav1.GetOptions{}); !apierrors.IsNotFound(err) {
 		t.Errorf("CREATE_NAMESPACES=false: namespace %s was created (err %v)", e.ns, err)
 	}
+}
+
+func TestLargestSecretSyncs(t *testing.T) {
+	e := newSyncEnv(t)
+	e.startPair()
+	// The API server's limit: 1 MiB of data in one Secret.
+	big := labelled("big", nil)
+	big.Data["blob"] = bytes.Repeat([]byte{0xa5}, 1<<20-64)
+	mustCreate(t, e.secrets(e.leader), big)
+	e.waitSynced("big")
 }
