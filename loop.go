@@ -331,7 +331,10 @@ func (f *followerLoop) run(ctx context.Context) error {
 
 // pull applies the rows after the cursor. The cursor moves past a row
 // whether or not it applied: a failed row is retried by the next full
-// pass, and one bad row never holds up the rows after it.
+// pass, and one bad row never holds up the rows after it. A copy is
+// compared with its cached state (a stale one costs a conflict and a
+// retry); one not in the cache is looked up, since an unmanaged Secret of
+// that name may exist.
 func (f *followerLoop) pull(ctx context.Context) (err error) {
 	start := time.Now()
 	ctx, cancel := context.WithTimeout(ctx, f.cfg.passTimeout())
@@ -351,7 +354,7 @@ func (f *followerLoop) pull(ctx context.Context) (err error) {
 			return err
 		}
 		for i := range rows {
-			f.applyRow(ctx, &rows[i], nil)
+			f.applyRow(ctx, &rows[i], f.copies.get(rows[i].ObjectKey))
 			f.cursor = Cursor{rows[i].Version, rows[i].Namespace, rows[i].Name}
 		}
 		if len(rows) < pullPage {
