@@ -623,7 +623,7 @@ func mustEnsureNamespace(tb testing.TB, c *testenv.Cluster, name string) {
 // there is no kubectl.
 func mustKubectl(tb testing.TB, kubeconfig string, args ...string) (stdout, stderr string) {
 	tb.Helper()
-	kubectl, err := exec.LookPath("kubectl")
+	kubectl, err := testenv.Kubectl()
 	if err != nil {
 		testenv.Missing(tb, err)
 	}

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Builds kube-apiserver and etcd from the module pinned in hack/kube-assets/
+# Builds kube-apiserver, etcd and kubectl from the module pinned in hack/kube-assets/
 # into a cache directory outside the repository, and prints that directory.
 #
 # The directory name is derived from hack/kube-assets/go.mod and go.sum, so a
@@ -18,7 +18,7 @@ cache_root=${KSS_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/kube-secret-sync}
 key=$(cat "$mod/go.mod" "$mod/go.sum" | sha256sum | cut -c1-16)
 dest="$cache_root/kube-assets-$key"
 
-if [[ -x "$dest/kube-apiserver" && -x "$dest/etcd" ]]; then
+if [[ -x "$dest/kube-apiserver" && -x "$dest/etcd" && -x "$dest/kubectl" ]]; then
 	echo "$dest"
 	exit 0
 fi
@@ -33,14 +33,15 @@ mkdir -p "$cache_root"
 tmp=$(mktemp -d "$cache_root/.build-XXXXXX")
 trap 'rm -rf "$tmp"' EXIT
 
-echo "building kube-apiserver and etcd $k8s_version into $dest (first time only, a few minutes)" >&2
+echo "building kube-apiserver, etcd and kubectl $k8s_version into $dest (first time only, a few minutes)" >&2
 (
 	cd "$mod"
 	# -mod=mod is not needed: go.sum is committed and complete.
 	CGO_ENABLED=0 go build -trimpath -ldflags "$ldflags" -o "$tmp/bin/" \
-		k8s.io/kubernetes/cmd/kube-apiserver go.etcd.io/etcd/server/v3
+		k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kubectl go.etcd.io/etcd/server/v3
 )
 mv "$tmp/bin/kube-apiserver" "$tmp/kube-apiserver"
+mv "$tmp/bin/kubectl" "$tmp/kubectl"
 # etcd's main package is named "server", so go build names its binary after it.
 mv "$tmp/bin/server" "$tmp/etcd"
 rmdir "$tmp/bin"

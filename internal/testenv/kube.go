@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"syscall"
@@ -36,6 +37,23 @@ func KubeAssetsDir() (string, error) {
 		}
 	}
 	return dir, nil
+}
+
+// Kubectl returns the kubectl built with the API server (same version, as
+// the version-skew policy wants), or the one on PATH if the assets have
+// none.
+func Kubectl() (string, error) {
+	if dir, err := KubeAssetsDir(); err == nil {
+		if bin := filepath.Join(dir, "kubectl"); isExecutable(bin) {
+			return bin, nil
+		}
+	}
+	return exec.LookPath("kubectl")
+}
+
+func isExecutable(path string) bool {
+	fi, err := os.Stat(path)
+	return err == nil && fi.Mode()&0o111 != 0
 }
 
 // Cluster is one simulated Kubernetes cluster: its own etcd and
