@@ -356,3 +356,77 @@ func TestRollbackIsRefused(t *testing.T) {
 		t.Errorf("copy rolled back or changed (err %v)", err)
 	}
 }
+
+// TestRecoveryAfterRestore follows the README's steps for a database
+// restored from an older backup, which followers must first refuse as a
+// rollback.
+func TestRecoveryAfterRestore(t *testing.T) {
+	e := newSyncEnv(t)
+	leader, follower := e.startPair()
+	src := e.secrets(e.leader)
+	mustCreate(t, src, labelled("kept", map[string]string{"k": "v1"}))
+	e.waitSynced("kept")
+	ctx := t.Context()
+	conn := e.dbConn()
+	// The backup.
+	for _, stmt := range []string{
+		`CREATE TABLE backup_secrets AS SELECT * FROM kss_secrets`,
+		`CREATE TABLE backup_version AS SELECT * FROM kss_version`,
+	} {
+		if _, err := conn.Exec(ctx, stmt); err != nil {
+			t.Fatal(err)
+		}
+	}
+	mustModify(t, src, "kept", func(s *corev1.Secret) { s.Data["k"] = []byte("v2") })
+	e.waitSynced("kept")
+	// The leader is down while the database is restored (else its next
+	// full pass could rewrite the row before the follower sees it).
+	leader.stop(t)
+	// The restore, then what the README says to do.
+	for _, stmt := range []string{
+		`DELETE FROM kss_secrets`,
+		`INSERT INTO kss_secrets SELECT * FROM backup_secrets`,
+		`UPDATE kss_version SET version = (SELECT version FROM backup_version)`,
+	} {
+		if _, err := conn.Exec(ctx, stmt); err != nil {
+			t.Fatal(err)
+		}
+	}
+	follower.waitMetric(t, `kube_secret_sync_row_errors_total{reason="rollback"}`, 1)
+	for _, stmt := range []string{
+		`UPDATE kss_version SET version = version + 1000000`,
+		`UPDATE kss_secrets SET hash = ''::BYTEA`,
+	} {
+		if _, err := conn.Exec(ctx, stmt); err != nil {
+			t.Fatal(err)
+		}
+	}
+	e.start(e.config(true))
+	// The leader rewrites the row above every old version, and the
+	// follower takes it.
+	eventually(t, syncTimeout, func() error {
+		got, err := e.secrets(e.follower).Get(ctx, "kept", metav1.GetOptions{})
+		if err != nil {
+			return err
+		}
+		if v := appliedVersion(got); v < 1000000 {
+			return fmt.Errorf("copy still from version %d", v)
+		}
+		return copyMatches(mustGet(t, src, "kept"), got)
+	})
+	// Nothing is refused any more.
+	rollbacks := follower.metric(t, `kube_secret_sync_row_errors_total{reason="rollback"}`)
+	follower.waitMetric(t, fullOK, follower.metric(t, fullOK)+2)
+	if n := follower.metric(t, `kube_secret_sync_row_errors_total{reason="rollback"}`); n != rollbacks {
+		t.Errorf("rollback errors went on after recovery: %v -> %v", rollbacks, n)
+	}
+}
+
+func mustGet(t testing.TB, c secretsClient, name string) *corev1.Secret {
+	t.Helper()
+	s, err := c.Get(t.Context(), name, metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
