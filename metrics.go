@@ -45,7 +45,7 @@ func newMetrics() *metrics {
 	})
 	m.rowsApplied = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "kube_secret_sync_rows_applied_total",
-		Help: "Rows the follower applied, by action (created, updated, recreated, deleted, unchanged).",
+		Help: "Rows the follower applied, by action (created, updated, recreated, deleted, retained, unchanged).",
 	}, []string{"action"})
 	m.rowErrors = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "kube_secret_sync_row_errors_total",
