@@ -11,7 +11,6 @@ import (
 	"fmt"
 	"io"
 	"maps"
-	"net"
 	"net/http"
 	"strconv"
 	"strings"
@@ -94,7 +93,7 @@ func (e *syncEnv) config(leader bool) *Config {
 		PodNamespace:     e.sysA,
 		PodName:          "leader-0",
 	}
-	port, err := freeTCPPort()
+	port, err := testenv.FreePort()
 	if err != nil {
 		e.t.Fatal(err)
 	}
@@ -182,15 +181,6 @@ func (d *daemon) waitMetric(t testing.TB, sample string, min float64) {
 		}
 		return nil
 	})
-}
-
-func freeTCPPort() (int, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, err
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port, nil
 }
 
 func (e *syncEnv) startPair() (leader, follower *daemon) {

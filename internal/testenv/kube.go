@@ -72,7 +72,16 @@ type Cluster struct {
 
 // StartCluster starts etcd and kube-apiserver from assets on free ports
 // and waits until the API server reports ready.
-func StartCluster(ctx context.Context, assets, name string) (*Cluster, error) {
+func StartCluster(ctx context.Context, assets, name string) (c *Cluster, err error) {
+	for range startAttempts {
+		if c, err = startCluster(ctx, assets, name); !addrInUse(err) {
+			break
+		}
+	}
+	return c, err
+}
+
+func startCluster(ctx context.Context, assets, name string) (*Cluster, error) {
 	dir, err := tempDir("cluster-" + name)
 	if err != nil {
 		return nil, err
@@ -87,7 +96,7 @@ func StartCluster(ctx context.Context, assets, name string) (*Cluster, error) {
 
 	ports := make([]int, 3)
 	for i := range ports {
-		if ports[i], err = freePort(); err != nil {
+		if ports[i], err = FreePort(); err != nil {
 			return nil, err
 		}
 	}

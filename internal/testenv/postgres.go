@@ -54,7 +54,16 @@ func pgMajor(initdb string) int {
 // refuses to run as root, so as root it runs as the "postgres" user that
 // Debian's package creates. Durability is switched off: the data is
 // throw-away.
-func StartPostgres(ctx context.Context) (*Postgres, error) {
+func StartPostgres(ctx context.Context) (pg *Postgres, err error) {
+	for range startAttempts {
+		if pg, err = startPostgres(ctx); !addrInUse(err) {
+			break
+		}
+	}
+	return pg, err
+}
+
+func startPostgres(ctx context.Context) (*Postgres, error) {
 	bin, err := PostgresBinDir()
 	if err != nil {
 		return nil, err
@@ -91,7 +100,7 @@ func StartPostgres(ctx context.Context) (*Postgres, error) {
 	if out, err := initdb.CombinedOutput(); err != nil {
 		return nil, fmt.Errorf("initdb: %w: %s", err, out)
 	}
-	if pg.Port, err = freePort(); err != nil {
+	if pg.Port, err = FreePort(); err != nil {
 		return nil, err
 	}
 	pg.proc, err = startProcess("postgres", cred, dir, filepath.Join(bin, "postgres"),

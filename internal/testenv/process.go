@@ -15,6 +15,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	mrand "math/rand/v2"
 	"net"
 	"os"
 	"os/exec"
@@ -121,15 +122,33 @@ func (t *tailBuffer) String() string {
 
 var _ io.Writer = (*tailBuffer)(nil)
 
-// freePort returns a TCP port on 127.0.0.1 that was free a moment ago.
-func freePort() (int, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, err
+// FreePort returns a TCP port on 127.0.0.1 that was free a moment ago. It
+// is drawn at random below Linux's ephemeral range (32768-60999), so that
+// the kernel does not hand it to an outgoing connection before the server
+// binds it; two starts racing for one port remain possible, and are retried
+// by the callers (see addrInUse).
+func FreePort() (int, error) {
+	const lo, hi = 20000, 32000
+	var err error
+	for range 100 {
+		port := lo + mrand.IntN(hi-lo)
+		var l net.Listener
+		if l, err = net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", port)); err == nil {
+			l.Close()
+			return port, nil
+		}
 	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port, nil
+	return 0, fmt.Errorf("no free port in %d-%d: %w", lo, hi, err)
 }
+
+// addrInUse reports whether a server failed because its port was taken
+// between FreePort and its bind. Only the server's own log says so.
+func addrInUse(err error) bool {
+	return err != nil && strings.Contains(strings.ToLower(err.Error()), "address already in use")
+}
+
+// startAttempts bounds the retries of a start that lost its port.
+const startAttempts = 3
 
 // poll calls cond every interval until it returns true, ctx ends, or
 // check reports that a server died.
