@@ -8,7 +8,6 @@ import (
 	"path/filepath"
 	"reflect"
 	"regexp"
-	"runtime"
 	"slices"
 	"strconv"
 	"strings"
@@ -288,7 +287,7 @@ func TestLoadConfigInvalid(t *testing.T) {
 func TestBinaryConfigErrors(t *testing.T) {
 	goTool, err := exec.LookPath("go")
 	if err != nil {
-		goTool = filepath.Join(runtime.GOROOT(), "bin", "go")
+		t.Fatalf("no go command to build the binary: %v", err)
 	}
 	bin := filepath.Join(t.TempDir(), "kss")
 	build := exec.CommandContext(t.Context(), goTool, "build", "-o", bin, ".")

@@ -312,7 +312,7 @@ func (d *demo) stepUnmanaged(ctx context.Context) error {
 	d.out.ok("%s/%s in %s is untouched: same uid, resourceVersion %s, its own data", demoNS, localName, clusterB, got.ResourceVersion)
 
 	var event *corev1.Event
-	took, err = d.waitFor(ctx, start, func(ctx context.Context) error {
+	_, err = d.waitFor(ctx, start, func(ctx context.Context) error {
 		list, err := d.b.CoreV1().Events(demoNS).List(ctx, metav1.ListOptions{
 			FieldSelector: "involvedObject.kind=Secret,involvedObject.name=" + localName,
 		})
