@@ -47,15 +47,16 @@ func (f *followerLoop) applyRow(ctx context.Context, r *Row, existing *corev1.Se
 		err = fmt.Errorf("%w: tombstone column disagrees with the sealed payload", ErrAuth)
 	}
 	if err != nil {
-		reason := "tampered"
-		switch {
-		case errors.Is(err, ErrWrongKey):
-			reason = "wrong_key"
-		case errors.Is(err, ErrUnsupportedFormat), errors.Is(err, ErrTooLarge):
-			reason = "invalid"
-		}
+		reason := rejectReason(err)
 		f.metrics.rowErrors.WithLabelValues(reason).Inc()
-		log.WithError(err).Error("row not applied: cannot open it")
+		log = log.WithField("reason", reason).WithError(err)
+		// Retried by every full pass, but reported once per row version.
+		if f.firstReport(r) {
+			log.Error("row not applied: cannot open it")
+			f.recordRejected(r, reason, err)
+		} else {
+			log.Debug("row still not applied: cannot open it")
+		}
 		return
 	}
 	action, err := f.write(ctx, r, p, existing)
@@ -70,8 +71,7 @@ func (f *followerLoop) applyRow(ctx context.Context, r *Row, existing *corev1.Se
 		f.metrics.rowErrors.WithLabelValues("unmanaged").Inc()
 		// Counted, logged and evented once per row version, not on
 		// every full pass while the conflict lasts.
-		if f.reported[r.ObjectKey] != r.Version {
-			f.reported[r.ObjectKey] = r.Version
+		if f.firstReport(r) {
 			f.metrics.conflicts.Inc()
 			log.Warn(unmanaged.Error())
 			f.recordConflict(ctx, r.ObjectKey)
@@ -109,6 +109,46 @@ func (f *followerLoop) write(ctx context.Context, r *Row, p *Payload, existing *
 
 func copyFor(r *Row, p *Payload) *corev1.Secret {
 	return desiredCopy(r.ObjectKey, p, r.Version, r.SourceCluster)
+}
+
+// rejectReason classifies why a row could not be opened, for the
+// row_errors metric and the Event: wrong_key (a key id not in the ring),
+// invalid (a format this build does not know, truncated, too large) or
+// tampered (authentication failed, or the tombstone column disagrees with
+// the sealed payload).
+func rejectReason(err error) string {
+	switch {
+	case errors.Is(err, ErrWrongKey):
+		return "wrong_key"
+	case errors.Is(err, ErrUnsupportedFormat), errors.Is(err, ErrTooLarge), errors.Is(err, ErrTruncated):
+		return "invalid"
+	default:
+		return "tampered"
+	}
+}
+
+// firstReport reports whether r's version has not been reported yet, and
+// remembers it: a bad row is logged at error level and evented once, not
+// on every full pass while it lasts.
+func (f *followerLoop) firstReport(r *Row) bool {
+	if f.reported[r.ObjectKey] == r.Version {
+		return false
+	}
+	f.reported[r.ObjectKey] = r.Version
+	return true
+}
+
+// recordRejected puts a Warning Event about a row that could not be opened
+// on the Secret of that name in this cluster (whether or not it exists, so
+// that `kubectl get events -n <namespace>` shows it). The message carries
+// the reason and the error, which hold sizes and key ids, never data.
+func (f *followerLoop) recordRejected(r *Row, reason string, err error) {
+	ref := &corev1.ObjectReference{APIVersion: "v1", Kind: "Secret", Namespace: r.Namespace, Name: r.Name}
+	if s := f.copies.get(r.ObjectKey); s != nil {
+		ref.UID, ref.ResourceVersion = s.UID, s.ResourceVersion
+	}
+	f.recorder.Eventf(ref, corev1.EventTypeWarning, "RowRejected",
+		"kube-secret-sync did not apply database row version %d (%s): %v", r.Version, reason, err)
 }
 
 // recordConflict puts a Warning Event on the unmanaged Secret, where

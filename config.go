@@ -9,6 +9,7 @@ import (
 	"strings"
 	"text/tabwriter"
 	"time"
+	"unicode/utf8"
 
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/kelseyhightower/envconfig"
@@ -27,6 +28,7 @@ type Config struct {
 	Debug         string `envconfig:"DEBUG" desc:"1: debug logs"`
 	Pretty        string `envconfig:"PRETTY" desc:"1: human-readable text logs instead of JSON"`
 
+	PreviousKeys      string   `envconfig:"PREVIOUS_ENCRYPTION_KEYS" desc:"comma-separated earlier keys, 32 characters each, still accepted for decryption during a key rotation"`
 	ClusterName       string   `envconfig:"CLUSTER_NAME" default:"default" desc:"name of this cluster, recorded in the rows it writes"`
 	LabelSelector     string   `envconfig:"LABEL_SELECTOR" default:"kube-secret-sync=true" desc:"leader: which Secrets to sync"`
 	Namespaces        []string `envconfig:"NAMESPACES" desc:"comma-separated namespaces to sync (default: all)"`
@@ -44,7 +46,7 @@ type Config struct {
 	PodName           string   `envconfig:"POD_NAME" desc:"identity in the Lease (default: hostname)"`
 
 	// Derived at load time.
-	keys     *Keys
+	keys     *Keyring
 	selector labels.Selector
 
 	// wrapTransport, if set, wraps the Kubernetes client's transport
@@ -106,9 +108,16 @@ func (c *Config) validate() error {
 	if c.EncryptionKey == "" {
 		return errors.New("ENCRYPTION_KEY is required")
 	}
-	keys, err := NewKeys(c.EncryptionKey)
-	if err != nil {
+	if _, err := NewKeys(c.EncryptionKey); err != nil {
 		return fmt.Errorf("invalid ENCRYPTION_KEY: %w", err)
+	}
+	previous, err := splitKeys(c.PreviousKeys)
+	if err != nil {
+		return fmt.Errorf("invalid PREVIOUS_ENCRYPTION_KEYS: %w", err)
+	}
+	keys, err := NewKeyring(c.EncryptionKey, previous...)
+	if err != nil {
+		return fmt.Errorf("invalid PREVIOUS_ENCRYPTION_KEYS: %w", err)
 	}
 	c.keys = keys
 	// The upper bound keeps Tick() far from overflowing time.Duration
@@ -165,6 +174,37 @@ func (c *Config) validate() error {
 	return nil
 }
 
+// splitKeys splits PREVIOUS_ENCRYPTION_KEYS. Every key is exactly 32
+// ASCII characters, so the list is cut by position, not at every comma: a
+// key may itself contain a comma (an ENCRYPTION_KEY was never restricted),
+// and it can still be listed. Errors give positions and lengths, never
+// key material.
+func splitKeys(list string) ([]string, error) {
+	if list == "" {
+		return nil, nil
+	}
+	for i := 0; i < len(list); i++ {
+		if list[i] >= utf8.RuneSelf {
+			return nil, fmt.Errorf("%w: use ASCII characters only", ErrKeyLength)
+		}
+	}
+	var keys []string
+	for {
+		if len(list) < 32 {
+			return nil, fmt.Errorf("previous key %d: %w: got %d", len(keys)+1, ErrKeyLength, len(list))
+		}
+		keys = append(keys, list[:32])
+		list = list[32:]
+		if list == "" {
+			return keys, nil
+		}
+		if list[0] != ',' {
+			return nil, fmt.Errorf("previous key %d: %w, with a comma between two keys", len(keys), ErrKeyLength)
+		}
+		list = list[1:]
+	}
+}
+
 // maxTickSeconds bounds TICK_SECONDS to one day.
 const maxTickSeconds = 24 * 60 * 60
 
@@ -194,7 +234,7 @@ func (c *Config) namespaceAllowed(ns string) bool {
 
 // usage prints the --help text: every variable with its default.
 func usage() {
-	fmt.Fprintf(os.Stderr, "kube-secret-sync %s keeps labelled Secrets identical across Kubernetes clusters\nthrough a shared SQL database, encrypted with AES-256-GCM.\n\nIt is configured by environment variables only:\n\n", version)
+	fmt.Fprintf(os.Stderr, "kube-secret-sync %s keeps labelled Secrets identical across Kubernetes clusters\nthrough a shared SQL database, encrypted with AES-256-GCM.\n\nUsage:\n  kube-secret-sync              run the daemon (leader or follower)\n  kube-secret-sync keygen       print a fresh random key for ENCRYPTION_KEY\n  kube-secret-sync rotate-key   re-encrypt every database row under ENCRYPTION_KEY\n\nIt is configured by environment variables only:\n\n", version)
 	tw := tabwriter.NewWriter(os.Stderr, 0, 4, 2, ' ', 0)
 	_ = envconfig.Usagef("", &Config{}, tw, "{{range .}}  {{usage_key .}}\t{{usage_description .}}{{if usage_default .}} (default {{usage_default .}}){{end}}\n{{end}}")
 	_ = tw.Flush()

@@ -163,6 +163,93 @@ func NewKeys(key string) (*Keys, error) {
 // reveals nothing about the AES or MAC key.
 func (k *Keys) ID() string { return k.id }
 
+// Keyring is the current key, which seals and hashes everything written,
+// plus the previous keys of a rotation, which still open (and hash) rows
+// written under them. Rows are looked up by the key id stored next to them,
+// so a ciphertext is only ever tried with the one key that claims it. It is
+// safe for concurrent use.
+type Keyring struct {
+	current *Keys
+	byID    map[string]*Keys
+}
+
+// NewKeyring builds the keyring from ENCRYPTION_KEY and the previous keys.
+// Every key is validated like ENCRYPTION_KEY; an error names the previous
+// key by position (1-based), never by value. A previous key equal to the
+// current one is ignored.
+func NewKeyring(current string, previous ...string) (*Keyring, error) {
+	cur, err := NewKeys(current)
+	if err != nil {
+		return nil, err
+	}
+	r := &Keyring{current: cur, byID: map[string]*Keys{cur.ID(): cur}}
+	for i, key := range previous {
+		k, err := NewKeys(key)
+		if err != nil {
+			return nil, fmt.Errorf("previous key %d: %w", i+1, err)
+		}
+		if _, dup := r.byID[k.ID()]; !dup {
+			r.byID[k.ID()] = k
+		}
+	}
+	return r, nil
+}
+
+// ID is the current key's id: the one every row should end up under.
+func (r *Keyring) ID() string { return r.current.ID() }
+
+// IDs lists the ids of every key in the ring, the current one first.
+func (r *Keyring) IDs() []string {
+	ids := []string{r.current.ID()}
+	for id := range r.byID {
+		if id != r.current.ID() {
+			ids = append(ids, id)
+		}
+	}
+	slices.Sort(ids[1:])
+	return ids
+}
+
+// Seal seals under the current key.
+func (r *Keyring) Seal(rand io.Reader, b Binding, p *Payload) ([]byte, error) {
+	return r.current.Seal(rand, b, p)
+}
+
+// Hash is the change hash under the current key.
+func (r *Keyring) Hash(namespace, name string, p *Payload) []byte {
+	return r.current.Hash(namespace, name, p)
+}
+
+// HashFor is the change hash under the key keyID, so that a row written
+// before a rotation can be compared with a copy; ok is false for a key
+// that is not in the ring.
+func (r *Keyring) HashFor(keyID, namespace, name string, p *Payload) (sum []byte, ok bool) {
+	k := r.byID[keyID]
+	if k == nil {
+		return nil, false
+	}
+	return k.Hash(namespace, name, p), true
+}
+
+// Open opens a row with the key its key id names: the current key or a
+// previous one. A key id not in the ring is ErrWrongKey.
+func (r *Keyring) Open(b Binding, keyID string, ciphertext []byte) (*Payload, error) {
+	k := r.byID[keyID]
+	if k == nil {
+		return nil, fmt.Errorf("%w: row key id %q, known %q", ErrWrongKey, capKeyID(keyID), r.IDs())
+	}
+	return k.Open(b, keyID, ciphertext)
+}
+
+// capKeyID shortens a key id read from a row for an error message. Key ids
+// are not secret, but the database may hold anything in that column.
+func capKeyID(id string) string {
+	if len(id) > 2*keyIDSize {
+		return id[:2*keyIDSize] + "..."
+	}
+	return id
+}
+
 // Binding is what a ciphertext is bound to through GCM's associated data. A
 // row moved to another (namespace, name), replayed under another version, or
 // attributed to another source cluster fails to open.
@@ -226,12 +313,7 @@ func (k *Keys) Seal(rand io.Reader, b Binding, p *Payload) ([]byte, error) {
 // authenticated.
 func (k *Keys) Open(b Binding, keyID string, ciphertext []byte) (*Payload, error) {
 	if keyID != k.id {
-		// Key ids are not secret; the row's is capped since the database
-		// may hold anything.
-		if len(keyID) > 2*keyIDSize {
-			keyID = keyID[:2*keyIDSize] + "..."
-		}
-		return nil, fmt.Errorf("%w: row key id %q, ours %q", ErrWrongKey, keyID, k.id)
+		return nil, fmt.Errorf("%w: row key id %q, ours %q", ErrWrongKey, capKeyID(keyID), k.id)
 	}
 	if len(ciphertext) > MaxCiphertextSize {
 		return nil, fmt.Errorf("%w: %d bytes, limit %d", ErrTooLarge, len(ciphertext), MaxCiphertextSize)

@@ -54,6 +54,7 @@ type RowState struct {
 	Hash          []byte
 	Tombstone     bool
 	SourceCluster string
+	KeyID         string
 }
 
 // Change is one row the leader writes: a Secret's new content or its
@@ -186,16 +187,16 @@ func (s *Store) Write(ctx context.Context, cluster, keyID string, changes []Chan
 	return last, nil
 }
 
-// States returns the hash, tombstone flag and source of every row.
+// States returns the hash, tombstone flag, source and key id of every row.
 func (s *Store) States(ctx context.Context) (map[ObjectKey]RowState, error) {
-	rows, err := s.pool.Query(ctx, `SELECT namespace, name, hash, tombstone, source_cluster FROM kss_secrets`)
+	rows, err := s.pool.Query(ctx, `SELECT namespace, name, hash, tombstone, source_cluster, key_id FROM kss_secrets`)
 	if err != nil {
 		return nil, fmt.Errorf("read row states: %w", err)
 	}
 	states := make(map[ObjectKey]RowState)
 	var k ObjectKey
 	var st RowState
-	_, err = pgx.ForEachRow(rows, []any{&k.Namespace, &k.Name, &st.Hash, &st.Tombstone, &st.SourceCluster}, func() error {
+	_, err = pgx.ForEachRow(rows, []any{&k.Namespace, &k.Name, &st.Hash, &st.Tombstone, &st.SourceCluster, &st.KeyID}, func() error {
 		states[k] = st
 		st.Hash = nil // Scan into a fresh slice next time.
 		return nil
@@ -276,6 +277,74 @@ JOIN unnest($1::TEXT[], $2::TEXT[], $3::BIGINT[]) AS u (namespace, name, version
 		return fmt.Errorf("read ciphertexts: %w", err)
 	}
 	return nil
+}
+
+// RowsNotUnder returns up to limit rows (ciphertexts included) whose key
+// id is not keyID, after the row after in (namespace, name) order: the
+// rows a key rotation still has to rewrite.
+func (s *Store) RowsNotUnder(ctx context.Context, keyID string, after ObjectKey, limit int) ([]Row, error) {
+	rows, err := s.pool.Query(ctx, `
+SELECT namespace, name, ciphertext, key_id, hash, tombstone, version, source_cluster, updated_at
+FROM kss_secrets
+WHERE key_id <> $1 AND (namespace, name) > ($2, $3)
+ORDER BY namespace, name
+LIMIT $4`, keyID, after.Namespace, after.Name, limit)
+	if err != nil {
+		return nil, fmt.Errorf("read rows to re-encrypt: %w", err)
+	}
+	out, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (Row, error) {
+		var r Row
+		err := row.Scan(&r.Namespace, &r.Name, &r.Ciphertext, &r.KeyID, &r.Hash, &r.Tombstone, &r.Version, &r.SourceCluster, &r.UpdatedAt)
+		return r, err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("read rows to re-encrypt: %w", err)
+	}
+	return out, nil
+}
+
+// ResealFunc re-encrypts row r (as read) for the new version: it returns
+// the new ciphertext and hash.
+type ResealFunc func(version int64, r *Row) (ciphertext, hash []byte, err error)
+
+// Reseal rewrites rows under keyID and a new version in one transaction,
+// keeping their source cluster and tombstone flag. A row whose version
+// moved since it was read is left alone: its writer sealed it under its
+// own current key, and overwriting it would lose that write. It returns
+// how many rows were rewritten.
+func (s *Store) Reseal(ctx context.Context, keyID string, rows []Row, reseal ResealFunc) (int, error) {
+	n := len(rows)
+	namespaces, names := make([]string, n), make([]string, n)
+	versions := make([]int64, n)
+	ciphertexts, hashes := make([][]byte, n), make([][]byte, n)
+	for i := range rows {
+		namespaces[i], names[i], versions[i] = rows[i].Namespace, rows[i].Name, rows[i].Version
+	}
+	var rewritten int
+	err := s.inTx(ctx, func(tx pgx.Tx) error {
+		var version int64
+		err := tx.QueryRow(ctx, `UPDATE kss_version SET version = version + 1 WHERE id = 1 RETURNING version`).Scan(&version)
+		if err != nil {
+			return fmt.Errorf("bump version: %w", err)
+		}
+		for i := range rows {
+			if ciphertexts[i], hashes[i], err = reseal(version, &rows[i]); err != nil {
+				return fmt.Errorf("re-encrypt %s: %w", rows[i].ObjectKey, err)
+			}
+		}
+		tag, err := tx.Exec(ctx, `
+UPDATE kss_secrets AS s
+SET ciphertext = u.ciphertext, key_id = $6, hash = u.hash, version = $7, updated_at = now()
+FROM unnest($1::TEXT[], $2::TEXT[], $3::BIGINT[], $4::BYTEA[], $5::BYTEA[]) AS u (namespace, name, version, ciphertext, hash)
+WHERE s.namespace = u.namespace AND s.name = u.name AND s.version = u.version`,
+			namespaces, names, versions, ciphertexts, hashes, keyID, version)
+		if err != nil {
+			return fmt.Errorf("rewrite rows: %w", err)
+		}
+		rewritten = int(tag.RowsAffected())
+		return nil
+	})
+	return rewritten, err
 }
 
 // MaxVersion returns the counter: the version of the last committed write.

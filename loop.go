@@ -201,7 +201,7 @@ func (l *leaderLoop) sync(ctx context.Context, kind string, keys []ObjectKey) er
 		return err
 	}
 	for _, c := range changes {
-		l.known[c.ObjectKey] = RowState{Hash: c.Hash, Tombstone: c.Payload.Deleted, SourceCluster: cluster}
+		l.known[c.ObjectKey] = RowState{Hash: c.Hash, Tombstone: c.Payload.Deleted, SourceCluster: cluster, KeyID: l.cfg.keys.ID()}
 		l.log.WithFields(logrus.Fields{
 			"namespace": c.Namespace, "name": c.Name, "tombstone": c.Payload.Deleted, "version": version,
 		}).Info("stored")
@@ -214,7 +214,9 @@ func (l *leaderLoop) sync(ctx context.Context, kind string, keys []ObjectKey) er
 
 // changes returns the rows to write for keys: a Secret whose keyed hash
 // differs from its stored row, or a tombstone for a row this cluster wrote
-// whose Secret is gone or no longer labelled.
+// whose Secret is gone or no longer labelled. After ENCRYPTION_KEY changes,
+// every hash differs and every tombstone is under an old key, so the first
+// full pass rewrites all of this cluster's rows under the new key.
 func (l *leaderLoop) changes(keys []ObjectKey) []Change {
 	slices.SortFunc(keys, func(a, b ObjectKey) int {
 		return cmp.Or(cmp.Compare(a.Namespace, b.Namespace), cmp.Compare(a.Name, b.Name))
@@ -234,7 +236,7 @@ func (l *leaderLoop) changes(keys []ObjectKey) []Change {
 		}
 		// Only this cluster's rows: a second leader's Secrets are not ours
 		// to delete.
-		if ok && !stored.Tombstone && stored.SourceCluster == l.cfg.ClusterName {
+		if ok && stored.SourceCluster == l.cfg.ClusterName && (!stored.Tombstone || stored.KeyID != l.cfg.keys.ID()) {
 			p := &Payload{Deleted: true, UpdatedAt: time.Now().UTC()}
 			out = append(out, Change{ObjectKey: key, Hash: l.cfg.keys.Hash(key.Namespace, key.Name, p), Payload: p})
 		}
@@ -444,5 +446,9 @@ func (f *followerLoop) inSync(r *Row, existing *corev1.Secret) bool {
 	if r.Tombstone || appliedVersion(existing) != r.Version {
 		return false
 	}
-	return hmac.Equal(f.cfg.keys.Hash(r.Namespace, r.Name, payloadOf(existing)), r.Hash)
+	// The row's own key: a row not yet rewritten after a key rotation is
+	// still in sync with its copy. A key not in the ring is not; opening
+	// the row then reports it.
+	h, ok := f.cfg.keys.HashFor(r.KeyID, r.Namespace, r.Name, payloadOf(existing))
+	return ok && hmac.Equal(h, r.Hash)
 }

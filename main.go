@@ -8,6 +8,7 @@ package main
 
 import (
 	"context"
+	"crypto/rand"
 	"fmt"
 	"os"
 	"os/signal"
@@ -31,6 +32,7 @@ import (
 var version = "dev"
 
 func main() {
+	subcommand := ""
 	for _, arg := range os.Args[1:] {
 		switch arg {
 		case "-h", "-help", "--help", "help":
@@ -39,10 +41,25 @@ func main() {
 		case "-version", "--version", "version":
 			fmt.Println(version)
 			return
+		case "keygen", "rotate-key":
+			if subcommand == "" {
+				subcommand = arg
+				continue
+			}
+			fallthrough
 		default:
 			fmt.Fprintf(os.Stderr, "kube-secret-sync: unknown argument %q (configuration is by environment variables; see --help)\n", arg)
 			os.Exit(2)
 		}
+	}
+	if subcommand == "keygen" {
+		key, err := generateKey(rand.Reader)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "kube-secret-sync: keygen: "+err.Error())
+			os.Exit(1)
+		}
+		fmt.Println(key)
+		return
 	}
 	cfg, err := loadConfig()
 	if err != nil {
@@ -52,11 +69,17 @@ func main() {
 	log := newLogger(cfg)
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	if err := run(ctx, cfg, log); err != nil {
+	daemon := run
+	if subcommand == "rotate-key" {
+		daemon = runRotateKey
+	}
+	if err := daemon(ctx, cfg, log); err != nil {
 		log.WithError(err).Error("exiting")
 		os.Exit(1)
 	}
-	log.Info("stopped")
+	if subcommand == "" {
+		log.Info("stopped")
+	}
 }
 
 // restConfig uses KUBECONFIG when set, else the in-cluster configuration.
