@@ -1,9 +1,10 @@
 // Package deploy_test validates the manifests in deploy/: the kustomize
-// overlays and the cert-manager/ACME examples. Static checks read the
-// rendered YAML and need only kubectl; the rest run against real
-// kube-apiservers from internal/testenv (server-side dry-run, a real apply,
-// and SubjectAccessReviews that ask the API server's own RBAC authorizer what
-// the ServiceAccount may do).
+// overlays (cluster-wide and namespaced) and the cert-manager/ACME examples.
+// Static checks read the rendered YAML and need only kubectl; the rest run
+// against real kube-apiservers from internal/testenv (server-side dry-run, a
+// real apply, Pods checked by the restricted Pod Security admission, and
+// SubjectAccessReviews that ask the API server's own RBAC authorizer what the
+// ServiceAccount may do).
 package deploy_test
 
 import (
@@ -40,27 +41,44 @@ import (
 func TestMain(m *testing.M) { os.Exit(testenv.Run(m)) }
 
 const (
-	// namespace and serviceAccount are the daemon's own, in both overlays.
+	// namespace and serviceAccount are the daemon's own, in every overlay.
 	namespace      = "kube-secret-sync"
 	serviceAccount = "kube-secret-sync"
 	// secretName holds the DSN and the encryption key; the operator creates it.
 	secretName = "kube-secret-sync"
-	// otherNamespace stands for any application namespace.
+	// otherNamespace stands for any application namespace; the namespaced
+	// overlays list it.
 	otherNamespace = "web"
+	// unlistedNamespace is an application namespace that the namespaced
+	// overlays do not list.
+	unlistedNamespace = "shop"
 )
 
-// overlays are the deployable kustomizations, by role.
-var overlays = []struct {
+// overlay is one deployable kustomization.
+type overlay struct {
 	role, dir string
 	leader    bool
-}{
-	{"leader", "overlays/leader", true},
-	{"follower", "overlays/follower", false},
+	// namespaces are what a namespaced overlay syncs (its NAMESPACES, and
+	// where its Roles are); nil for a cluster-wide overlay.
+	namespaces []string
 }
+
+// overlays are the deployable kustomizations, by role.
+var overlays = []overlay{
+	{"leader", "overlays/leader", true, nil},
+	{"follower", "overlays/follower", false, nil},
+	{"leader-namespaced", "overlays/leader-namespaced", true, []string{"web", "api"}},
+	{"follower-namespaced", "overlays/follower-namespaced", false, []string{"web", "api"}},
+}
+
+// namespacesExample declares the application namespaces of the examples and
+// the namespaced overlays, which must exist before those are applied.
+const namespacesExample = "examples/namespaces.yaml"
 
 // examples are applied in this order (the Certificate refers to the
 // ClusterIssuer, but validation does not need it to exist).
 var examples = []string{
+	namespacesExample,
 	"examples/cluster-issuer.yaml",
 	"examples/certificate.yaml",
 	"examples/acme-forwarding.yaml",
@@ -90,17 +108,46 @@ func (a access) String() string {
 	return s
 }
 
-// expectedAccess is least privilege spelt out: what each role must be able
-// to do, and what it must not.
-func expectedAccess(leader bool) []access {
-	both := []access{
-		// Leader election on its own Lease only.
-		{"get", "coordination.k8s.io", "leases", namespace, "kube-secret-sync", true},
-		{"update", "coordination.k8s.io", "leases", namespace, "kube-secret-sync", true},
-		{"create", "coordination.k8s.io", "leases", namespace, "", true},
-		{"update", "coordination.k8s.io", "leases", namespace, "someone-elses-lease", false},
-		{"delete", "coordination.k8s.io", "leases", namespace, "kube-secret-sync", false},
-		{"create", "coordination.k8s.io", "leases", otherNamespace, "", false},
+// expectedAccess is least privilege spelt out: what the overlay's
+// ServiceAccount must be able to do, and what it must not.
+func expectedAccess(o overlay) []access {
+	if o.namespaces != nil {
+		return namespacedAccess(o)
+	}
+	return clusterWideAccess(o.leader)
+}
+
+// leaseAccess: leader election on its own Lease only, in every overlay.
+var leaseAccess = []access{
+	{"get", "coordination.k8s.io", "leases", namespace, "kube-secret-sync", true},
+	{"update", "coordination.k8s.io", "leases", namespace, "kube-secret-sync", true},
+	{"create", "coordination.k8s.io", "leases", namespace, "", true},
+	{"update", "coordination.k8s.io", "leases", namespace, "someone-elses-lease", false},
+	{"delete", "coordination.k8s.io", "leases", namespace, "kube-secret-sync", false},
+	{"create", "coordination.k8s.io", "leases", otherNamespace, "", false},
+}
+
+// cursorAccess: the follower's cursor ConfigMap and no other; the leader has
+// none.
+func cursorAccess(leader bool) []access {
+	if leader {
+		return []access{
+			{"get", "", "configmaps", namespace, "kube-secret-sync-state", false},
+			{"create", "", "configmaps", namespace, "", false},
+		}
+	}
+	return []access{
+		{"get", "", "configmaps", namespace, "kube-secret-sync-state", true},
+		{"update", "", "configmaps", namespace, "kube-secret-sync-state", true},
+		{"create", "", "configmaps", namespace, "", true},
+		{"update", "", "configmaps", namespace, "some-other-configmap", false},
+		{"delete", "", "configmaps", namespace, "kube-secret-sync-state", false},
+	}
+}
+
+// clusterWideAccess is least privilege for the cluster-wide overlays.
+func clusterWideAccess(leader bool) []access {
+	both := slices.Concat(leaseAccess, cursorAccess(leader), []access{
 		// Events, also about Secrets in application namespaces.
 		{"create", "", "events", otherNamespace, "", true},
 		{"patch", "", "events", otherNamespace, "", true},
@@ -114,7 +161,7 @@ func expectedAccess(leader bool) []access {
 		{"delete", "", "namespaces", "", otherNamespace, false},
 		{"deletecollection", "", "secrets", otherNamespace, "", false},
 		{"patch", "rbac.authorization.k8s.io", "clusterroles", "", "kube-secret-sync-leader", false},
-	}
+	})
 	if leader {
 		return append(both,
 			access{"list", "", "secrets", "", "", true},
@@ -126,8 +173,6 @@ func expectedAccess(leader bool) []access {
 			access{"patch", "", "secrets", otherNamespace, "www-example-com-tls", false},
 			access{"delete", "", "secrets", otherNamespace, "www-example-com-tls", false},
 			access{"create", "", "namespaces", "", "", false},
-			access{"get", "", "configmaps", namespace, "kube-secret-sync-state", false},
-			access{"create", "", "configmaps", namespace, "", false},
 		)
 	}
 	return append(both,
@@ -140,13 +185,60 @@ func expectedAccess(leader bool) []access {
 		access{"get", "", "namespaces", "", otherNamespace, true},
 		access{"create", "", "namespaces", "", "", true},
 		access{"update", "", "namespaces", "", otherNamespace, false},
-		// The cursor ConfigMap, and no other.
-		access{"get", "", "configmaps", namespace, "kube-secret-sync-state", true},
-		access{"update", "", "configmaps", namespace, "kube-secret-sync-state", true},
-		access{"create", "", "configmaps", namespace, "", true},
-		access{"update", "", "configmaps", namespace, "some-other-configmap", false},
-		access{"delete", "", "configmaps", namespace, "kube-secret-sync-state", false},
 	)
+}
+
+// namespacedAccess is least privilege for a namespaced overlay: Secrets and
+// Events in the listed namespaces only (Events in its own namespace too),
+// nothing on Namespaces, and nothing cluster-wide.
+func namespacedAccess(o overlay) []access {
+	want := slices.Concat(leaseAccess, cursorAccess(o.leader), []access{
+		{"create", "", "events", namespace, "", true},
+		{"patch", "events.k8s.io", "events", namespace, "", true},
+		// No Events in other namespaces, nor across all of them.
+		{"create", "", "events", unlistedNamespace, "", false},
+		{"create", "events.k8s.io", "events", unlistedNamespace, "", false},
+		{"create", "", "events", "", "", false},
+		// No Secrets across all namespaces, in an unlisted one, or in its
+		// own (where its DSN and key are).
+		{"list", "", "secrets", "", "", false},
+		{"watch", "", "secrets", "", "", false},
+		{"get", "", "secrets", namespace, secretName, false},
+		{"list", "", "secrets", namespace, "", false},
+		// No Namespaces: the follower runs with CREATE_NAMESPACES=false.
+		{"get", "", "namespaces", "", otherNamespace, false},
+		{"list", "", "namespaces", "", "", false},
+		{"create", "", "namespaces", "", "", false},
+		{"delete", "", "namespaces", "", otherNamespace, false},
+		// Nothing else.
+		{"create", "", "pods", namespace, "", false},
+		{"get", "", "configmaps", otherNamespace, "", false},
+		{"create", "rbac.authorization.k8s.io", "rolebindings", otherNamespace, "", false},
+		{"patch", "rbac.authorization.k8s.io", "roles", namespace, "kube-secret-sync-" + o.role, false},
+	})
+	for _, verb := range []string{"get", "list", "watch", "create", "update", "delete"} {
+		want = append(want, access{verb, "", "secrets", unlistedNamespace, "", false})
+	}
+	for _, ns := range o.namespaces {
+		want = append(want,
+			access{"create", "", "events", ns, "", true},
+			access{"patch", "", "events", ns, "", true},
+			access{"create", "events.k8s.io", "events", ns, "", true},
+			access{"delete", "", "events", ns, "", false},
+			// The informer lists and watches with a label selector.
+			access{"list", "", "secrets", ns, "", true},
+			access{"watch", "", "secrets", ns, "", true},
+			access{"patch", "", "secrets", ns, "www-example-com-tls", false},
+			access{"deletecollection", "", "secrets", ns, "", false},
+			access{"get", "", "configmaps", ns, "kube-secret-sync-state", false},
+		)
+		// The leader reads only through its watch and never writes; the
+		// follower writes its copies.
+		for _, verb := range []string{"get", "create", "update", "delete"} {
+			want = append(want, access{verb, "", "secrets", ns, "www-example-com-tls", !o.leader})
+		}
+	}
+	return want
 }
 
 // TestOverlayManifests checks the rendered overlays without a cluster: the
@@ -157,10 +249,27 @@ func TestOverlayManifests(t *testing.T) {
 		t.Run(o.role, func(t *testing.T) {
 			objs := mustKustomize(t, o.dir)
 
+			// Only the daemon's namespace, and the Roles of a namespaced
+			// overlay in the namespaces it lists; a namespaced overlay has
+			// nothing cluster-wide but its own Namespace.
 			for _, obj := range objs {
-				clusterScoped := slices.Contains([]string{"Namespace", "ClusterRole", "ClusterRoleBinding"}, obj.Kind)
-				if !clusterScoped && obj.Namespace != namespace {
-					t.Errorf("%s %s: namespace %q; want %q", obj.Kind, obj.Name, obj.Namespace, namespace)
+				switch obj.Kind {
+				case "Namespace":
+					if obj.Name != namespace {
+						t.Errorf("Namespace %s: an overlay may create only its own namespace (application namespaces belong to the applications)", obj.Name)
+					}
+				case "ClusterRole", "ClusterRoleBinding":
+					if o.namespaces != nil {
+						t.Errorf("%s %s in a namespaced overlay; want Roles in the listed namespaces", obj.Kind, obj.Name)
+					}
+				case "Role", "RoleBinding":
+					if obj.Namespace != namespace && !slices.Contains(o.namespaces, obj.Namespace) {
+						t.Errorf("%s %s: namespace %q; want %q or a listed namespace %v", obj.Kind, obj.Name, obj.Namespace, namespace, o.namespaces)
+					}
+				default:
+					if obj.Namespace != namespace {
+						t.Errorf("%s %s: namespace %q; want %q", obj.Kind, obj.Name, obj.Namespace, namespace)
+					}
 				}
 			}
 
@@ -172,7 +281,7 @@ func TestOverlayManifests(t *testing.T) {
 
 			var d appsv1.Deployment
 			mustFind(t, objs, "Deployment", "kube-secret-sync").into(t, &d)
-			checkDeployment(t, &d, o.leader)
+			checkDeployment(t, &d, o)
 
 			var svc corev1.Service
 			mustFind(t, objs, "Service", "kube-secret-sync").into(t, &svc)
@@ -193,16 +302,39 @@ func TestOverlayManifests(t *testing.T) {
 					}
 				}
 			}
-			for _, a := range expectedAccess(o.leader) {
+			for _, a := range expectedAccess(o) {
 				if got := p.allows(a); got != a.want {
 					t.Errorf("rendered RBAC: may %s: %v; want %v", a, got, a.want)
+				}
+			}
+			// NAMESPACES and the Roles must list the same namespaces: a
+			// Role without its namespace in NAMESPACES is an unused grant,
+			// and a listed namespace without its Role stops the daemon's
+			// watch (checkDeployment compares NAMESPACES with o.namespaces).
+			if o.namespaces != nil {
+				var withSecrets []string
+				for ns, rules := range p.namespaced {
+					if slices.ContainsFunc(rules, func(r rbacv1.PolicyRule) bool { return slices.Contains(r.Resources, "secrets") }) {
+						withSecrets = append(withSecrets, ns)
+					}
+				}
+				if !sameSet(withSecrets, o.namespaces) {
+					t.Errorf("Roles grant Secrets in %v; want exactly the listed namespaces %v", withSecrets, o.namespaces)
 				}
 			}
 		})
 	}
 }
 
-func checkDeployment(t *testing.T, d *appsv1.Deployment, leader bool) {
+// sameSet reports whether a and b hold the same strings, in any order.
+func sameSet(a, b []string) bool {
+	a, b = slices.Clone(a), slices.Clone(b)
+	slices.Sort(a)
+	slices.Sort(b)
+	return slices.Equal(slices.Compact(a), slices.Compact(b))
+}
+
+func checkDeployment(t *testing.T, d *appsv1.Deployment, o overlay) {
 	t.Helper()
 	pod := d.Spec.Template.Spec
 	if d.Spec.Replicas == nil || *d.Spec.Replicas < 2 {
@@ -309,8 +441,16 @@ func checkDeployment(t *testing.T, d *appsv1.Deployment, leader bool) {
 			t.Errorf("env %s = %+v; want a fieldRef to %s", name, e, path)
 		}
 	}
-	if got := env["LEADER"].Value; (got == "1") != leader {
-		t.Errorf("env LEADER = %q; leader %v", got, leader)
+	if got := env["LEADER"].Value; (got == "1") != o.leader {
+		t.Errorf("env LEADER = %q; leader %v", got, o.leader)
+	}
+	// A namespaced overlay syncs its listed namespaces, and its follower
+	// must not try to create a namespace it has no permission for.
+	if got, want := env["NAMESPACES"].Value, strings.Join(o.namespaces, ","); got != want {
+		t.Errorf("env NAMESPACES = %q; want %q", got, want)
+	}
+	if got := env["CREATE_NAMESPACES"].Value; o.namespaces != nil && !o.leader && got != "false" {
+		t.Errorf("env CREATE_NAMESPACES = %q; want \"false\" (no permission on Namespaces)", got)
 	}
 	if env["CLUSTER_NAME"].Value == "" {
 		t.Errorf("env CLUSTER_NAME is empty; want a placeholder for the cluster's name")
@@ -369,12 +509,10 @@ func policyFor(t *testing.T, objs []manifest, ns, sa string) policy {
 			mustFind(t, objs, kind, name).into(t, &r)
 			return r.Rules
 		}
+		// A RoleBinding refers to the Role of that name in its own
+		// namespace.
 		var r rbacv1.Role
-		m := mustFind(t, objs, kind, name)
-		if m.Namespace != bindingNS {
-			t.Fatalf("RoleBinding in %s refers to Role %s in %s", bindingNS, name, m.Namespace)
-		}
-		m.into(t, &r)
+		mustFindIn(t, objs, kind, bindingNS, name).into(t, &r)
 		return r.Rules
 	}
 	bound := func(subjects []rbacv1.Subject) bool {
@@ -401,7 +539,7 @@ func policyFor(t *testing.T, objs []manifest, ns, sa string) policy {
 	return p
 }
 
-// TestOverlaysRBAC applies each overlay for real, to its own cluster (both
+// TestOverlaysRBAC applies each overlay for real, to its own cluster (all
 // use the same namespace and ServiceAccount), and asks the API server's RBAC
 // authorizer, through SubjectAccessReviews, whether the ServiceAccount may
 // do what it needs and nothing beyond.
@@ -410,6 +548,11 @@ func TestOverlaysRBAC(t *testing.T) {
 	for i, o := range overlays {
 		c := clusters[i]
 		t.Run(o.role, func(t *testing.T) {
+			if o.namespaces != nil {
+				// The listed namespaces come first, as the overlay's
+				// comment says: its Roles live in them.
+				mustKubectl(t, c.Kubeconfig, "apply", "--validate=strict", "-f", namespacesExample)
+			}
 			// The Namespace comes first and carries the restricted Pod
 			// Security labels, so the API server checks the Deployment's
 			// pod template against them and warns on any violation; it also
@@ -423,7 +566,7 @@ func TestOverlaysRBAC(t *testing.T) {
 
 			user := "system:serviceaccount:" + namespace + ":" + serviceAccount
 			groups := []string{"system:serviceaccounts", "system:serviceaccounts:" + namespace, "system:authenticated"}
-			for _, a := range expectedAccess(o.leader) {
+			for _, a := range expectedAccess(o) {
 				review := &authorizationv1.SubjectAccessReview{Spec: authorizationv1.SubjectAccessReviewSpec{
 					User:   user,
 					Groups: groups,
@@ -444,18 +587,114 @@ func TestOverlaysRBAC(t *testing.T) {
 }
 
 // TestOverlaysServerDryRun has a real API server validate every object of
-// both overlays (schemas, unknown fields, admission) without persisting them.
+// every overlay (schemas, unknown fields, admission) without persisting them.
 func TestOverlaysServerDryRun(t *testing.T) {
 	c := testenv.Clusters(t, 1)[0]
-	// Under dry-run the Namespace is not created, so the namespaced objects
-	// need it to exist already.
-	mustEnsureNamespace(t, c, namespace)
 	for _, o := range overlays {
 		t.Run(o.role, func(t *testing.T) {
+			// Under dry-run the Namespace is not created, so the namespaced
+			// objects need their namespaces to exist already.
+			for _, ns := range append([]string{namespace}, o.namespaces...) {
+				mustEnsureNamespace(t, c, ns)
+			}
 			mustKubectl(t, c.Kubeconfig, "apply", "--dry-run=server", "--validate=strict", "-k", o.dir)
 		})
 	}
 }
+
+// TestOverlaysPodSecurityRestricted shows that each overlay's pods are
+// admitted under the restricted Pod Security Standard, and that the check
+// has teeth. A Deployment's dry-run only warns about its pod template; the
+// PodSecurity admission enforces on Pods. So each rendered pod template is
+// created as a Pod (server-side dry-run) in a namespace with the labels of
+// the overlay's own Namespace; copies weakened one field at a time must be
+// refused.
+func TestOverlaysPodSecurityRestricted(t *testing.T) {
+	c := testenv.Clusters(t, 1)[0]
+	// container is the daemon's container (the only one; checkDeployment
+	// makes sure).
+	container := func(s *corev1.PodSpec) *corev1.SecurityContext { return s.Containers[0].SecurityContext }
+	weakenings := []struct {
+		name   string
+		weaken func(*corev1.PodSpec)
+		// violation is how the PodSecurity admission names the check
+		// that refuses the Pod.
+		violation string
+	}{
+		{"privilege escalation", func(s *corev1.PodSpec) {
+			container(s).AllowPrivilegeEscalation = ptr(true)
+		}, "allowPrivilegeEscalation != false"},
+		{"runAsNonRoot unset", func(s *corev1.PodSpec) {
+			container(s).RunAsNonRoot, s.SecurityContext.RunAsNonRoot = nil, nil
+		}, "runAsNonRoot != true"},
+		{"root user", func(s *corev1.PodSpec) {
+			container(s).RunAsUser = ptr(int64(0))
+		}, "runAsUser=0"},
+		{"capabilities kept", func(s *corev1.PodSpec) {
+			container(s).Capabilities = nil
+		}, "unrestricted capabilities"},
+		{"capability added", func(s *corev1.PodSpec) {
+			container(s).Capabilities.Add = []corev1.Capability{"NET_RAW"}
+		}, "unrestricted capabilities"},
+		{"no seccomp profile", func(s *corev1.PodSpec) {
+			container(s).SeccompProfile, s.SecurityContext.SeccompProfile = nil, nil
+		}, "seccompProfile"},
+		{"host network", func(s *corev1.PodSpec) {
+			s.HostNetwork = true
+		}, "host namespaces"},
+	}
+	for _, o := range overlays {
+		t.Run(o.role, func(t *testing.T) {
+			objs := mustKustomize(t, o.dir)
+			var ownNS corev1.Namespace
+			mustFind(t, objs, "Namespace", namespace).into(t, &ownNS)
+			if ownNS.Labels["pod-security.kubernetes.io/enforce"] != "restricted" {
+				t.Fatalf("Namespace %s labels %v; want pod-security.kubernetes.io/enforce=restricted", namespace, ownNS.Labels)
+			}
+			// A fresh namespace each: the daemon's own may exist already in
+			// this shared cluster, with other labels or none.
+			ns := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: testenv.UniqueName(t), Labels: ownNS.Labels}}
+			if _, err := c.Clientset.CoreV1().Namespaces().Create(t.Context(), ns, metav1.CreateOptions{}); err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { testenv.DeleteNamespace(t, c, ns.Name) })
+			// The ServiceAccount admission refuses a Pod whose ServiceAccount
+			// does not exist, which would hide what PodSecurity says.
+			sa := &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: serviceAccount}}
+			if _, err := c.Clientset.CoreV1().ServiceAccounts(ns.Name).Create(t.Context(), sa, metav1.CreateOptions{}); err != nil {
+				t.Fatal(err)
+			}
+
+			var d appsv1.Deployment
+			mustFind(t, objs, "Deployment", "kube-secret-sync").into(t, &d)
+			podFrom := func(weaken func(*corev1.PodSpec)) *corev1.Pod {
+				pod := &corev1.Pod{
+					ObjectMeta: metav1.ObjectMeta{Name: "kube-secret-sync", Namespace: ns.Name, Labels: d.Spec.Template.Labels},
+					Spec:       *d.Spec.Template.Spec.DeepCopy(),
+				}
+				if weaken != nil {
+					weaken(&pod.Spec)
+				}
+				return pod
+			}
+			dryRun := metav1.CreateOptions{DryRun: []string{metav1.DryRunAll}}
+			pods := c.Clientset.CoreV1().Pods(ns.Name)
+			if _, err := pods.Create(t.Context(), podFrom(nil), dryRun); err != nil {
+				t.Fatalf("the Deployment's pod is not admitted under the restricted Pod Security Standard: %v", err)
+			}
+			for _, w := range weakenings {
+				_, err := pods.Create(t.Context(), podFrom(w.weaken), dryRun)
+				// The Forbidden status carries no reason code per check:
+				// only its message says that PodSecurity refused, and why.
+				if !apierrors.IsForbidden(err) || !strings.Contains(err.Error(), `violates PodSecurity "restricted`) || !strings.Contains(err.Error(), w.violation) {
+					t.Errorf("%s: create = %v; want Forbidden by PodSecurity restricted for %q", w.name, err, w.violation)
+				}
+			}
+		})
+	}
+}
+
+func ptr[T any](v T) *T { return &v }
 
 // TestExampleManifests checks that the examples fit together: the
 // Certificate opts its Secret in and uses the ClusterIssuer, the follower's
@@ -465,6 +704,28 @@ func TestExampleManifests(t *testing.T) {
 	var objs []manifest
 	for _, file := range examples {
 		objs = append(objs, mustReadManifests(t, file)...)
+	}
+
+	// Every application namespace of the examples and of the namespaced
+	// overlays is declared, and enforces the restricted Pod Security
+	// Standard, like the daemon's own.
+	used := map[string]bool{}
+	for _, obj := range objs {
+		if obj.Namespace != "" {
+			used[obj.Namespace] = true
+		}
+	}
+	for _, o := range overlays {
+		for _, ns := range o.namespaces {
+			used[ns] = true
+		}
+	}
+	for ns := range used {
+		var decl corev1.Namespace
+		mustFindIn(t, objs, "Namespace", "", ns).into(t, &decl)
+		if got := decl.Labels["pod-security.kubernetes.io/enforce"]; got != "restricted" {
+			t.Errorf("Namespace %s: label pod-security.kubernetes.io/enforce = %q; want restricted", ns, got)
+		}
 	}
 
 	issuer := mustFind(t, objs, "ClusterIssuer", "letsencrypt").unstructured(t)
@@ -737,5 +998,18 @@ func mustFind(tb testing.TB, objs []manifest, kind, name string) manifest {
 		}
 	}
 	tb.Fatalf("no %s %s among %v", kind, name, objs)
+	return manifest{}
+}
+
+// mustFindIn returns the object of kind and name in namespace ns, failing
+// the test if there is none.
+func mustFindIn(tb testing.TB, objs []manifest, kind, ns, name string) manifest {
+	tb.Helper()
+	for _, obj := range objs {
+		if obj.Kind == kind && obj.Namespace == ns && obj.Name == name {
+			return obj
+		}
+	}
+	tb.Fatalf("no %s %s/%s among %v", kind, ns, name, objs)
 	return manifest{}
 }
