@@ -1,0 +1,92 @@
+-- Least-privilege database roles for kube-secret-sync.
+--
+-- Runs as is on PostgreSQL (psql -v ON_ERROR_STOP=1 -f) and CockroachDB
+-- (cockroach sql -f): plain statements only, no psql meta-commands, no DO
+-- blocks, no PostgreSQL-only syntax. grants_test.go runs it against
+-- PostgreSQL and then syncs through the roles it creates.
+--
+-- Three roles:
+--
+--   kss_owner     owns the tables and applies the migrations. Used only to
+--                 install or upgrade the schema, never by a running daemon.
+--   kss_leader    the leader's daemon: reads and upserts kss_secrets and
+--                 bumps the version counter. It cannot delete rows, change
+--                 the schema or drop anything.
+--   kss_follower  every follower's daemon: SELECT only. Its cursor lives in
+--                 its own cluster, so it writes nothing to the database.
+--
+-- What each statement of the daemon needs (db.go):
+--
+--   leader    SELECT namespace, name, hash, … FROM kss_secrets     SELECT on kss_secrets
+--             INSERT … ON CONFLICT DO UPDATE … WHERE hash <> …    INSERT, UPDATE, SELECT on kss_secrets
+--             UPDATE kss_version SET version = version + 1 …     UPDATE, SELECT on kss_version
+--               RETURNING version
+--             SELECT name FROM kss_schema_migrations             SELECT on kss_schema_migrations
+--   follower  SELECT … FROM kss_secrets (pull, full pass)        SELECT on kss_secrets
+--             SELECT version FROM kss_version                    SELECT on kss_version
+--             SELECT name FROM kss_schema_migrations             SELECT on kss_schema_migrations
+--
+-- `kube-secret-sync rotate-key` (re-encrypting rows after a key rotation)
+-- runs with the leader's role: it reads and updates kss_secrets and bumps
+-- kss_version, nothing more. No daemon ever deletes a row: a deleted
+-- Secret becomes a tombstone row, which is an UPDATE. kss_migration_lock is
+-- used only while migrations are applied, by the owner.
+--
+-- Privileges are granted on whole tables: CockroachDB has no column
+-- privileges, and every column of kss_secrets is written by the leader's
+-- upsert anyway.
+--
+-- Use a database of its own for kube-secret-sync (step 1 changes the
+-- privileges of its public schema for every role).
+
+
+-- Step 1: as an administrator, in the kube-secret-sync database, before the
+-- first start.
+--
+-- The roles log in; give each a password afterwards without writing it into
+-- a file or a shell history: in psql, `\password kss_leader`; in CockroachDB,
+-- `ALTER ROLE kss_leader WITH PASSWORD …` from an interactive session, or
+-- client certificates instead of passwords. CREATE ROLE fails if a role
+-- exists already: this step is run once.
+
+CREATE ROLE kss_owner WITH LOGIN;
+CREATE ROLE kss_leader WITH LOGIN;
+CREATE ROLE kss_follower WITH LOGIN;
+
+-- PostgreSQL up to 14 and CockroachDB let every role create tables in the
+-- public schema. Only the owner may: without this the leader and the
+-- followers could still add tables.
+REVOKE CREATE ON SCHEMA public FROM PUBLIC;
+GRANT USAGE, CREATE ON SCHEMA public TO kss_owner;
+GRANT USAGE ON SCHEMA public TO kss_leader, kss_follower;
+
+-- If the database's CONNECT privilege was revoked from PUBLIC, also:
+--   GRANT CONNECT ON DATABASE kss TO kss_owner, kss_leader, kss_follower;
+
+
+-- Step 2: as kss_owner, apply the migrations.
+--
+-- kube-secret-sync applies the migrations embedded in its binary, with the
+-- role its DSN names, before anything else: at the start of the daemon and
+-- of `kube-secret-sync rotate-key`. So either
+--
+--   * run `kube-secret-sync rotate-key` once with the owner's DSN and the
+--     usual ENCRYPTION_KEY: it needs no Kubernetes, applies what is pending
+--     and, while every row is under the current key, rewrites nothing; or
+--   * start the new version's leader once with the owner's DSN, wait until
+--     /readyz succeeds, and give it the leader's DSN again.
+--
+-- A daemon whose role may not change the schema and that finds migrations
+-- pending waits: it logs "database not ready" and retries until the owner
+-- has applied them. Upgrade the schema first, then roll out the daemons.
+-- A table added by a later migration needs its grants added to step 3.
+
+
+-- Step 3: as kss_owner (or an administrator), after the migrations, and
+-- again after an upgrade that adds tables.
+
+GRANT SELECT, INSERT, UPDATE ON TABLE kss_secrets TO kss_leader;
+GRANT SELECT, UPDATE ON TABLE kss_version TO kss_leader;
+GRANT SELECT ON TABLE kss_schema_migrations TO kss_leader;
+
+GRANT SELECT ON TABLE kss_secrets, kss_version, kss_schema_migrations TO kss_follower;
