@@ -86,6 +86,8 @@ func (f *followerLoop) applyRow(ctx context.Context, r *Row, existing *corev1.Se
 		f.metrics.rowsApplied.WithLabelValues(action).Inc()
 		if action != "unchanged" {
 			log.WithField("action", action).Info("applied")
+		} else {
+			log.Debug("already in sync")
 		}
 	}
 }

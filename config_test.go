@@ -5,7 +5,6 @@ import (
 	"errors"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"reflect"
 	"regexp"
 	"slices"
@@ -290,15 +289,7 @@ func TestLoadConfigInvalid(t *testing.T) {
 // with exit status 2 and one line on stderr, and --help must document every
 // variable.
 func TestBinaryConfigErrors(t *testing.T) {
-	goTool, err := exec.LookPath("go")
-	if err != nil {
-		t.Fatalf("no go command to build the binary: %v", err)
-	}
-	bin := filepath.Join(t.TempDir(), "kss")
-	build := exec.CommandContext(t.Context(), goTool, "build", "-o", bin, ".")
-	if out, err := build.CombinedOutput(); err != nil {
-		t.Fatalf("go build: %v\n%s", err, out)
-	}
+	bin := buildBinary(t)
 	// Only PATH from the outside: nothing of the tester's environment
 	// (a KUBECONFIG, a DSN) may influence the result.
 	run := func(t *testing.T, env []string, args ...string) (stdout, stderr string, code int) {

@@ -18,6 +18,15 @@ import (
 	"k8s.io/client-go/tools/record"
 )
 
+// shutdownOr returns err, or nil when it is only the consequence of ctx
+// ending (a shutdown while the watches were still filling).
+func shutdownOr(ctx context.Context, err error) error {
+	if ctx.Err() != nil {
+		return nil
+	}
+	return err
+}
+
 // pullPage is how many rows a follower reads per query.
 const pullPage = 500
 
@@ -88,7 +97,7 @@ func (l *leaderLoop) startWatch(ctx context.Context) (err error) {
 
 func (l *leaderLoop) run(ctx context.Context) error {
 	if err := l.startWatch(ctx); err != nil {
-		return err
+		return shutdownOr(ctx, err)
 	}
 	l.log.WithField("cluster", l.cfg.ClusterName).Info("leader: watching labelled Secrets")
 	tick := time.NewTicker(l.cfg.Tick())
@@ -155,6 +164,7 @@ func (l *leaderLoop) reconcileFull(ctx context.Context) (err error) {
 	for k := range states {
 		keys = append(keys, k)
 	}
+	l.log.WithFields(logrus.Fields{"secrets": len(keys) - len(states), "rows": len(states)}).Debug("full pass")
 	return l.sync(ctx, "full", keys)
 }
 
@@ -288,7 +298,7 @@ func (f *followerLoop) startWatch(ctx context.Context) (err error) {
 
 func (f *followerLoop) run(ctx context.Context) error {
 	if err := f.startWatch(ctx); err != nil {
-		return err
+		return shutdownOr(ctx, err)
 	}
 	// Without its cursor the follower would re-read everything; keep
 	// trying, the API server may be coming up.
@@ -407,8 +417,13 @@ func (f *followerLoop) reconcileFull(ctx context.Context) (err error) {
 	}
 	before := f.cursor
 	var page Cursor
+	var seen int
+	defer func() {
+		f.log.WithFields(logrus.Fields{"rows": seen, "copies": len(copies), "cursor": f.cursor.Version}).Debug("full pass done")
+	}()
 	for {
 		rows, err := f.store.PullHeaders(ctx, page, pullPage)
+		seen += len(rows)
 		if err == nil {
 			err = f.applyOutOfSync(ctx, rows, copies)
 		}
