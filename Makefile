@@ -15,7 +15,7 @@ WITH_ASSETS = set -euo pipefail; \
 	export KSS_KUBE_ASSETS="$$(hack/kube-assets.sh)"; \
 	export KSS_PG_BIN="$$(hack/postgres.sh)";
 
-.PHONY: all build test test-short lint demo devenv bench img image assets clean
+.PHONY: all build test test-short fuzz lint demo devenv bench img image assets clean
 
 all: lint build
 
@@ -29,6 +29,12 @@ test:
 ## test-short: only the tests that need no servers.
 test-short:
 	go test -short -count=1 ./...
+
+## fuzz: every fuzz target for FUZZTIME each. Their seed corpora
+## (testdata/fuzz/) run in `make test` already; this looks for new inputs.
+FUZZTIME ?= 5s
+fuzz:
+	FUZZTIME=$(FUZZTIME) hack/fuzz.sh
 
 lint:
 	@out=$$(gofmt -l . ); if [[ -n "$$out" ]]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
