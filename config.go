@@ -6,11 +6,14 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"slices"
+	"strconv"
 	"strings"
 	"text/tabwriter"
 	"time"
 	"unicode/utf8"
 
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/kelseyhightower/envconfig"
 	"k8s.io/apimachinery/pkg/labels"
@@ -35,7 +38,7 @@ type Config struct {
 	ExcludeNamespaces []string `envconfig:"EXCLUDE_NAMESPACES" desc:"comma-separated namespaces never synced"`
 	DeletePolicy      string   `envconfig:"DELETE_POLICY" default:"delete" desc:"follower: delete or retain the copy when the source is deleted or unlabelled"`
 	CreateNamespaces  bool     `envconfig:"CREATE_NAMESPACES" default:"true" desc:"follower: create a missing namespace"`
-	PollSeconds       float64  `envconfig:"POLL_SECONDS" default:"2" desc:"follower: seconds between pulls of changed rows"`
+	PollSeconds       float64  `envconfig:"POLL_SECONDS" default:"1" desc:"follower: seconds between pulls of changed rows (at most TICK_SECONDS)"`
 	KubeQPS           float32  `envconfig:"KUBE_QPS" default:"20" desc:"Kubernetes API client queries per second"`
 	KubeBurst         int      `envconfig:"KUBE_BURST" default:"40" desc:"Kubernetes API client burst"`
 	Kubeconfig        string   `envconfig:"KUBECONFIG" desc:"kubeconfig file when running outside a cluster (default: in-cluster config)"`
@@ -103,7 +106,7 @@ func (c *Config) validate() error {
 	// pgx's parse errors can quote the connection string, password
 	// included, so only the fact is reported.
 	if _, err := pgxpool.ParseConfig(c.DSN); err != nil {
-		return errors.New("invalid DSN: not a valid PostgreSQL connection string (value not shown)")
+		return errors.New(dsnError)
 	}
 	if c.EncryptionKey == "" {
 		return errors.New("ENCRYPTION_KEY is required")
@@ -159,12 +162,17 @@ func (c *Config) validate() error {
 		return errors.New("invalid KUBE_BURST: must be at least 1")
 	}
 	if c.MetricsAddr != "" {
-		if _, _, err := net.SplitHostPort(c.MetricsAddr); err != nil {
-			return fmt.Errorf("invalid METRICS_ADDR: want host:port or :port, got %q", c.MetricsAddr)
+		_, port, err := net.SplitHostPort(c.MetricsAddr)
+		if n, perr := strconv.Atoi(port); err != nil || perr != nil || n < 0 || n > 65535 {
+			return fmt.Errorf("invalid METRICS_ADDR: want host:port or :port with a port from 0 to 65535, got %q", c.MetricsAddr)
 		}
 	}
 	if errs := validation.IsDNS1123Subdomain(c.LeaseName); len(errs) > 0 {
 		return fmt.Errorf("invalid LEASE_NAME: %s", errs[0])
+	}
+	// The cursor ConfigMap is named <LEASE_NAME>-state.
+	if len(c.LeaseName)+len(stateSuffix) > validation.DNS1123SubdomainMaxLength {
+		return fmt.Errorf("invalid LEASE_NAME: at most %d characters, so that %q fits in a name", validation.DNS1123SubdomainMaxLength-len(stateSuffix), "<LEASE_NAME>"+stateSuffix)
 	}
 	if c.PodNamespace != "" {
 		if errs := validation.IsDNS1123Label(c.PodNamespace); len(errs) > 0 {
@@ -205,6 +213,50 @@ func splitKeys(list string) ([]string, error) {
 	}
 }
 
+// dsnError is the whole message for a DSN that pgx refuses: its parse
+// errors can quote the connection string, password included. pgx also
+// reads the files the DSN names while parsing it.
+const dsnError = "invalid DSN: not a valid PostgreSQL connection string, or a file it names (sslrootcert, sslcert, sslkey, passfile) cannot be read (value not shown)"
+
+// stateSuffix makes the follower's cursor ConfigMap name from LEASE_NAME.
+const stateSuffix = "-state"
+
+// dsnWarning returns why the connection to the database described by dsn
+// (already validated) is not protected against an attacker on the network,
+// or "" when it is, or when the database is on this machine. It names the
+// mode, never the DSN.
+func dsnWarning(dsn string) string {
+	cfg, err := pgxpool.ParseConfig(dsn)
+	if err != nil {
+		return ""
+	}
+	cc := cfg.ConnConfig
+	if local(cc.Host) {
+		return ""
+	}
+	const advice = "; use sslmode=verify-full (with sslrootcert for a private CA) over any network you do not own"
+	switch {
+	case cc.TLSConfig == nil:
+		return "the database connection is not encrypted (sslmode=disable or allow)" + advice
+	case slices.ContainsFunc(cc.Fallbacks, func(f *pgconn.FallbackConfig) bool { return f.TLSConfig == nil }):
+		return "the database connection may fall back to no encryption (sslmode=prefer, the default when the DSN has none)" + advice
+	case cc.TLSConfig.InsecureSkipVerify && cc.TLSConfig.VerifyPeerCertificate == nil:
+		return "the database server's certificate is not verified (sslmode=require)" + advice
+	case cc.TLSConfig.InsecureSkipVerify:
+		return "the database server's host name is not verified (sslmode=verify-ca)" + advice
+	}
+	return ""
+}
+
+// local reports whether host is this machine: a Unix socket or loopback.
+func local(host string) bool {
+	if strings.HasPrefix(host, "/") || host == "localhost" {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
+}
+
 // maxTickSeconds bounds TICK_SECONDS to one day.
 const maxTickSeconds = 24 * 60 * 60
 
@@ -234,7 +286,7 @@ func (c *Config) namespaceAllowed(ns string) bool {
 
 // usage prints the --help text: every variable with its default.
 func usage() {
-	fmt.Fprintf(os.Stderr, "kube-secret-sync %s keeps labelled Secrets identical across Kubernetes clusters\nthrough a shared SQL database, encrypted with AES-256-GCM.\n\nUsage:\n  kube-secret-sync              run the daemon (leader or follower)\n  kube-secret-sync keygen       print a fresh random key for ENCRYPTION_KEY\n  kube-secret-sync rotate-key   re-encrypt every database row under ENCRYPTION_KEY\n\nIt is configured by environment variables only:\n\n", version)
+	fmt.Fprintf(os.Stderr, "kube-secret-sync %s keeps labelled Secrets identical across Kubernetes clusters\nthrough a shared SQL database, encrypted with AES-256-GCM.\n\nUsage:\n  kube-secret-sync              run the daemon (leader or follower)\n  kube-secret-sync migrate      apply pending database migrations (needs only DSN) and exit\n  kube-secret-sync keygen       print a fresh random key for ENCRYPTION_KEY\n  kube-secret-sync rotate-key   re-encrypt every database row under ENCRYPTION_KEY\n\nIt is configured by environment variables only:\n\n", version)
 	tw := tabwriter.NewWriter(os.Stderr, 0, 4, 2, ' ', 0)
 	_ = envconfig.Usagef("", &Config{}, tw, "{{range .}}  {{usage_key .}}\t{{usage_description .}}{{if usage_default .}} (default {{usage_default .}}){{end}}\n{{end}}")
 	_ = tw.Flush()

@@ -1,10 +1,7 @@
 package main
 
 import (
-	"bytes"
-	"errors"
 	"os"
-	"os/exec"
 	"reflect"
 	"regexp"
 	"slices"
@@ -89,8 +86,8 @@ func TestLoadConfigDefaults(t *testing.T) {
 		{"DSN", c.DSN, configTestDSN},
 		{"TickSeconds", c.TickSeconds, 20},
 		{"Tick()", c.Tick().String(), "20s"},
-		{"PollSeconds", c.PollSeconds, 2.0},
-		{"Poll()", c.Poll().String(), "2s"},
+		{"PollSeconds", c.PollSeconds, 1.0},
+		{"Poll()", c.Poll().String(), "1s"},
 		{"LabelSelector", c.LabelSelector, "kube-secret-sync=true"},
 		{"selector", c.selector.String(), "kube-secret-sync=true"},
 		{"DeletePolicy", c.DeletePolicy, "delete"},
@@ -254,6 +251,10 @@ func TestLoadConfigInvalid(t *testing.T) {
 		{"KUBE_QPS NaN", validEnv(map[string]string{"KUBE_QPS": "NaN"}), "KUBE_QPS"},
 		{"KUBE_BURST 0", validEnv(map[string]string{"KUBE_BURST": "0"}), "KUBE_BURST"},
 		{"METRICS_ADDR nope", validEnv(map[string]string{"METRICS_ADDR": "nope"}), "METRICS_ADDR"},
+		{"METRICS_ADDR port out of range", validEnv(map[string]string{"METRICS_ADDR": ":99999"}), "METRICS_ADDR"},
+		{"METRICS_ADDR port not a number", validEnv(map[string]string{"METRICS_ADDR": ":abc"}), "METRICS_ADDR"},
+		{"LEASE_NAME too long for its ConfigMap", validEnv(map[string]string{"LEASE_NAME": strings.Repeat("a", 250)}), "LEASE_NAME"},
+		{"DSN naming a missing CA file", validEnv(map[string]string{"DSN": "postgres://u:" + configTestPassword + "@h/db?sslmode=verify-full&sslrootcert=/nonexistent/ca.crt"}), "DSN"},
 		{"LEASE_NAME invalid", validEnv(map[string]string{"LEASE_NAME": "Not A Name"}), "LEASE_NAME"},
 		{"POD_NAMESPACE invalid", validEnv(map[string]string{"POD_NAMESPACE": "Bad_NS"}), "POD_NAMESPACE"},
 	}
@@ -290,24 +291,8 @@ func TestLoadConfigInvalid(t *testing.T) {
 // variable.
 func TestBinaryConfigErrors(t *testing.T) {
 	bin := buildBinary(t)
-	// Only PATH from the outside: nothing of the tester's environment
-	// (a KUBECONFIG, a DSN) may influence the result.
 	run := func(t *testing.T, env []string, args ...string) (stdout, stderr string, code int) {
-		t.Helper()
-		cmd := exec.CommandContext(t.Context(), bin, args...)
-		cmd.Env = append([]string{"PATH=" + os.Getenv("PATH")}, env...)
-		var o, e bytes.Buffer
-		cmd.Stdout, cmd.Stderr = &o, &e
-		err := cmd.Run()
-		var exit *exec.ExitError
-		switch {
-		case err == nil:
-		case errors.As(err, &exit):
-			code = exit.ExitCode()
-		default:
-			t.Fatalf("run %s: %v", bin, err)
-		}
-		return o.String(), e.String(), code
+		return runBinary(t, bin, env, args...)
 	}
 
 	t.Run("bad ENCRYPTION_KEY", func(t *testing.T) {
@@ -351,4 +336,31 @@ func TestBinaryConfigErrors(t *testing.T) {
 			}
 		}
 	})
+}
+
+func TestDSNWarning(t *testing.T) {
+	tests := []struct {
+		dsn  string
+		want string // a part of the warning; "" for none
+	}{
+		{"postgres://u:pw@db.example.com/kss?sslmode=verify-full", ""},
+		{"postgres://u:pw@db.example.com/kss?sslmode=disable", "not encrypted"},
+		{"postgres://u:pw@db.example.com/kss", "fall back"},
+		{"postgres://u:pw@db.example.com/kss?sslmode=prefer", "fall back"},
+		{"postgres://u:pw@db.example.com/kss?sslmode=require", "certificate is not verified"},
+		{"host=db.example.com user=u password=pw sslmode=require", "certificate is not verified"},
+		// The database on this machine: nothing to observe on the way.
+		{"postgres://u:pw@127.0.0.1/kss?sslmode=disable", ""},
+		{"postgres://u:pw@localhost/kss", ""},
+		{"host=/var/run/postgresql user=u", ""},
+	}
+	for _, tt := range tests {
+		got := dsnWarning(tt.dsn)
+		if tt.want == "" && got != "" || !strings.Contains(got, tt.want) {
+			t.Errorf("dsnWarning(%s) = %q; want %q", tt.dsn, got, tt.want)
+		}
+		if strings.Contains(got, "pw") || strings.Contains(got, "db.example.com") {
+			t.Errorf("dsnWarning(%s) = %q shows the DSN", tt.dsn, got)
+		}
+	}
 }

@@ -284,7 +284,7 @@ func newFollowerLoop(cfg *Config, log *logrus.Entry, store *Store, client kubern
 	return &followerLoop{
 		cfg: cfg, log: log, store: store, client: client, metrics: m, recorder: recorder,
 		writer:   &secretWriter{client: client, createNamespaces: cfg.CreateNamespaces, log: log},
-		cursors:  &cursorStore{client: client, namespace: cfg.PodNamespace, name: cfg.LeaseName + "-state"},
+		cursors:  &cursorStore{client: client, namespace: cfg.PodNamespace, name: cfg.LeaseName + stateSuffix},
 		reported: map[ObjectKey]int64{},
 	}
 }

@@ -41,7 +41,7 @@ func main() {
 		case "-version", "--version", "version":
 			fmt.Println(version)
 			return
-		case "keygen", "rotate-key":
+		case "keygen", "rotate-key", "migrate":
 			if subcommand == "" {
 				subcommand = arg
 				continue
@@ -61,6 +61,9 @@ func main() {
 		fmt.Println(key)
 		return
 	}
+	if subcommand == "migrate" {
+		os.Exit(runMigrate())
+	}
 	cfg, err := loadConfig()
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "kube-secret-sync: "+err.Error())
@@ -69,6 +72,9 @@ func main() {
 	log := newLogger(cfg)
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
+	if w := dsnWarning(cfg.DSN); w != "" {
+		log.Warn(w)
+	}
 	daemon := run
 	if subcommand == "rotate-key" {
 		daemon = runRotateKey
@@ -80,6 +86,33 @@ func main() {
 	if subcommand == "" {
 		log.Info("stopped")
 	}
+}
+
+// runMigrate is the migrate subcommand: it applies the pending migrations
+// with the role DSN names and exits. It needs only DSN (and DEBUG,
+// PRETTY), so that a schema owner can run it without the encryption key.
+func runMigrate() int {
+	cfg := &Config{DSN: os.Getenv("DSN"), Debug: os.Getenv("DEBUG"), Pretty: os.Getenv("PRETTY"), ClusterName: os.Getenv("CLUSTER_NAME")}
+	if cfg.DSN == "" {
+		fmt.Fprintln(os.Stderr, "kube-secret-sync: DSN is required")
+		return 2
+	}
+	log := newLogger(cfg).WithField("cmd", "migrate")
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	store, err := OpenStore(ctx, cfg.DSN)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "kube-secret-sync: "+dsnError)
+		return 2
+	}
+	defer store.Close()
+	host, _ := os.Hostname()
+	if err := store.Migrate(ctx, "migrate@"+host); err != nil {
+		log.WithError(err).Error("migrations not applied")
+		return 1
+	}
+	log.Info("the database schema is up to date")
+	return 0
 }
 
 // restConfig uses KUBECONFIG when set, else the in-cluster configuration.
