@@ -67,14 +67,14 @@ GRANT USAGE ON SCHEMA public TO kss_leader, kss_follower;
 -- Step 2: as kss_owner, apply the migrations.
 --
 -- kube-secret-sync applies the migrations embedded in its binary, with the
--- role its DSN names, before anything else: at the start of the daemon and
--- of `kube-secret-sync rotate-key`. So either
+-- role its DSN names, before anything else (at the start of the daemon and
+-- of `kube-secret-sync rotate-key`). As the owner, run them on their own:
 --
---   * run `kube-secret-sync rotate-key` once with the owner's DSN and the
---     usual ENCRYPTION_KEY: it needs no Kubernetes, applies what is pending
---     and, while every row is under the current key, rewrites nothing; or
---   * start the new version's leader once with the owner's DSN, wait until
---     /readyz succeeds, and give it the leader's DSN again.
+--   DSN='postgresql://kss_owner:…@db.example.com:26257/kss?sslmode=verify-full' \
+--     kube-secret-sync migrate
+--
+-- It needs only DSN (no encryption key, no Kubernetes) and exits 0 once the
+-- schema is up to date.
 --
 -- A daemon whose role may not change the schema and that finds migrations
 -- pending waits: it logs "database not ready" and retries until the owner
