@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
+	"sync"
 
 	"github.com/sirupsen/logrus"
 	corev1 "k8s.io/api/core/v1"
@@ -26,12 +28,40 @@ func (f *followerLoop) applyOutOfSync(ctx context.Context, rows []Row, copies ma
 	if err := f.store.FillCiphertexts(ctx, todo); err != nil {
 		return err
 	}
-	for _, r := range todo {
-		if r.Ciphertext != nil { // else rewritten since: the next pull has it
-			f.applyRow(ctx, r, copies[r.ObjectKey])
-		}
-	}
+	// A row rewritten since has no ciphertext: the next pull brings it.
+	todo = slices.DeleteFunc(todo, func(r *Row) bool { return r.Ciphertext == nil })
+	f.applyAll(ctx, todo, func(r *Row) *corev1.Secret { return copies[r.ObjectKey] })
 	return nil
+}
+
+// applyAll applies rows with up to APPLY_WORKERS API calls in flight: a
+// create or update is a round trip to the API server, and one at a time
+// would leave the client's QPS budget unused. The rows name distinct
+// Secrets (one page of one query, one row per Secret), so their order
+// among themselves does not matter; applyAll returns when all are done,
+// and only then may the cursor move past them.
+func (f *followerLoop) applyAll(ctx context.Context, rows []*Row, existing func(*Row) *corev1.Secret) {
+	workers := min(max(f.cfg.ApplyWorkers, 1), len(rows))
+	if workers <= 1 {
+		for _, r := range rows {
+			f.applyRow(ctx, r, existing(r))
+		}
+		return
+	}
+	next := make(chan *Row)
+	var wg sync.WaitGroup
+	for range workers {
+		wg.Go(func() {
+			for r := range next {
+				f.applyRow(ctx, r, existing(r))
+			}
+		})
+	}
+	for _, r := range rows {
+		next <- r
+	}
+	close(next)
+	wg.Wait()
 }
 
 // applyRow decrypts one row and applies it. Errors are reported here (log,
@@ -62,7 +92,14 @@ func (f *followerLoop) applyRow(ctx context.Context, r *Row, existing *corev1.Se
 	action, err := f.write(ctx, r, p, existing)
 	if existing != nil && apierrors.IsConflict(err) {
 		// The cached copy was stale: apply once more against the live one.
-		action, err = f.write(ctx, r, p, nil)
+		var live *corev1.Secret
+		live, err = f.client.CoreV1().Secrets(r.Namespace).Get(ctx, r.Name, metav1.GetOptions{})
+		switch {
+		case apierrors.IsNotFound(err):
+			action, err = f.write(ctx, r, p, nil)
+		case err == nil:
+			action, err = f.write(ctx, r, p, live)
+		}
 	}
 	var unmanaged *errUnmanaged
 	var rollback *errRollback
@@ -133,6 +170,8 @@ func rejectReason(err error) string {
 // remembers it: a bad row is logged at error level and evented once, not
 // on every full pass while it lasts.
 func (f *followerLoop) firstReport(r *Row) bool {
+	f.reportedMu.Lock()
+	defer f.reportedMu.Unlock()
 	if f.reported[r.ObjectKey] == r.Version {
 		return false
 	}

@@ -39,8 +39,10 @@ type Config struct {
 	DeletePolicy      string   `envconfig:"DELETE_POLICY" default:"delete" desc:"follower: delete or retain the copy when the source is deleted or unlabelled"`
 	CreateNamespaces  bool     `envconfig:"CREATE_NAMESPACES" default:"true" desc:"follower: create a missing namespace"`
 	PollSeconds       float64  `envconfig:"POLL_SECONDS" default:"1" desc:"follower: seconds between pulls of changed rows (at most TICK_SECONDS)"`
-	KubeQPS           float32  `envconfig:"KUBE_QPS" default:"20" desc:"Kubernetes API client queries per second"`
-	KubeBurst         int      `envconfig:"KUBE_BURST" default:"40" desc:"Kubernetes API client burst"`
+	KubeQPS           float32  `envconfig:"KUBE_QPS" default:"100" desc:"Kubernetes API client queries per second"`
+	KubeBurst         int      `envconfig:"KUBE_BURST" default:"200" desc:"Kubernetes API client burst"`
+	ApplyWorkers      int      `envconfig:"APPLY_WORKERS" default:"8" desc:"follower: Secrets applied concurrently"`
+	PgNotify          bool     `envconfig:"PG_NOTIFY" default:"true" desc:"PostgreSQL only: LISTEN/NOTIFY wake-up hint, so that followers pull at once; the poll remains the fallback"`
 	Kubeconfig        string   `envconfig:"KUBECONFIG" desc:"kubeconfig file when running outside a cluster (default: in-cluster config)"`
 	MetricsAddr       string   `envconfig:"METRICS_ADDR" default:":8080" desc:"address for /metrics, /healthz and /readyz; empty disables"`
 	LeaderElection    bool     `envconfig:"LEADER_ELECTION" default:"true" desc:"one active replica per cluster through a Lease"`
@@ -161,6 +163,9 @@ func (c *Config) validate() error {
 	if c.KubeBurst < 1 {
 		return errors.New("invalid KUBE_BURST: must be at least 1")
 	}
+	if c.ApplyWorkers < 1 || c.ApplyWorkers > maxApplyWorkers {
+		return fmt.Errorf("invalid APPLY_WORKERS: must be between 1 and %d, got %d", maxApplyWorkers, c.ApplyWorkers)
+	}
 	if c.MetricsAddr != "" {
 		_, port, err := net.SplitHostPort(c.MetricsAddr)
 		if n, perr := strconv.Atoi(port); err != nil || perr != nil || n < 0 || n > 65535 {
@@ -256,6 +261,10 @@ func local(host string) bool {
 	ip := net.ParseIP(host)
 	return ip != nil && ip.IsLoopback()
 }
+
+// maxApplyWorkers bounds APPLY_WORKERS: beyond a few dozen, concurrent
+// calls only queue in the client's rate limiter.
+const maxApplyWorkers = 64
 
 // maxTickSeconds bounds TICK_SECONDS to one day.
 const maxTickSeconds = 24 * 60 * 60

@@ -55,6 +55,9 @@ type leaderLoop struct {
 
 	// known mirrors the stored rows: what was last read or written.
 	known map[ObjectKey]RowState
+	// hint: send the PostgreSQL wake-up hint after each write (PG_NOTIFY,
+	// until the database turns out not to support it).
+	hint bool
 }
 
 func newLeaderLoop(cfg *Config, log *logrus.Entry, store *Store, client kubernetes.Interface, m *metrics) *leaderLoop {
@@ -63,6 +66,7 @@ func newLeaderLoop(cfg *Config, log *logrus.Entry, store *Store, client kubernet
 		dirty: map[ObjectKey]struct{}{},
 		wake:  make(chan struct{}, 1),
 		known: map[ObjectKey]RowState{},
+		hint:  cfg.PgNotify,
 	}
 }
 
@@ -218,6 +222,15 @@ func (l *leaderLoop) sync(ctx context.Context, kind string, keys []ObjectKey) er
 	}
 	l.metrics.rowsWritten.Add(float64(len(changes)))
 	l.metrics.cursor.Set(float64(version))
+	if l.hint {
+		// Best effort: the rows are committed, and followers poll anyway.
+		if err := l.store.Notify(ctx, version); hintUnsupported(err) {
+			l.hint = false
+			l.log.Info("the database has no NOTIFY: followers find changes by polling")
+		} else if err != nil {
+			l.log.WithError(err).Debug("wake-up hint not sent")
+		}
+	}
 	l.log.WithFields(logrus.Fields{"rows": len(changes), "kind": kind, "version": version}).Debug("write done")
 	return nil
 }
@@ -275,9 +288,13 @@ type followerLoop struct {
 	copies *secretCache
 
 	cursor Cursor
-	// reported remembers conflicts already reported per row version, so
-	// an unmanaged Secret is reported once, not on every pass.
-	reported map[ObjectKey]int64
+	// wake is signalled by the PostgreSQL wake-up hint (PG_NOTIFY).
+	wake chan struct{}
+	// reported remembers conflicts and rejected rows already reported per
+	// row version, so each is reported once, not on every pass. Rows are
+	// applied concurrently, hence the lock.
+	reportedMu sync.Mutex
+	reported   map[ObjectKey]int64
 }
 
 func newFollowerLoop(cfg *Config, log *logrus.Entry, store *Store, client kubernetes.Interface, m *metrics, recorder record.EventRecorder) *followerLoop {
@@ -286,6 +303,7 @@ func newFollowerLoop(cfg *Config, log *logrus.Entry, store *Store, client kubern
 		writer:   &secretWriter{client: client, createNamespaces: cfg.CreateNamespaces, log: log},
 		cursors:  &cursorStore{client: client, namespace: cfg.PodNamespace, name: cfg.LeaseName + stateSuffix},
 		reported: map[ObjectKey]int64{},
+		wake:     make(chan struct{}, 1),
 	}
 }
 
@@ -316,7 +334,10 @@ func (f *followerLoop) run(ctx context.Context) error {
 		}
 	}
 	f.metrics.cursor.Set(float64(f.cursor.Version))
-	f.log.WithFields(logrus.Fields{"cluster": f.cfg.ClusterName, "cursor": f.cursor.Version}).Info("follower: pulling rows")
+	f.log.WithFields(logrus.Fields{"cluster": f.cfg.ClusterName, "cursor": f.cursor.Version, "wake_up_hint": f.cfg.PgNotify}).Info("follower: pulling rows")
+	if f.cfg.PgNotify {
+		go listenForHints(ctx, f.cfg.DSN, f.log, f.wake)
+	}
 	// A fresh follower converges with one full pass; a restarted one
 	// resumes from its cursor and leaves the full pass to the first tick.
 	full := f.cursor == (Cursor{})
@@ -337,6 +358,7 @@ func (f *followerLoop) run(ctx context.Context) error {
 		case <-tick.C:
 			full = true
 		case <-poll.C:
+		case <-f.wake:
 		}
 	}
 }
@@ -365,9 +387,14 @@ func (f *followerLoop) pull(ctx context.Context) (err error) {
 			f.log.WithError(err).Error("pull: cannot read the database")
 			return err
 		}
+		page := make([]*Row, len(rows))
 		for i := range rows {
-			f.applyRow(ctx, &rows[i], f.copies.get(rows[i].ObjectKey))
-			f.cursor = Cursor{rows[i].Version, rows[i].Namespace, rows[i].Name}
+			page[i] = &rows[i]
+		}
+		f.applyAll(ctx, page, func(r *Row) *corev1.Secret { return f.copies.get(r.ObjectKey) })
+		if len(rows) > 0 {
+			last := rows[len(rows)-1]
+			f.cursor = Cursor{last.Version, last.Namespace, last.Name}
 		}
 		if len(rows) < pullPage {
 			break

@@ -224,7 +224,10 @@ func daemonSQL(t *testing.T) (goTexts, sqlFiles []sqlText) {
 		t.Fatal(err)
 	}
 	for _, name := range goFiles {
-		if strings.HasSuffix(name, "_test.go") {
+		// notify.go is the optional PostgreSQL-only wake-up hint, which
+		// SPEC §4 allows beside the portable path (TestPortableSQLOnlyInHint
+		// checks that it holds nothing else).
+		if strings.HasSuffix(name, "_test.go") || name == hintFile {
 			continue
 		}
 		src, err := os.ReadFile(name)
@@ -365,6 +368,31 @@ func f() { log.Info("listen on :8080; notify the operator"); _ = "temporary fail
 	for _, tt := range idempotency {
 		if why := notIdempotent(tt.stmt); (why == "") != tt.ok {
 			t.Errorf("notIdempotent(%q) = %q; want ok %v", tt.stmt, why, tt.ok)
+		}
+	}
+}
+
+// hintFile holds the only PostgreSQL-only SQL: the wake-up hint.
+const hintFile = "notify.go"
+
+// TestPortableSQLOnlyInHint: the hint's file is excluded from
+// TestPortableSQL, so it must hold the hint and nothing of the required
+// path: all its SQL is LISTEN or NOTIFY.
+func TestPortableSQLOnlyInHint(t *testing.T) {
+	src, err := os.ReadFile(hintFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	texts, err := goSQL(hintFile, src)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(texts) == 0 {
+		t.Fatalf("no SQL found in %s; the extraction is broken", hintFile)
+	}
+	for _, text := range texts {
+		if len(nonPortableUses([]sqlText{text})) == 0 {
+			t.Errorf("%s: %q is portable SQL of the required path; it belongs in db.go", hintFile, text.sql)
 		}
 	}
 }

@@ -220,16 +220,21 @@ type secretWriter struct {
 }
 
 // apply makes the cluster's copy equal desired. existing is the current
-// copy if the caller has it (nil: look it up).
+// copy if the caller has it. Without it the copy is created: in the common
+// case (a new Secret) that is the one API call needed, and only when the
+// name is taken (an unmanaged Secret, or a copy the cache has not seen yet)
+// is the live object read.
 func (w *secretWriter) apply(ctx context.Context, desired *corev1.Secret, existing *corev1.Secret) (plan, error) {
 	key := ObjectKey{desired.Namespace, desired.Name}
 	secrets := w.client.CoreV1().Secrets(desired.Namespace)
 	if existing == nil {
+		err := w.create(ctx, desired)
+		if !apierrors.IsAlreadyExists(err) {
+			return planCreate, err
+		}
 		got, err := secrets.Get(ctx, desired.Name, metav1.GetOptions{})
-		switch {
-		case apierrors.IsNotFound(err):
-			return planCreate, w.create(ctx, desired)
-		case err != nil:
+		if err != nil {
+			// NotFound: deleted again since; the next pass creates it.
 			return planNone, fmt.Errorf("get %s: %w", key, err)
 		}
 		existing = got
@@ -261,7 +266,12 @@ func (w *secretWriter) apply(ctx context.Context, desired *corev1.Secret, existi
 		if err != nil && !apierrors.IsNotFound(err) {
 			return p, fmt.Errorf("delete %s for recreation: %w", key, err)
 		}
-		return p, w.create(ctx, desired)
+		err = w.create(ctx, desired)
+		if apierrors.IsAlreadyExists(err) {
+			// Created by someone else in between: never take it over.
+			return p, &errUnmanaged{key}
+		}
+		return p, err
 	}
 }
 
@@ -276,11 +286,9 @@ func (w *secretWriter) create(ctx context.Context, desired *corev1.Secret) error
 		}
 		_, err = secrets.Create(ctx, desired, metav1.CreateOptions{})
 	}
-	if apierrors.IsAlreadyExists(err) {
-		// Created by someone else since we looked: never take it over.
-		return &errUnmanaged{key}
-	}
 	if err != nil {
+		// AlreadyExists stays recognisable (apierrors unwraps): the
+		// caller decides what a taken name means.
 		return fmt.Errorf("create %s: %w", key, err)
 	}
 	return nil
@@ -302,18 +310,13 @@ func (w *secretWriter) ensureNamespace(ctx context.Context, name string) error {
 }
 
 // remove deletes the managed copy for a tombstone. existing is the
-// current copy if the caller has it. It reports whether it deleted.
+// current copy from the watched cache of managed copies: without one there
+// is nothing of ours to delete (a copy created a moment ago and not yet
+// cached is deleted by the next full pass, which sees it).
 func (w *secretWriter) remove(ctx context.Context, key ObjectKey, version int64, existing *corev1.Secret) (bool, error) {
 	secrets := w.client.CoreV1().Secrets(key.Namespace)
 	if existing == nil {
-		got, err := secrets.Get(ctx, key.Name, metav1.GetOptions{})
-		if apierrors.IsNotFound(err) {
-			return false, nil
-		}
-		if err != nil {
-			return false, fmt.Errorf("get %s: %w", key, err)
-		}
-		existing = got
+		return false, nil
 	}
 	if !isManaged(existing) {
 		return false, &errUnmanaged{key}

@@ -87,6 +87,7 @@ func (e *syncEnv) config(leader bool) *Config {
 		CreateNamespaces: true,
 		KubeQPS:          100,
 		KubeBurst:        200,
+		ApplyWorkers:     8,
 		LeaderElection:   true,
 		LeaseName:        "kube-secret-sync",
 		Kubeconfig:       e.leader.Kubeconfig,
