@@ -15,7 +15,7 @@ WITH_ASSETS = set -euo pipefail; \
 	export KSS_KUBE_ASSETS="$$(hack/kube-assets.sh)"; \
 	export KSS_PG_BIN="$$(hack/postgres.sh)";
 
-.PHONY: all build test test-short fuzz lint demo devenv bench img image assets clean
+.PHONY: all build test test-short fuzz lint demo devenv bench bench-smoke bench-micro img image assets clean
 
 all: lint build
 
@@ -49,7 +49,26 @@ demo: build
 devenv:
 	@$(WITH_ASSETS) go run ./hack/devenv
 
-bench:
+## bench: issue 5's benchmark, then the Go micro-benchmarks (bench-micro).
+## hack/bench starts PostgreSQL and two clusters per size N (BENCH_SIZES),
+## runs the real binary as leader and follower, and measures initial sync
+## against a bare client-go writer, idle writes, update latency (with and
+## without PG_NOTIFY), peak RSS and CPU. It prints a markdown table and
+## writes bench/results.json (BENCH_FLAGS adds flags: see
+## `go run ./hack/bench -h`). Takes 10-20 minutes on 2 cores.
+BENCH_SIZES ?= 1000,10000
+BENCH_FLAGS ?=
+bench: build
+	@$(WITH_ASSETS) go run ./hack/bench --binary $(BIN) --sizes $(BENCH_SIZES) $(BENCH_FLAGS)
+	@$(MAKE) --no-print-directory bench-micro
+
+## bench-smoke: hack/bench at N = 200 with short phases (about 1.5 minutes);
+## writes no JSON.
+bench-smoke: build
+	@$(WITH_ASSETS) go run ./hack/bench --binary $(BIN) --smoke
+
+## bench-micro: the Go benchmarks (go test -bench) of every package.
+bench-micro:
 	@$(WITH_ASSETS) go test -run '^$$' -bench . -benchmem -count 1 -timeout 30m ./...
 
 assets:

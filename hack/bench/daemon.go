@@ -1,0 +1,289 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/kube-secret-sync/kube-secret-sync/internal/testenv"
+)
+
+// daemon is one kube-secret-sync process, a child of the bench. Its log
+// goes to a file.
+type daemon struct {
+	role    string // "leader" or "follower"
+	phase   string
+	podName string
+	logPath string
+	metrics string // host:port of /metrics and /readyz
+
+	cmd  *exec.Cmd
+	done chan struct{}
+	err  error // cmd.Wait's result, valid once done is closed
+}
+
+// startDaemon starts binary with exactly env: nothing is inherited, so a
+// DSN or TICK_SECONDS in the caller's shell cannot change the measurement.
+// Pdeathsig kills the daemon if the bench dies without cleaning up; Setpgid
+// keeps a terminal's Ctrl-C away from it, the bench stops it with SIGTERM.
+func startDaemon(binary, logDir string, d *daemon, vars map[string]string) error {
+	d.logPath = filepath.Join(logDir, d.phase+"-"+d.role+".log")
+	f, err := os.OpenFile(d.logPath, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o600)
+	if err != nil {
+		return err
+	}
+	defer f.Close() // the child has its own descriptor
+	var env []string
+	for _, k := range []string{"PATH", "HOME", "TMPDIR", "TZ"} {
+		if v, ok := os.LookupEnv(k); ok {
+			env = append(env, k+"="+v)
+		}
+	}
+	for k, v := range vars {
+		env = append(env, k+"="+v)
+	}
+	d.cmd = exec.Command(binary)
+	d.cmd.Env = env
+	d.cmd.Stdout, d.cmd.Stderr = f, f
+	d.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL, Setpgid: true}
+	if err := d.cmd.Start(); err != nil {
+		return fmt.Errorf("start %s: %w", d.role, err)
+	}
+	d.done = make(chan struct{})
+	go func() {
+		d.err = d.cmd.Wait()
+		close(d.done)
+	}()
+	return nil
+}
+
+func (d *daemon) pid() int { return d.cmd.Process.Pid }
+
+// exited returns an error once the daemon has ended: while it is measured,
+// any exit is unexpected.
+func (d *daemon) exited() error {
+	if d == nil || d.done == nil {
+		return nil
+	}
+	select {
+	case <-d.done:
+		return fmt.Errorf("%s (%s) exited unexpectedly (%v); its log: %s", d.role, d.phase, d.err, d.logPath)
+	default:
+		return nil
+	}
+}
+
+// stop sends SIGTERM and waits up to grace; then it kills the process
+// group. The error says whether the daemon exited by itself with status 0.
+func (d *daemon) stop(grace time.Duration) error {
+	if d == nil || d.done == nil {
+		return nil
+	}
+	select {
+	case <-d.done:
+		return d.exitErr()
+	default:
+	}
+	_ = d.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-d.done:
+	case <-time.After(grace):
+		_ = syscall.Kill(-d.cmd.Process.Pid, syscall.SIGKILL)
+		<-d.done
+		return fmt.Errorf("%s (%s) did not exit within %s of SIGTERM: killed", d.role, d.phase, grace)
+	}
+	return d.exitErr()
+}
+
+func (d *daemon) exitErr() error {
+	if d.err != nil {
+		return fmt.Errorf("%s (%s): %w", d.role, d.phase, d.err)
+	}
+	return nil
+}
+
+// get fetches path from the daemon's metrics server.
+func (d *daemon) get(ctx context.Context, path string) (int, string, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+d.metrics+path, nil)
+	if err != nil {
+		return 0, "", err
+	}
+	resp, err := (&http.Client{Timeout: 5 * time.Second}).Do(req)
+	if err != nil {
+		return 0, "", err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(io.LimitReader(resp.Body, 8<<20))
+	return resp.StatusCode, string(b), err
+}
+
+// samples returns the daemon's Prometheus samples.
+func (d *daemon) samples(ctx context.Context) ([]sample, error) {
+	code, body, err := d.get(ctx, "/metrics")
+	if err != nil {
+		return nil, err
+	}
+	if code != http.StatusOK {
+		return nil, fmt.Errorf("%s /metrics: HTTP %d", d.role, code)
+	}
+	return parseSamples(body), nil
+}
+
+// procStats is what /proc says about a process.
+type procStats struct {
+	hwmMiB float64 // VmHWM: peak resident set
+	rssMiB float64 // VmRSS: resident set now
+	cpuS   float64 // utime + stime
+}
+
+// clockTicks is sysconf(_SC_CLK_TCK), the unit of /proc/<pid>/stat's times.
+var clockTicks = func() float64 {
+	out, err := exec.Command("getconf", "CLK_TCK").Output()
+	if err == nil {
+		if v, err := strconv.ParseFloat(strings.TrimSpace(string(out)), 64); err == nil && v > 0 {
+			return v
+		}
+	}
+	return 100 // USER_HZ on every Linux architecture Go supports
+}()
+
+func readProc(pid int) (procStats, error) {
+	var p procStats
+	status, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return p, err
+	}
+	stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return p, err
+	}
+	return parseProc(string(status), string(stat), clockTicks)
+}
+
+// parseProc reads VmHWM and VmRSS (kB) from /proc/<pid>/status and utime
+// and stime (fields 14 and 15, in clock ticks) from /proc/<pid>/stat.
+func parseProc(status, stat string, ticks float64) (procStats, error) {
+	var p procStats
+	found := 0
+	for _, line := range strings.Split(status, "\n") {
+		k, v, ok := strings.Cut(line, ":")
+		if !ok || (k != "VmHWM" && k != "VmRSS") {
+			continue
+		}
+		kb, err := strconv.ParseFloat(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 64)
+		if err != nil {
+			return p, fmt.Errorf("/proc status %s: %w", k, err)
+		}
+		if k == "VmHWM" {
+			p.hwmMiB = kb / 1024
+		} else {
+			p.rssMiB = kb / 1024
+		}
+		found++
+	}
+	if found != 2 {
+		return p, errors.New("/proc status: VmHWM or VmRSS missing")
+	}
+	// The command name (field 2) may hold spaces; fields after it are
+	// counted from its closing parenthesis.
+	i := strings.LastIndexByte(stat, ')')
+	if i < 0 {
+		return p, errors.New("/proc stat: no command name")
+	}
+	f := strings.Fields(stat[i+1:])
+	// f[0] is field 3 (state), so utime (14) and stime (15) are f[11], f[12].
+	if len(f) < 13 {
+		return p, errors.New("/proc stat: too few fields")
+	}
+	ut, err1 := strconv.ParseFloat(f[11], 64)
+	st, err2 := strconv.ParseFloat(f[12], 64)
+	if err := errors.Join(err1, err2); err != nil {
+		return p, fmt.Errorf("/proc stat: %w", err)
+	}
+	p.cpuS = (ut + st) / ticks
+	return p, nil
+}
+
+// logSummary counts a JSON log's lines by level and lists its distinct
+// warning and error messages, for the bench's report on the daemon.
+type logSummary struct {
+	lines  int
+	levels map[string]int
+	issues map[string]int // "level: msg (error)" -> count
+}
+
+func summarizeLog(path string) (logSummary, error) {
+	s := logSummary{levels: map[string]int{}, issues: map[string]int{}}
+	f, err := os.Open(path)
+	if err != nil {
+		return s, err
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	sc.Buffer(nil, 1<<20)
+	for sc.Scan() {
+		s.lines++
+		var e map[string]any
+		if json.Unmarshal(sc.Bytes(), &e) != nil {
+			s.levels["unparsed"]++
+			s.issues["unparsed: "+truncate(sc.Text(), 160)]++
+			continue
+		}
+		level, _ := e["level"].(string)
+		s.levels[level]++
+		if level == "warning" || level == "error" || level == "fatal" || level == "panic" {
+			msg, _ := e["msg"].(string)
+			if ev, ok := e["error"].(string); ok {
+				msg += " (" + truncate(ev, 160) + ")"
+			}
+			s.issues[level+": "+msg]++
+		}
+	}
+	return s, sc.Err()
+}
+
+func (s logSummary) String() string {
+	var levels []string
+	for l, n := range s.levels {
+		levels = append(levels, fmt.Sprintf("%s %d", l, n))
+	}
+	sort.Strings(levels)
+	out := fmt.Sprintf("%d lines (%s)", s.lines, strings.Join(levels, ", "))
+	var issues []string
+	for m, n := range s.issues {
+		issues = append(issues, fmt.Sprintf("\n      %dx %s", n, m))
+	}
+	sort.Strings(issues)
+	if len(issues) > 8 {
+		issues = append(issues[:8], fmt.Sprintf("\n      … %d more distinct", len(issues)-8))
+	}
+	return out + strings.Join(issues, "")
+}
+
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return s[:n] + "…"
+}
+
+// freeAddr returns a 127.0.0.1 address that was free a moment ago.
+func freeAddr() (string, error) {
+	port, err := testenv.FreePort()
+	if err != nil {
+		return "", err
+	}
+	return fmt.Sprintf("127.0.0.1:%d", port), nil
+}

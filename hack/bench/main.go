@@ -1,0 +1,258 @@
+// Command bench measures kube-secret-sync at scale on one machine (issue 5,
+// `make bench`). For each workload size N it starts PostgreSQL and two
+// Kubernetes API servers (cluster-a, cluster-b), runs the real binary as
+// leader against cluster-a and as follower against cluster-b, and measures:
+// the initial sync of N labelled Secrets against a bare client-go writer
+// with the follower's own client settings, the database and API writes of
+// idle full reconciles, the propagation latency of single updates (with
+// and without the PostgreSQL wake-up hint), the daemons' peak memory and
+// CPU time, and what 10,000 unlabelled Secrets cost the leader's memory.
+//
+// It prints a markdown table on stdout, progress on stderr, and writes the
+// figures as JSON (bench/results.json). It reports targets missed; it does
+// not fail on them. Every wait is bounded, and nothing is left running or
+// on disk afterwards (unless --keep-logs).
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"runtime"
+	"slices"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+)
+
+// options are the command line.
+type options struct {
+	binary         string
+	sizes          []int
+	namespaces     int
+	latencySizes   string // "min", "all" or a list of sizes
+	latencyUpdates int
+	unlabelled     int
+	idleTick       int
+	idleTicks      int
+	syncTimeout    time.Duration
+	updateTimeout  time.Duration
+	out            string
+	keepLogs       bool
+	createWorkers  int
+	assumeWorkers  int
+}
+
+func main() {
+	var o options
+	sizes := flag.String("sizes", "1000,10000", "comma-separated workload sizes N (Secrets)")
+	flag.StringVar(&o.binary, "binary", "bin/kube-secret-sync", "the kube-secret-sync binary to run as leader and follower")
+	flag.IntVar(&o.namespaces, "namespaces", 100, "namespaces the Secrets of a workload are spread over")
+	flag.StringVar(&o.latencySizes, "latency-sizes", "min", `sizes that get the latency phases: "min" (the smallest of --sizes), "all", or a list`)
+	flag.IntVar(&o.latencyUpdates, "latency-updates", 200, "single-Secret updates per latency phase")
+	flag.IntVar(&o.unlabelled, "unlabelled", 10000, "unlabelled Secrets created for the leader memory check at the largest size (0: skip)")
+	flag.IntVar(&o.idleTick, "idle-tick", 2, "TICK_SECONDS of the daemons in the idle phase")
+	flag.IntVar(&o.idleTicks, "idle-ticks", 5, "full reconcile intervals the idle phase watches")
+	flag.DurationVar(&o.syncTimeout, "sync-timeout", 15*time.Minute, "longest wait for an initial sync")
+	flag.DurationVar(&o.updateTimeout, "update-timeout", 30*time.Second, "longest wait for one update to reach cluster-b")
+	flag.StringVar(&o.out, "out", "bench/results.json", `JSON output file ("" for none)`)
+	flag.BoolVar(&o.keepLogs, "keep-logs", false, "keep the daemons' logs (always kept after a failure)")
+	flag.IntVar(&o.createWorkers, "create-workers", 32, "concurrent creates of the (untimed) set-up in cluster-a")
+	flag.IntVar(&o.assumeWorkers, "assume-apply-workers", 0, "for a binary whose --help lists no APPLY_WORKERS: the bare writer's concurrency (recorded in the output)")
+	smoke := flag.Bool("smoke", false, "a quick check that everything works: N = 200, 20 updates, 500 unlabelled, 2 idle ticks; writes no JSON unless --out is given")
+	flag.Parse()
+	if *smoke {
+		set := map[string]bool{}
+		flag.Visit(func(f *flag.Flag) { set[f.Name] = true })
+		defaults := map[string]func(){
+			"sizes":           func() { *sizes = "200" },
+			"latency-updates": func() { o.latencyUpdates = 20 },
+			"unlabelled":      func() { o.unlabelled = 500 },
+			"idle-ticks":      func() { o.idleTicks = 2 },
+			"out":             func() { o.out = "" },
+			"sync-timeout":    func() { o.syncTimeout = 3 * time.Minute },
+		}
+		for name, apply := range defaults {
+			if !set[name] {
+				apply()
+			}
+		}
+	}
+	for _, s := range strings.Split(*sizes, ",") {
+		n, err := strconv.Atoi(strings.TrimSpace(s))
+		if err != nil || n < 1 {
+			fmt.Fprintf(os.Stderr, "bench: invalid --sizes %q\n", *sizes)
+			os.Exit(2)
+		}
+		o.sizes = append(o.sizes, n)
+	}
+	if o.namespaces < 1 || o.latencyUpdates < 1 || o.idleTick < 1 || o.idleTicks < 1 || o.createWorkers < 1 {
+		fmt.Fprintln(os.Stderr, "bench: --namespaces, --latency-updates, --idle-tick, --idle-ticks and --create-workers must be at least 1")
+		os.Exit(2)
+	}
+	os.Exit(run(o))
+}
+
+// bench holds what every workload shares.
+type bench struct {
+	opts     options
+	binary   string // absolute path
+	settings settings
+	client   followerClient
+	hint     bool    // the binary has PG_NOTIFY
+	poll     float64 // POLL_SECONDS default
+	tick     int     // TICK_SECONDS default
+	logDir   string
+	start    time.Time
+	failed   bool // a daemon misbehaved: keep the logs
+}
+
+func (b *bench) logf(format string, args ...any) {
+	fmt.Fprintf(os.Stderr, "[%6.1fs] %s\n", time.Since(b.start).Seconds(), fmt.Sprintf(format, args...))
+}
+
+func run(o options) int {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	go func() {
+		// After the first Ctrl-C the bench cleans up; a second one kills
+		// it at once (its children still die with it, by Pdeathsig).
+		<-ctx.Done()
+		stop()
+	}()
+	b := &bench{opts: o, start: time.Now()}
+	rep, err := b.run(ctx)
+	if b.logDir != "" {
+		if o.keepLogs || b.failed || err != nil {
+			b.logf("daemon logs kept in %s", b.logDir)
+		} else {
+			_ = os.RemoveAll(b.logDir)
+		}
+	}
+	if err != nil {
+		b.logf("FAILED: %v", err)
+		if ctx.Err() != nil {
+			return 130
+		}
+		return 1
+	}
+	rep.writeTable(os.Stdout)
+	if o.out != "" {
+		if err := rep.writeJSON(o.out); err != nil {
+			b.logf("write %s: %v", o.out, err)
+			return 1
+		}
+		b.logf("wrote %s", o.out)
+	}
+	b.logf("done in %s; nothing left running", secs(time.Since(b.start)))
+	return 0
+}
+
+func (b *bench) run(ctx context.Context) (*report, error) {
+	var err error
+	if b.binary, err = filepath.Abs(b.opts.binary); err != nil {
+		return nil, err
+	}
+	if b.settings, err = readSettings(ctx, b.binary); err != nil {
+		return nil, err
+	}
+	if b.client, err = b.settings.followerClient(b.opts.assumeWorkers); err != nil {
+		return nil, err
+	}
+	if b.poll, err = b.settings.float("POLL_SECONDS"); err != nil {
+		return nil, err
+	}
+	if b.tick, err = b.settings.int("TICK_SECONDS"); err != nil {
+		return nil, err
+	}
+	b.hint = b.settings.hasHint()
+	defaults := map[string]string{}
+	for _, k := range []string{"KUBE_QPS", "KUBE_BURST", "APPLY_WORKERS", "TICK_SECONDS", "POLL_SECONDS", "PG_NOTIFY"} {
+		if v, ok := b.settings.defaults[k]; ok {
+			defaults[k] = v
+		}
+	}
+	b.logf("binary %s (version %s); its defaults: %v", b.opts.binary, b.settings.version, defaults)
+	if b.logDir, err = os.MkdirTemp("", "kss-bench-"); err != nil {
+		return nil, err
+	}
+
+	rep := &report{
+		Date:     time.Now().UTC().Format(time.RFC3339),
+		Cores:    runtime.NumCPU(),
+		Machine:  machine(),
+		Go:       runtime.Version(),
+		Command:  strings.Join(os.Args, " "),
+		Binary:   b.settings.version,
+		Settings: defaults,
+	}
+	rep.Method = b.method()
+	rep.Notes = append(rep.Notes, fmt.Sprintf("%d cores shared by PostgreSQL, two etcd + kube-apiserver pairs, both daemons and the bench itself; other work may run on this machine too: load average %s at the start", runtime.NumCPU(), loadavg()))
+	if !b.settings.listed["APPLY_WORKERS"] {
+		rep.Notes = append(rep.Notes, fmt.Sprintf("the binary lists no APPLY_WORKERS; the bare writer assumed %d (--assume-apply-workers)", b.client.workers))
+	}
+	if !b.hint {
+		rep.Notes = append(rep.Notes, "the binary lists no PG_NOTIFY: its default latency is already the latency without a hint, so the PG_NOTIFY=0 phase was skipped")
+	}
+
+	largest := slices.Max(b.opts.sizes)
+	for _, n := range b.opts.sizes {
+		if ctx.Err() != nil {
+			return nil, ctx.Err()
+		}
+		w := &workload{bench: b, n: n, prefix: fmt.Sprintf("w%d", n),
+			latency:    b.latencyAt(n),
+			memoryTest: n == largest && b.opts.unlabelled > 0,
+		}
+		res := w.run(ctx)
+		if ctx.Err() != nil {
+			return nil, ctx.Err()
+		}
+		rep.Results = append(rep.Results, *res)
+	}
+	rep.Notes[0] += fmt.Sprintf(", %s at the end", loadavg())
+	return rep, nil
+}
+
+// latencyAt reports whether workload n gets the latency phases.
+func (b *bench) latencyAt(n int) bool {
+	switch b.opts.latencySizes {
+	case "all":
+		return true
+	case "min", "":
+		return n == slices.Min(b.opts.sizes)
+	case "none":
+		return false
+	}
+	for _, s := range strings.Split(b.opts.latencySizes, ",") {
+		if v, err := strconv.Atoi(strings.TrimSpace(s)); err == nil && v == n {
+			return true
+		}
+	}
+	return false
+}
+
+// method says how each figure was measured, for the output.
+func (b *bench) method() []string {
+	o := b.opts
+	m := []string{
+		fmt.Sprintf("Workload: N TLS-like Secrets (tls.crt with ten DNS names, tls.key, ca.crt: a valid ECDSA P-256 key pair and issuer, all fresh; about 2 KiB each) over %d namespaces; a fresh PostgreSQL, fresh clusters, namespaces and daemon processes per N.", o.namespaces),
+		"initial sync: the N labelled Secrets exist in cluster-a before the daemons start (binary defaults); timed from starting the leader and follower processes until a watch on cluster-b has seen all N copies with equal type and data.",
+		fmt.Sprintf("bare writer: the bench itself creates the same N Secrets and %d namespaces in fresh namespaces of cluster-b, before the daemons run, with %d concurrent calls through one client at QPS %g, burst %d (APPLY_WORKERS, KUBE_QPS, KUBE_BURST as read from the binary's --help), protobuf like the daemon. ratio = initial sync / bare writer.", o.namespaces, b.client.workers, b.client.qps, b.client.burst),
+		fmt.Sprintf("idle: daemons restarted with TICK_SECONDS=%d (set for this phase only); after each finished 2 full passes, %d ticks without change (+2 s for PostgreSQL's statistics flush). DB row writes: n_tup_ins+n_tup_upd+n_tup_del of every table (pg_stat_user_tables), cross-checked against the kss_secrets rows and kss_version; API writes: apiserver_request_total with verb POST/PUT/PATCH/DELETE/APPLY on secrets, configmaps and namespaces, both API servers (Lease renewals and Events are not sync work and not counted).", o.idleTick, o.idleTicks),
+		fmt.Sprintf("latency: %d single-Secret updates (merge patch of tls.crt in cluster-a), one at a time, each timed from just before the call until a watch on cluster-b sees the new data; a random pause of 0–POLL_SECONDS (%gs) between updates; binary defaults; then the same with both daemons restarted with PG_NOTIFY=0.", o.latencyUpdates, b.poll),
+		"RSS = VmHWM (peak) and CPU = utime+stime of the daemon processes that ran the initial sync, the default-settings latency phase and the memory check, read just before their SIGTERM; *_all_runs_mib is the peak over every process of that role in the workload.",
+	}
+	if o.unlabelled > 0 {
+		m = append(m, fmt.Sprintf("leader memory at the largest N: VmRSS of the running leader before and after %s unlabelled Secrets (same size) were created in cluster-a and its next full pass ran; 'N labelled vs none' is its VmRSS minus that of a fresh leader whose LABEL_SELECTOR matches nothing, in the same cluster.", thousands(o.unlabelled)))
+	}
+	return m
+}
+
+// errTimeout marks a bounded wait that ran out.
+var errTimeout = errors.New("timed out")

@@ -1,0 +1,208 @@
+package main
+
+import (
+	"crypto/tls"
+	"maps"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+)
+
+// The bench's figures rest on these parsers: one that misreads a line
+// would report a wrong number without any error.
+
+func TestParseHelp(t *testing.T) {
+	help := `kube-secret-sync v1 keeps labelled Secrets identical
+
+Usage:
+  kube-secret-sync              run the daemon (leader or follower)
+  kube-secret-sync keygen       print a fresh random key for ENCRYPTION_KEY
+
+It is configured by environment variables only:
+
+  DSN                       PostgreSQL/CockroachDB connection string (pgx syntax); required
+  TICK_SECONDS              seconds between full reconciles (default 20)
+  POLL_SECONDS              follower: seconds between pulls of changed rows (at most TICK_SECONDS) (default 1)
+  KUBE_QPS                  Kubernetes API client queries per second (default 100)
+  KUBE_BURST                Kubernetes API client burst (default 200)
+  APPLY_WORKERS             follower: Secrets applied concurrently (default 8)
+  NAMESPACES                comma-separated namespaces to sync (default: all)
+  PG_NOTIFY                 PostgreSQL only: LISTEN/NOTIFY wake-up hint (default true)
+`
+	s := parseHelp(help)
+	want := map[string]string{"TICK_SECONDS": "20", "POLL_SECONDS": "1", "KUBE_QPS": "100", "KUBE_BURST": "200", "APPLY_WORKERS": "8", "PG_NOTIFY": "true"}
+	if !maps.Equal(s.defaults, want) {
+		t.Errorf("parseHelp defaults = %v; want %v", s.defaults, want)
+	}
+	for _, name := range []string{"DSN", "NAMESPACES", "PG_NOTIFY"} {
+		if !s.listed[name] {
+			t.Errorf("parseHelp: %s not listed", name)
+		}
+	}
+	if s.listed["It"] || s.listed["Usage"] {
+		t.Errorf("parseHelp listed prose: %v", s.listed)
+	}
+	c, err := s.followerClient(0)
+	if err != nil || c != (followerClient{qps: 100, burst: 200, workers: 8}) {
+		t.Errorf("followerClient(0) = %+v, %v; want {100 200 8}", c, err)
+	}
+	delete(s.listed, "APPLY_WORKERS")
+	if _, err := s.followerClient(0); err == nil {
+		t.Error("followerClient(0) without APPLY_WORKERS: no error")
+	}
+	if c, err := s.followerClient(3); err != nil || c.workers != 3 {
+		t.Errorf("followerClient(3) without APPLY_WORKERS = %+v, %v; want 3 workers", c, err)
+	}
+}
+
+func TestCountWrites(t *testing.T) {
+	exposition := `# HELP apiserver_request_total [STABLE] Counter of apiserver requests
+# TYPE apiserver_request_total counter
+apiserver_request_total{code="201",component="apiserver",dry_run="",group="",resource="secrets",scope="resource",subresource="",verb="POST",version="v1"} 12
+apiserver_request_total{code="200",component="apiserver",dry_run="",group="",resource="secrets",scope="resource",subresource="",verb="PUT",version="v1"} 3
+apiserver_request_total{code="200",component="apiserver",dry_run="",group="",resource="secrets",scope="namespace",subresource="",verb="LIST",version="v1"} 40
+apiserver_request_total{code="200",component="apiserver",dry_run="",group="coordination.k8s.io",resource="leases",scope="resource",subresource="",verb="PUT",version="v1"} 99
+apiserver_request_total{code="201",component="apiserver",dry_run="",group="",resource="events",scope="resource",subresource="",verb="POST",version="v1"} 5
+apiserver_request_total{code="200",component="apiserver",dry_run="",group="",resource="namespaces",scope="resource",subresource="status",verb="PATCH",version="v1"} 1
+apiserver_request_total{code="200",component="apiserver",dry_run="",group="",resource="configmaps",scope="resource",subresource="",verb="APPLY",version="v1"} 2
+apiserver_request_total{code="200",component="apiserver",dry_run="",group="",resource="secrets",scope="resource",subresource="",verb="DELETE",version="v1"} 1e+00
+apiserver_request_duration_seconds_bucket{verb="POST",resource="secrets",le="0.1"} 7
+`
+	w := countWrites(parseSamples(exposition))
+	if got := w.sync(); got != 12+3+1+2+1 {
+		t.Errorf("sync writes = %g; want 19 (secrets, configmaps, namespaces; not leases, events or reads)", got)
+	}
+	before := apiWrites{"secrets POST": 10, "leases PUT": 90}
+	d := w.diff(before)
+	if d["secrets POST"] != 2 || d["leases PUT"] != 9 || d["secrets PUT"] != 3 {
+		t.Errorf("diff = %v", d)
+	}
+}
+
+func TestParseSampleEscapes(t *testing.T) {
+	s, ok := parseSample(`m{a="x\"y,z",b="\\"} 4 1700000000`)
+	if !ok || s.name != "m" || s.labels["a"] != `x"y,z` || s.labels["b"] != `\` || s.value != 4 {
+		t.Errorf("parseSample = %+v, %v", s, ok)
+	}
+	if s, ok := parseSample("go_goroutines 17"); !ok || s.value != 17 || len(s.labels) != 0 {
+		t.Errorf("parseSample(unlabelled) = %+v, %v", s, ok)
+	}
+	for _, bad := range []string{"# TYPE x counter", "", `m{a="unterminated} 1`, "m{} NaNa"} {
+		if _, ok := parseSample(bad); ok {
+			t.Errorf("parseSample(%q) accepted", bad)
+		}
+	}
+}
+
+func TestParseProc(t *testing.T) {
+	status := "Name:\tkube-secret-sync\nVmPeak:\t 1300000 kB\nVmHWM:\t   61440 kB\nVmRSS:\t   51200 kB\n"
+	// A command name with a space and a parenthesis, as /proc allows.
+	stat := "4242 (kube (secret) sync) S 1 4242 4242 0 -1 4194560 1000 0 0 0 250 50 0 0 20 0 12 0 100 1300000000 12800 18446744073709551615"
+	p, err := parseProc(status, stat, 100)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p.hwmMiB != 60 || p.rssMiB != 50 || p.cpuS != 3 {
+		t.Errorf("parseProc = %+v; want HWM 60 MiB, RSS 50 MiB, CPU 3s", p)
+	}
+	if _, err := parseProc("VmRSS:\t1 kB\n", stat, 100); err == nil {
+		t.Error("parseProc without VmHWM: no error")
+	}
+}
+
+func TestPercentile(t *testing.T) {
+	var d []time.Duration
+	for i := 1; i <= 200; i++ {
+		d = append(d, time.Duration(i)*time.Millisecond)
+	}
+	for _, tt := range []struct {
+		p    float64
+		want time.Duration
+	}{{50, 100 * time.Millisecond}, {99, 198 * time.Millisecond}, {100, 200 * time.Millisecond}, {0, time.Millisecond}} {
+		if got := percentile(d, tt.p); got != tt.want {
+			t.Errorf("percentile(1..200 ms, %g) = %s; want %s", tt.p, got, tt.want)
+		}
+	}
+}
+
+func TestTracker(t *testing.T) {
+	tr := &tracker{want: map[key]digest{}, have: map[key]digest{}, waiters: map[key][]chan struct{}{}}
+	secret := func(ns, name, crt string) *corev1.Secret {
+		s := &corev1.Secret{Type: corev1.SecretTypeTLS, Data: map[string][]byte{"tls.crt": []byte(crt)}}
+		s.Namespace, s.Name = ns, name
+		return s
+	}
+	// observe hands the tracker what the informer's transform makes.
+	observe := func(s *corev1.Secret) { tr.observe(slim(s), false) }
+	a, b := secret("ns", "a", "1"), secret("ns", "b", "1")
+	observe(a) // present before anything is expected
+	all := tr.expectAll([]*corev1.Secret{a, b})
+	if isClosed(all) {
+		t.Fatal("all closed with b missing")
+	}
+	observe(secret("ns", "b", "stale"))
+	if isClosed(all) {
+		t.Fatal("all closed with b different")
+	}
+	observe(b)
+	if !isClosed(all) {
+		t.Fatal("all not closed with a and b equal")
+	}
+	a2 := secret("ns", "a", "2")
+	ch := tr.expect(key{"ns", "a"}, digestOf(a2.Type, a2.Data))
+	if isClosed(ch) {
+		t.Fatal("update seen before it landed")
+	}
+	if m, n, _ := tr.progress(); m != 1 || n != 2 {
+		t.Errorf("progress = %d/%d; want 1/2", m, n)
+	}
+	observe(a2)
+	if !isClosed(ch) {
+		t.Fatal("update not seen")
+	}
+	tr.observe(a2, true)
+	if m, _, present := tr.progress(); m != 1 || present != 1 {
+		t.Errorf("after delete: matched %d, present %d; want 1, 1", m, present)
+	}
+}
+
+func isClosed(ch <-chan struct{}) bool {
+	select {
+	case <-ch:
+		return true
+	default:
+		return false
+	}
+}
+
+func TestTLSData(t *testing.T) {
+	data, err := tlsData("ns-001")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tls.X509KeyPair(data["tls.crt"], data["tls.key"]); err != nil {
+		t.Errorf("tls.crt and tls.key do not match: %v", err)
+	}
+	size := 0
+	for _, v := range data {
+		size += len(v)
+	}
+	if size < 1800 || size > 2400 {
+		t.Errorf("data is %d bytes; want about 2 KiB", size)
+	}
+	crt, err := renewedCert("ns-001", data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tls.X509KeyPair(crt, data["tls.key"]); err != nil {
+		t.Errorf("renewed tls.crt does not match tls.key: %v", err)
+	}
+	if string(crt) == string(data["tls.crt"]) {
+		t.Error("renewed tls.crt is the old one")
+	}
+	other, _ := tlsData("ns-001")
+	if digestOf(corev1.SecretTypeTLS, data) == digestOf(corev1.SecretTypeTLS, other) {
+		t.Error("two Secrets have the same digest")
+	}
+}

@@ -1,0 +1,730 @@
+package main
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/base64"
+	"encoding/json"
+	"fmt"
+	"maps"
+	mrand "math/rand/v2"
+	"slices"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/kubernetes"
+
+	"github.com/kube-secret-sync/kube-secret-sync/internal/testenv"
+)
+
+const (
+	clusterA = "cluster-a"
+	clusterB = "cluster-b"
+	// systemNS holds each daemon's Lease and the follower's cursor.
+	systemNS  = "kube-secret-sync"
+	leaseName = "kube-secret-sync" // the daemon's default LEASE_NAME
+)
+
+// workload is one size N, from a fresh environment to its result.
+type workload struct {
+	*bench
+	n          int
+	prefix     string
+	latency    bool
+	memoryTest bool
+
+	env    *testenv.Env
+	a, b   *testenv.Cluster
+	fastA  kubernetes.Interface // the bench's own writes in cluster-a
+	dsn    string
+	db     *pgx.Conn
+	encKey string
+
+	sources []*corev1.Secret
+	tr      *tracker
+	res     *result
+	running []*daemon
+}
+
+// run measures the workload. Phase failures are recorded in the result;
+// a failed initial sync ends the workload early.
+func (w *workload) run(ctx context.Context) *result {
+	w.res = &result{N: w.n, Namespaces: w.opts.namespaces,
+		BareWriterWorkers: w.client.workers, BareWriterQPS: w.client.qps, BareWriterBurst: w.client.burst}
+	fail := func(what string, err error) {
+		w.failed = true
+		w.res.Errors = append(w.res.Errors, fmt.Sprintf("%s: %v", what, err))
+		w.logf("N=%d: %s FAILED: %v", w.n, what, err)
+	}
+	defer w.close()
+	if err := w.setUp(ctx); err != nil {
+		fail("set-up", err)
+		return w.res
+	}
+	if err := w.bareWriter(ctx); err != nil {
+		fail("bare writer", err)
+	}
+	leader, follower, err := w.initialSync(ctx)
+	if err != nil {
+		fail("initial sync", err)
+		w.stopPair(leader, follower)
+		return w.res
+	}
+	if w.latency {
+		if err := w.latencyPhase(ctx, "defaults", leader, follower, &w.res.LatencyP50Ms, &w.res.LatencyP99Ms, &w.res.LatencyMaxMs); err != nil {
+			fail("latency (defaults)", err)
+		}
+	}
+	if w.memoryTest {
+		if err := w.memoryCheck(ctx, leader); err != nil {
+			fail("leader memory check", err)
+		}
+	}
+	ls, fs := w.stopPair(leader, follower)
+	if ls != nil && fs != nil {
+		w.res.LeaderRSSMiB, w.res.FollowerRSSMiB = round(ls.hwmMiB, 1), round(fs.hwmMiB, 1)
+		w.res.LeaderCPUS, w.res.FollowerCPUS = round(ls.cpuS, 2), round(fs.cpuS, 2)
+	}
+	if ctx.Err() != nil {
+		return w.res
+	}
+	if err := w.idlePhase(ctx); err != nil {
+		fail("idle", err)
+	}
+	if w.latency && w.hint && ctx.Err() == nil {
+		if err := w.noHintPhase(ctx); err != nil {
+			fail("latency (PG_NOTIFY=0)", err)
+		}
+	}
+	return w.res
+}
+
+// setUp starts the environment and creates the N labelled Secrets in
+// cluster-a (not timed).
+func (w *workload) setUp(ctx context.Context) error {
+	w.logf("N=%d: starting PostgreSQL, %s and %s", w.n, clusterA, clusterB)
+	env, err := testenv.Start(ctx, clusterA, clusterB)
+	if err != nil {
+		return err
+	}
+	w.env, w.a, w.b = env, env.Clusters[0], env.Clusters[1]
+	if w.dsn, err = env.Postgres.CreateDatabase(ctx, fmt.Sprintf("kss_bench_%d", w.n)); err != nil {
+		return err
+	}
+	if w.db, err = pgx.Connect(ctx, w.dsn); err != nil {
+		return fmt.Errorf("connect to the bench database: %w", err)
+	}
+	if w.encKey, err = randomKey(); err != nil {
+		return err
+	}
+	for _, c := range env.Clusters {
+		if _, err := c.Clientset.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: systemNS}}, metav1.CreateOptions{}); err != nil {
+			return fmt.Errorf("%s: create namespace %s: %w", c.Name, systemNS, err)
+		}
+	}
+	if w.fastA, err = newClient(w.a.Config, 5000, 10000, "kss-bench-setup"); err != nil {
+		return err
+	}
+	namespaces := namespaceNames(w.prefix+"-src", w.opts.namespaces)
+	start := time.Now()
+	if w.sources, err = newSecrets(w.n, namespaces, map[string]string{syncLabel: "true"}); err != nil {
+		return err
+	}
+	w.logf("N=%d: set-up: made %d TLS key pairs and certificates in %s", w.n, w.n, secs(time.Since(start)))
+	w.res.SecretDataBytes = *round(avgDataBytes(w.sources), 0)
+	start = time.Now()
+	if err := createAll(ctx, w.fastA, w.opts.createWorkers, namespaces, w.sources, func(done int) {
+		w.logf("N=%d: set-up: %d/%d labelled Secrets created in %s", w.n, done, w.n, clusterA)
+	}); err != nil {
+		return fmt.Errorf("%s: %w", clusterA, err)
+	}
+	w.logf("N=%d: set-up: %d labelled Secrets (%.0f bytes of data each) in %d namespaces of %s in %s (not timed)",
+		w.n, w.n, w.res.SecretDataBytes, len(namespaces), clusterA, secs(time.Since(start)))
+	if w.tr, err = startTracker(ctx, w.b.Clientset); err != nil {
+		return err
+	}
+	return nil
+}
+
+// randomKey is an ENCRYPTION_KEY: 24 random bytes are 32 base64 characters.
+func randomKey() (string, error) {
+	b := make([]byte, 24)
+	if _, err := rand.Read(b); err != nil {
+		return "", err
+	}
+	return base64.StdEncoding.EncodeToString(b), nil
+}
+
+// bareWriter creates the same Secrets in fresh namespaces of cluster-b the
+// way the follower could at best: its concurrency, its client limits.
+func (w *workload) bareWriter(ctx context.Context) error {
+	c, err := newClient(w.b.Config, float32(w.client.qps), w.client.burst, "kss-bench-bare-writer")
+	if err != nil {
+		return err
+	}
+	namespaces := namespaceNames(w.prefix+"-bare", w.opts.namespaces)
+	secrets := make([]*corev1.Secret, len(w.sources))
+	for i, s := range w.sources {
+		s = s.DeepCopy()
+		s.Namespace = namespaces[i%len(namespaces)]
+		// Not the selection label: nothing should mistake these for
+		// sources or copies.
+		s.Labels = map[string]string{benchLabel: "bare"}
+		secrets[i] = s
+	}
+	w.logf("N=%d: bare writer: %d Secrets + %d namespaces into %s, %d workers, QPS %g, burst %d",
+		w.n, w.n, len(namespaces), clusterB, w.client.workers, w.client.qps, w.client.burst)
+	start := time.Now()
+	err = createAll(ctx, c, w.client.workers, namespaces, secrets, func(done int) {
+		w.logf("N=%d: bare writer: %d/%d", w.n, done, w.n)
+	})
+	took := time.Since(start)
+	if err != nil {
+		return err
+	}
+	w.res.BareWriteS = round(took.Seconds(), 2)
+	w.logf("N=%d: bare writer: done in %s (%.0f Secrets/s)", w.n, secs(took), float64(w.n)/took.Seconds())
+	return nil
+}
+
+// daemonVars is a daemon's environment: the binary's defaults plus extra.
+func (w *workload) daemonVars(d *daemon, extra map[string]string) map[string]string {
+	cluster := w.a
+	if d.role == "follower" {
+		cluster = w.b
+	}
+	vars := map[string]string{
+		"DSN":            w.dsn,
+		"ENCRYPTION_KEY": w.encKey,
+		"KUBECONFIG":     cluster.Kubeconfig,
+		"CLUSTER_NAME":   cluster.Name,
+		"POD_NAMESPACE":  systemNS,
+		"POD_NAME":       d.podName,
+		"METRICS_ADDR":   d.metrics,
+	}
+	if d.role == "leader" {
+		vars["LEADER"] = "1"
+	}
+	maps.Copy(vars, extra)
+	return vars
+}
+
+// startPair starts a leader and a follower for phase, both with extra on
+// top of the binary's defaults.
+func (w *workload) startPair(phase string, extra map[string]string) (leader, follower *daemon, err error) {
+	leader = &daemon{role: "leader", phase: phase, podName: "leader-" + phase}
+	follower = &daemon{role: "follower", phase: phase, podName: "follower-" + phase}
+	for _, d := range []*daemon{leader, follower} {
+		if d.metrics, err = freeAddr(); err != nil {
+			return leader, follower, err
+		}
+		if err := startDaemon(w.binary, w.logDir, d, w.daemonVars(d, extra)); err != nil {
+			return leader, follower, err
+		}
+		w.running = append(w.running, d)
+	}
+	return leader, follower, nil
+}
+
+// waitReady waits until d answers /readyz and holds its Lease.
+func (w *workload) waitReady(ctx context.Context, d *daemon) error {
+	client := w.a.Clientset
+	if d.role == "follower" {
+		client = w.b.Clientset
+	}
+	return poll(ctx, 90*time.Second, 100*time.Millisecond, []*daemon{d}, func(ctx context.Context) error {
+		if code, _, err := d.get(ctx, "/readyz"); err != nil || code != 200 {
+			return fmt.Errorf("%s /readyz: %d %v", d.role, code, err)
+		}
+		lease, err := client.CoordinationV1().Leases(systemNS).Get(ctx, leaseName, metav1.GetOptions{})
+		if err != nil {
+			return err
+		}
+		if h := lease.Spec.HolderIdentity; h == nil || *h != d.podName {
+			return fmt.Errorf("lease not held by %s", d.podName)
+		}
+		return nil
+	})
+}
+
+// poll calls cond every interval until it returns nil, timeout passes, ctx
+// ends or one of the daemons exits.
+func poll(ctx context.Context, timeout, interval time.Duration, alive []*daemon, cond func(context.Context) error) error {
+	wctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	var last error
+	for {
+		for _, d := range alive {
+			if err := d.exited(); err != nil {
+				return err
+			}
+		}
+		err := cond(wctx)
+		if err == nil {
+			return nil
+		}
+		if wctx.Err() == nil || last == nil {
+			last = err
+		}
+		select {
+		case <-wctx.Done():
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			return fmt.Errorf("%w after %s: %v", errTimeout, timeout, last)
+		case <-t.C:
+		}
+	}
+}
+
+// sleep waits d, or less if ctx ends or a daemon exits.
+func sleep(ctx context.Context, d time.Duration, alive ...*daemon) error {
+	deadline := time.Now().Add(d)
+	for {
+		for _, dm := range alive {
+			if err := dm.exited(); err != nil {
+				return err
+			}
+		}
+		left := time.Until(deadline)
+		if left <= 0 {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(min(left, 250*time.Millisecond)):
+		}
+	}
+}
+
+// stopPair reads the daemons' /proc figures, stops them with SIGTERM and
+// reports on their logs. The figures are nil if a daemon was not running.
+func (w *workload) stopPair(leader, follower *daemon) (ls, fs *procStats) {
+	pair := []*daemon{leader, follower}
+	stats := make([]*procStats, 2)
+	for i, d := range pair {
+		if d == nil || d.done == nil || d.exited() != nil {
+			continue
+		}
+		if p, err := readProc(d.pid()); err == nil {
+			stats[i] = &p
+			if d.phase == "probe" {
+				continue
+			}
+			peak := &w.res.LeaderRSSAllRunsMiB
+			if d.role == "follower" {
+				peak = &w.res.FollowerRSSAllRunsMiB
+			}
+			if *peak == nil || p.hwmMiB > **peak {
+				*peak = round(p.hwmMiB, 1)
+			}
+		}
+	}
+	var wg sync.WaitGroup
+	errs := make([]error, 2)
+	for i, d := range pair {
+		wg.Go(func() { errs[i] = d.stop(20 * time.Second) })
+	}
+	wg.Wait()
+	for i, d := range pair {
+		if d == nil || d.done == nil {
+			continue
+		}
+		w.running = slices.DeleteFunc(w.running, func(x *daemon) bool { return x == d })
+		if errs[i] != nil {
+			w.failed = true
+			w.logf("N=%d: %v", w.n, errs[i])
+		}
+		figures := ""
+		if s := stats[i]; s != nil {
+			figures = fmt.Sprintf("peak RSS %.1f MiB, RSS %.1f MiB, CPU %.2fs; ", s.hwmMiB, s.rssMiB, s.cpuS)
+		}
+		if sum, err := summarizeLog(d.logPath); err == nil {
+			w.logf("N=%d: %s %s stopped: %slog %s", w.n, d.phase, d.role, figures, sum)
+		}
+	}
+	return stats[0], stats[1]
+}
+
+// close stops whatever still runs and the environment; it must work on
+// every path, with the root context possibly cancelled.
+func (w *workload) close() {
+	for _, d := range slices.Clone(w.running) {
+		if err := d.stop(20 * time.Second); err != nil {
+			w.failed = true
+			w.logf("N=%d: %v", w.n, err)
+		}
+	}
+	w.running = nil
+	if w.db != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		_ = w.db.Close(ctx)
+		cancel()
+	}
+	if w.env != nil {
+		w.env.Stop()
+		w.logf("N=%d: stopped PostgreSQL and both clusters, removed their files", w.n)
+	}
+}
+
+// initialSync starts the daemons with the binary's defaults and times them
+// until every copy in cluster-b equals its source. It returns the running
+// daemons, which later phases measure further.
+func (w *workload) initialSync(ctx context.Context) (leader, follower *daemon, err error) {
+	all := w.tr.expectAll(w.sources)
+	w.logf("N=%d: initial sync: starting leader and follower (binary defaults)", w.n)
+	start := time.Now()
+	if leader, follower, err = w.startPair("main", nil); err != nil {
+		return leader, follower, err
+	}
+	deadline := time.After(w.opts.syncTimeout)
+	progress := time.NewTicker(10 * time.Second)
+	defer progress.Stop()
+	alive := time.NewTicker(200 * time.Millisecond)
+	defer alive.Stop()
+	for done := false; !done; {
+		select {
+		case <-all:
+			done = true
+		case <-ctx.Done():
+			return leader, follower, ctx.Err()
+		case <-deadline:
+			m, n, present := w.tr.progress()
+			return leader, follower, fmt.Errorf("%w: %d of %d copies equal (%d present) after %s", errTimeout, m, n, present, w.opts.syncTimeout)
+		case <-progress.C:
+			m, n, _ := w.tr.progress()
+			w.logf("N=%d: initial sync: %d/%d copies equal after %s", w.n, m, n, secs(time.Since(start)))
+		case <-alive.C:
+			for _, d := range []*daemon{leader, follower} {
+				if err := d.exited(); err != nil {
+					return leader, follower, err
+				}
+			}
+		}
+	}
+	took := time.Since(start)
+	w.res.InitialSyncS = round(took.Seconds(), 2)
+	if w.res.BareWriteS != nil {
+		w.res.Ratio = round(took.Seconds() / *w.res.BareWriteS, 2)
+	}
+	w.logf("N=%d: initial sync: all %d copies equal after %s (%.0f Secrets/s)", w.n, w.n, secs(took), float64(w.n)/took.Seconds())
+	for i, d := range []*daemon{leader, follower} {
+		if p, err := readProc(d.pid()); err == nil {
+			if i == 0 {
+				w.res.LeaderCPUSyncS = round(p.cpuS, 2)
+			} else {
+				w.res.FollowerCPUSyncS = round(p.cpuS, 2)
+			}
+			w.logf("N=%d: initial sync: %s peak RSS %.1f MiB, CPU %.2fs", w.n, d.role, p.hwmMiB, p.cpuS)
+		}
+	}
+	w.logDaemonCounters(ctx, leader, follower)
+	return leader, follower, nil
+}
+
+// logDaemonCounters prints the daemons' own counts of work done.
+func (w *workload) logDaemonCounters(ctx context.Context, ds ...*daemon) {
+	for _, d := range ds {
+		ss, err := d.samples(ctx)
+		if err != nil {
+			w.logf("N=%d: %s /metrics: %v", w.n, d.role, err)
+			continue
+		}
+		var parts []string
+		for _, s := range ss {
+			switch s.name {
+			case "kube_secret_sync_rows_written_total", "kube_secret_sync_rows_applied_total",
+				"kube_secret_sync_row_errors_total", "kube_secret_sync_reconciles_total", "kube_secret_sync_unmanaged_conflicts_total":
+				if s.value == 0 {
+					continue
+				}
+				l := ""
+				for _, k := range slices.Sorted(maps.Keys(s.labels)) {
+					l += k + "=" + s.labels[k] + ","
+				}
+				if l != "" {
+					l = "{" + l[:len(l)-1] + "}"
+				}
+				parts = append(parts, fmt.Sprintf("%s%s %g", s.name[len("kube_secret_sync_"):], l, s.value))
+			}
+		}
+		w.logf("N=%d: %s %s counters: %v", w.n, d.phase, d.role, parts)
+	}
+}
+
+// fullPasses is the daemon's count of full reconcile passes, and whether
+// it reports one.
+func fullPasses(ctx context.Context, d *daemon) (int64, bool) {
+	ss, err := d.samples(ctx)
+	if err != nil {
+		return 0, false
+	}
+	found := false
+	n := sumSamples(ss, "kube_secret_sync_reconciles_total", func(l map[string]string) bool {
+		found = found || l["kind"] == "full"
+		return l["kind"] == "full"
+	})
+	return int64(n), found
+}
+
+// latencyPhase times single updates in cluster-a until a watch on
+// cluster-b sees them.
+func (w *workload) latencyPhase(ctx context.Context, label string, leader, follower *daemon, p50, p99, pmax **float64) error {
+	updates := w.opts.latencyUpdates
+	order := mrand.Perm(w.n)
+	var lat []time.Duration
+	timeouts := 0
+	start := time.Now()
+	w.logf("N=%d: latency (%s): %d updates, one at a time", w.n, label, updates)
+	for i := range updates {
+		for _, d := range []*daemon{leader, follower} {
+			if err := d.exited(); err != nil {
+				return err
+			}
+		}
+		s := w.sources[order[i%len(order)]]
+		crt, err := renewedCert(s.Namespace, s.Data)
+		if err != nil {
+			return err
+		}
+		data := maps.Clone(s.Data)
+		data[corev1.TLSCertKey] = crt
+		seen := w.tr.expect(key{s.Namespace, s.Name}, digestOf(s.Type, data))
+		patch, err := json.Marshal(map[string]any{"data": map[string][]byte{corev1.TLSCertKey: crt}})
+		if err != nil {
+			return err
+		}
+		t0 := time.Now()
+		if _, err := w.fastA.CoreV1().Secrets(s.Namespace).Patch(ctx, s.Name, types.MergePatchType, patch, metav1.PatchOptions{}); err != nil {
+			return fmt.Errorf("update %s/%s: %w", s.Namespace, s.Name, err)
+		}
+		s.Data = data
+		select {
+		case <-seen:
+			lat = append(lat, time.Since(t0))
+		case <-time.After(w.opts.updateTimeout):
+			timeouts++
+			// Counted as the timeout, so that percentiles cannot hide it.
+			lat = append(lat, w.opts.updateTimeout)
+			w.logf("N=%d: latency (%s): update %d of %s/%s not seen in %s within %s", w.n, label, i+1, s.Namespace, s.Name, clusterB, w.opts.updateTimeout)
+			if timeouts >= 3 {
+				return fmt.Errorf("%w: %d updates not seen within %s each", errTimeout, timeouts, w.opts.updateTimeout)
+			}
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+		if (i+1)%50 == 0 {
+			w.logf("N=%d: latency (%s): %d/%d, last %s", w.n, label, i+1, updates, lat[len(lat)-1].Round(time.Millisecond))
+		}
+		// A random pause spreads the updates uniformly over the
+		// follower's poll cycle: updates sent right after the previous
+		// one landed would always arrive just after a poll.
+		if err := sleep(ctx, time.Duration(mrand.Float64()*w.poll*float64(time.Second))); err != nil {
+			return err
+		}
+	}
+	slices.Sort(lat)
+	ms := func(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
+	*p50, *p99, *pmax = round(ms(percentile(lat, 50)), 1), round(ms(percentile(lat, 99)), 1), round(ms(lat[len(lat)-1]), 1)
+	w.res.LatencyUpdates = ptr(len(lat))
+	w.logf("N=%d: latency (%s): p50 %.1f ms, p99 %.1f ms, max %.1f ms, min %.1f ms over %d updates (%s)",
+		w.n, label, **p50, **p99, **pmax, ms(lat[0]), len(lat), secs(time.Since(start)))
+	if timeouts > 0 {
+		return fmt.Errorf("%d updates not seen within %s (counted as %s)", timeouts, w.opts.updateTimeout, w.opts.updateTimeout)
+	}
+	return nil
+}
+
+// memoryCheck shows what unlabelled Secrets cost the running leader, next
+// to what the labelled ones cost.
+func (w *workload) memoryCheck(ctx context.Context, leader *daemon) error {
+	// A leader that selects nothing, in the same cluster, with its own
+	// database and no Lease: the baseline.
+	dsn, err := w.env.Postgres.CreateDatabase(ctx, "kss_bench_probe")
+	if err != nil {
+		return err
+	}
+	probe := &daemon{role: "leader", phase: "probe", podName: "leader-probe"}
+	if probe.metrics, err = freeAddr(); err != nil {
+		return err
+	}
+	vars := w.daemonVars(probe, map[string]string{"DSN": dsn, "LABEL_SELECTOR": benchLabel + "=none", "LEADER_ELECTION": "false"})
+	if err := startDaemon(w.binary, w.logDir, probe, vars); err != nil {
+		return err
+	}
+	w.running = append(w.running, probe)
+	err = poll(ctx, 60*time.Second, 200*time.Millisecond, []*daemon{probe}, func(ctx context.Context) error {
+		if n, ok := fullPasses(ctx, probe); !ok || n < 1 {
+			return fmt.Errorf("no full pass yet")
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("leader selecting nothing: %w", err)
+	}
+	if err := sleep(ctx, 2*time.Second, probe); err != nil {
+		return err
+	}
+	none, err := readProc(probe.pid())
+	if err != nil {
+		return err
+	}
+	w.stopPair(probe, nil)
+
+	before, err := readProc(leader.pid())
+	if err != nil {
+		return err
+	}
+	passes, _ := fullPasses(ctx, leader)
+	namespaces := namespaceNames(w.prefix+"-unlabelled", w.opts.namespaces)
+	unlabelled, err := newSecrets(w.opts.unlabelled, namespaces, map[string]string{benchLabel: "unlabelled"})
+	if err != nil {
+		return err
+	}
+	start := time.Now()
+	if err := createAll(ctx, w.fastA, w.opts.createWorkers, namespaces, unlabelled, nil); err != nil {
+		return err
+	}
+	w.logf("N=%d: memory: %d unlabelled Secrets created in %s in %s; waiting for the leader's next full pass", w.n, len(unlabelled), clusterA, secs(time.Since(start)))
+	// Wait for the leader's next full pass, which lists its whole cache,
+	err = poll(ctx, time.Duration(2*w.tick+30)*time.Second, 500*time.Millisecond, []*daemon{leader}, func(ctx context.Context) error {
+		if n, _ := fullPasses(ctx, leader); n <= passes {
+			return fmt.Errorf("no full pass yet")
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	// and give a watch that did receive them time to deliver them all.
+	if err := sleep(ctx, max(2*time.Second, 10*time.Second-time.Since(start)), leader); err != nil {
+		return err
+	}
+	after, err := readProc(leader.pid())
+	if err != nil {
+		return err
+	}
+	w.res.UnlabelledSecrets = ptr(len(unlabelled))
+	w.res.LeaderRSSNoneMiB = round(none.rssMiB, 1)
+	w.res.LeaderRSSLabelled = round(before.rssMiB-none.rssMiB, 1)
+	w.res.LeaderRSSUnlabelled = round(after.rssMiB-before.rssMiB, 1)
+	w.logf("N=%d: memory: leader VmRSS %.1f MiB selecting nothing, %.1f MiB with %d labelled, %.1f MiB after %d unlabelled were added (%+.1f MiB)",
+		w.n, none.rssMiB, before.rssMiB, w.n, after.rssMiB, len(unlabelled), after.rssMiB-before.rssMiB)
+	return nil
+}
+
+// idlePhase restarts the daemons with a short tick and counts the writes
+// of full passes over unchanged Secrets.
+func (w *workload) idlePhase(ctx context.Context) error {
+	tick := w.opts.idleTick
+	extra := map[string]string{"TICK_SECONDS": strconv.Itoa(tick)}
+	if w.poll > float64(tick) {
+		extra["POLL_SECONDS"] = strconv.Itoa(tick) // it may not exceed TICK_SECONDS
+	}
+	w.logf("N=%d: idle: restarting the daemons with %v", w.n, extra)
+	leader, follower, err := w.startPair("idle", extra)
+	defer w.stopPair(leader, follower)
+	if err != nil {
+		return err
+	}
+	pair := []*daemon{leader, follower}
+	for _, d := range pair {
+		if err := w.waitReady(ctx, d); err != nil {
+			return err
+		}
+	}
+	// Let both finish two full passes first: a restart may legitimately
+	// write (the follower's first pass, a cursor).
+	for _, d := range pair {
+		err := poll(ctx, time.Duration(4*tick+60)*time.Second, 200*time.Millisecond, pair, func(ctx context.Context) error {
+			if n, ok := fullPasses(ctx, d); !ok || n < 2 {
+				return fmt.Errorf("%s: %d full passes (kube_secret_sync_reconciles_total{kind=\"full\"})", d.role, n)
+			}
+			return nil
+		})
+		if err != nil {
+			return err
+		}
+	}
+	if err := sleep(ctx, 2*time.Second, pair...); err != nil {
+		return err
+	}
+	snap := func() (dbSnapshot, apiWrites, apiWrites, [2]int64, error) {
+		var passes [2]int64
+		db, err := takeDBSnapshot(ctx, w.db)
+		if err != nil {
+			return db, nil, nil, passes, err
+		}
+		a, err := scrapeAPIWrites(ctx, w.a.Clientset)
+		if err != nil {
+			return db, nil, nil, passes, err
+		}
+		b, err := scrapeAPIWrites(ctx, w.b.Clientset)
+		if err != nil {
+			return db, nil, nil, passes, err
+		}
+		for i, d := range pair {
+			passes[i], _ = fullPasses(ctx, d)
+		}
+		return db, a, b, passes, nil
+	}
+	db0, a0, b0, p0, err := snap()
+	if err != nil {
+		return err
+	}
+	t0 := time.Now()
+	w.logf("N=%d: idle: watching %d ticks of %ds", w.n, w.opts.idleTicks, tick)
+	if err := sleep(ctx, time.Duration(w.opts.idleTicks*tick)*time.Second+2*time.Second, pair...); err != nil {
+		return err
+	}
+	db1, a1, b1, p1, err := snap()
+	if err != nil {
+		return err
+	}
+	window := time.Since(t0)
+	dbc := db1.diff(db0)
+	da, dbw := a1.diff(a0), b1.diff(b0)
+	w.res.IdleTickS = ptr(tick)
+	w.res.IdleWindowS = round(window.Seconds(), 1)
+	w.res.IdleDBRowWrites = ptr(dbc.writes())
+	w.res.IdleDBRowsChanged = ptr(int64(dbc.rowsChanged))
+	w.res.IdleAPIWrites = ptr(int64(da.sync() + dbw.sync()))
+	w.res.IdleFullPassesLeader = ptr(p1[0] - p0[0])
+	w.res.IdleFullPassesFollow = ptr(p1[1] - p0[1])
+	w.logf("N=%d: idle: %s window, full passes: leader %d, follower %d", w.n, secs(window), p1[0]-p0[0], p1[1]-p0[1])
+	w.logf("N=%d: idle: database: %s", w.n, dbc)
+	w.logf("N=%d: idle: %s writes (all resources): %s", w.n, clusterA, da)
+	w.logf("N=%d: idle: %s writes (all resources): %s", w.n, clusterB, dbw)
+	if p1[0]-p0[0] < int64(w.opts.idleTicks)-1 || p1[1]-p0[1] < int64(w.opts.idleTicks)-1 {
+		return fmt.Errorf("fewer full passes than ticks in the window (leader %d, follower %d, ticks %d): the idle figures cover less than intended", p1[0]-p0[0], p1[1]-p0[1], w.opts.idleTicks)
+	}
+	return nil
+}
+
+// noHintPhase restarts the daemons with PG_NOTIFY=0 and times updates.
+func (w *workload) noHintPhase(ctx context.Context) error {
+	w.logf("N=%d: latency without the hint: restarting the daemons with PG_NOTIFY=0", w.n)
+	leader, follower, err := w.startPair("nohint", map[string]string{"PG_NOTIFY": "0"})
+	defer w.stopPair(leader, follower)
+	if err != nil {
+		return err
+	}
+	for _, d := range []*daemon{leader, follower} {
+		if err := w.waitReady(ctx, d); err != nil {
+			return err
+		}
+	}
+	// The follower resumes from its cursor; one poll later it is current.
+	if err := sleep(ctx, time.Duration((w.poll+1)*float64(time.Second)), leader, follower); err != nil {
+		return err
+	}
+	return w.latencyPhase(ctx, "PG_NOTIFY=0", leader, follower, &w.res.LatencyNohintP50, &w.res.LatencyNohintP99, &w.res.LatencyNohintMaxMs)
+}
