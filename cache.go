@@ -39,6 +39,9 @@ func startSecretCache(ctx context.Context, client kubernetes.Interface, cfg *Con
 			informers.WithNamespace(ns),
 			informers.WithTweakListOptions(func(o *metav1.ListOptions) { o.LabelSelector = selector.String() }))
 		inf := factory.Core().V1().Secrets()
+		if err := inf.Informer().SetTransform(trimForCache); err != nil {
+			return nil, err
+		}
 		if handler != nil {
 			if _, err := inf.Informer().AddEventHandler(handler); err != nil {
 				return nil, err
@@ -52,6 +55,26 @@ func startSecretCache(ctx context.Context, client kubernetes.Interface, cfg *Con
 		return nil, fmt.Errorf("watch secrets (%s): cache not synced: %w", selector, context.Cause(ctx))
 	}
 	return c, nil
+}
+
+// trimForCache shrinks an object before the cache stores it: the cache
+// holds every synced Secret, and managedFields are often as large as a
+// small Secret's data. Only the newest entry's time is kept, which is all
+// that lastChange reads. Objects from the cache must therefore never be
+// sent back with their managedFields (secretWriter clears them).
+func trimForCache(obj any) (any, error) {
+	s, ok := obj.(*corev1.Secret)
+	if !ok || len(s.ManagedFields) == 0 {
+		return obj, nil
+	}
+	var newest *metav1.Time
+	for _, f := range s.ManagedFields {
+		if f.Time != nil && (newest == nil || f.Time.After(newest.Time)) {
+			newest = f.Time
+		}
+	}
+	s.ManagedFields = []metav1.ManagedFieldsEntry{{Time: newest}}
+	return s, nil
 }
 
 // get returns the Secret key, or nil when it does not exist, does not

@@ -252,6 +252,8 @@ func (w *secretWriter) apply(ctx context.Context, desired *corev1.Secret, existi
 		// Start from the live object so that what others own on it
 		// (ownerReferences or finalizers added in this cluster) survives.
 		upd := existing.DeepCopy()
+		// nil keeps the server's managedFields; the cached ones are trimmed.
+		upd.ManagedFields = nil
 		upd.Labels, upd.Annotations = desired.Labels, desired.Annotations
 		upd.Type, upd.Data, upd.Immutable, upd.StringData = desired.Type, desired.Data, desired.Immutable, nil
 		if _, err := secrets.Update(ctx, upd, metav1.UpdateOptions{}); err != nil {

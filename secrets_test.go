@@ -435,3 +435,32 @@ func TestMarkNames(t *testing.T) {
 		}
 	}
 }
+
+// TestTrimForCacheKeepsLastChange: the cache keeps only the newest
+// managedFields time, which is all lastChange needs.
+func TestTrimForCacheKeepsLastChange(t *testing.T) {
+	at := func(sec int64) *metav1.Time { tm := metav1.Unix(sec, 0); return &tm }
+	s := &corev1.Secret{ObjectMeta: metav1.ObjectMeta{
+		CreationTimestamp: *at(100),
+		ManagedFields: []metav1.ManagedFieldsEntry{
+			{Manager: "kubectl", Time: at(200), FieldsV1: &metav1.FieldsV1{Raw: []byte(`{"f:data":{}}`)}},
+			{Manager: "cert-manager", Time: at(300), FieldsV1: &metav1.FieldsV1{Raw: []byte(`{"f:data":{}}`)}},
+			{Manager: "other"},
+		},
+	}}
+	want := lastChange(s)
+	got, err := trimForCache(s.DeepCopy())
+	if err != nil {
+		t.Fatal(err)
+	}
+	trimmed := got.(*corev1.Secret)
+	if len(trimmed.ManagedFields) != 1 || trimmed.ManagedFields[0].FieldsV1 != nil {
+		t.Errorf("trimmed managedFields = %+v; want one entry without fields", trimmed.ManagedFields)
+	}
+	if lastChange(trimmed) != want || !want.Equal(at(300).Time) {
+		t.Errorf("lastChange after trim = %v; want %v (= 300)", lastChange(trimmed), want)
+	}
+	if _, err := trimForCache(&corev1.Secret{}); err != nil {
+		t.Error(err)
+	}
+}
