@@ -55,7 +55,7 @@ devenv:
 ## against a bare client-go writer, idle writes, update latency (with and
 ## without PG_NOTIFY), peak RSS and CPU. It prints a markdown table and
 ## writes bench/results.json (BENCH_FLAGS adds flags: see
-## `go run ./hack/bench -h`). Takes 10-20 minutes on 2 cores.
+## `go run ./hack/bench -h`). Takes about 20 minutes on 2 cores.
 BENCH_SIZES ?= 1000,10000
 BENCH_FLAGS ?=
 bench: build

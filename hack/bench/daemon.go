@@ -25,6 +25,7 @@ import (
 type daemon struct {
 	role    string // "leader" or "follower"
 	phase   string
+	n       int // the workload's size
 	podName string
 	logPath string
 	metrics string // host:port of /metrics and /readyz
@@ -39,7 +40,7 @@ type daemon struct {
 // Pdeathsig kills the daemon if the bench dies without cleaning up; Setpgid
 // keeps a terminal's Ctrl-C away from it, the bench stops it with SIGTERM.
 func startDaemon(binary, logDir string, d *daemon, vars map[string]string) error {
-	d.logPath = filepath.Join(logDir, d.phase+"-"+d.role+".log")
+	d.logPath = filepath.Join(logDir, fmt.Sprintf("n%d-%s-%s.log", d.n, d.phase, d.role))
 	f, err := os.OpenFile(d.logPath, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o600)
 	if err != nil {
 		return err

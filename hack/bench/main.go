@@ -44,6 +44,7 @@ type options struct {
 	updateTimeout  time.Duration
 	out            string
 	keepLogs       bool
+	unthrottled    bool
 	createWorkers  int
 	assumeWorkers  int
 }
@@ -53,7 +54,8 @@ func main() {
 	sizes := flag.String("sizes", "1000,10000", "comma-separated workload sizes N (Secrets)")
 	flag.StringVar(&o.binary, "binary", "bin/kube-secret-sync", "the kube-secret-sync binary to run as leader and follower")
 	flag.IntVar(&o.namespaces, "namespaces", 100, "namespaces the Secrets of a workload are spread over")
-	flag.StringVar(&o.latencySizes, "latency-sizes", "min", `sizes that get the latency phases: "min" (the smallest of --sizes), "all", or a list`)
+	flag.StringVar(&o.latencySizes, "latency-sizes", "all", `sizes that get the latency phases: "all", "min" (the smallest of --sizes), "none", or a list`)
+	flag.BoolVar(&o.unthrottled, "unthrottled", true, "also time an unthrottled writer (the API server's own write rate), for reference")
 	flag.IntVar(&o.latencyUpdates, "latency-updates", 200, "single-Secret updates per latency phase")
 	flag.IntVar(&o.unlabelled, "unlabelled", 10000, "unlabelled Secrets created for the leader memory check at the largest size (0: skip)")
 	flag.IntVar(&o.idleTick, "idle-tick", 2, "TICK_SECONDS of the daemons in the idle phase")
@@ -244,6 +246,7 @@ func (b *bench) method() []string {
 		fmt.Sprintf("Workload: N TLS-like Secrets (tls.crt with ten DNS names, tls.key, ca.crt: a valid ECDSA P-256 key pair and issuer, all fresh; about 2 KiB each) over %d namespaces; a fresh PostgreSQL, fresh clusters, namespaces and daemon processes per N.", o.namespaces),
 		"initial sync: the N labelled Secrets exist in cluster-a before the daemons start (binary defaults); timed from starting the leader and follower processes until a watch on cluster-b has seen all N copies with equal type and data.",
 		fmt.Sprintf("bare writer: the bench itself creates the same N Secrets and %d namespaces in fresh namespaces of cluster-b, before the daemons run, with %d concurrent calls through one client at QPS %g, burst %d (APPLY_WORKERS, KUBE_QPS, KUBE_BURST as read from the binary's --help), protobuf like the daemon. ratio = initial sync / bare writer.", o.namespaces, b.client.workers, b.client.qps, b.client.burst),
+		fmt.Sprintf("unthrottled writer (reference, not a target): the same again into another fresh namespace set of cluster-b, after the initial sync with no daemon running, with %d concurrent calls and no client rate limit: the API server's own write rate here.", o.createWorkers),
 		fmt.Sprintf("idle: daemons restarted with TICK_SECONDS=%d (set for this phase only); after each finished 2 full passes, %d ticks without change (+2 s for PostgreSQL's statistics flush). DB row writes: n_tup_ins+n_tup_upd+n_tup_del of every table (pg_stat_user_tables), cross-checked against the kss_secrets rows and kss_version; API writes: apiserver_request_total with verb POST/PUT/PATCH/DELETE/APPLY on secrets, configmaps and namespaces, both API servers (Lease renewals and Events are not sync work and not counted).", o.idleTick, o.idleTicks),
 		fmt.Sprintf("latency: %d single-Secret updates (merge patch of tls.crt in cluster-a), one at a time, each timed from just before the call until a watch on cluster-b sees the new data; a random pause of 0–POLL_SECONDS (%gs) between updates; binary defaults; then the same with both daemons restarted with PG_NOTIFY=0.", o.latencyUpdates, b.poll),
 		"RSS = VmHWM (peak) and CPU = utime+stime of the daemon processes that ran the initial sync, the default-settings latency phase and the memory check, read just before their SIGTERM; *_all_runs_mib is the peak over every process of that role in the workload.",

@@ -51,6 +51,8 @@ type result struct {
 	BareWriterWorkers     int      `json:"bare_writer_workers"`
 	BareWriterQPS         float64  `json:"bare_writer_qps"`
 	BareWriterBurst       int      `json:"bare_writer_burst"`
+	UnthrottledWriteS     *float64 `json:"bare_write_unthrottled_s"`
+	UnthrottledWorkers    *int     `json:"bare_write_unthrottled_workers"`
 	LeaderCPUSyncS        *float64 `json:"leader_cpu_initial_sync_s"`
 	FollowerCPUSyncS      *float64 `json:"follower_cpu_initial_sync_s"`
 	LeaderRSSAllRunsMiB   *float64 `json:"leader_rss_all_runs_mib"`
@@ -175,6 +177,7 @@ func tableRows() []row {
 		{"ratio sync / bare", "≤ 1.5 at N = 10,000", func(r *result) string {
 			return verdict(f2(r.Ratio, ""), r.N == 10000, le(r.Ratio, 1.5))
 		}},
+		{"unthrottled writer (s), for reference", "", func(r *result) string { return f2(r.UnthrottledWriteS, "") }},
 		{"idle DB row writes", "0", func(r *result) string {
 			return verdict(i0(r.IdleDBRowWrites), true, r.IdleDBRowWrites != nil && *r.IdleDBRowWrites == 0)
 		}},

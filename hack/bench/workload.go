@@ -45,10 +45,11 @@ type workload struct {
 	db     *pgx.Conn
 	encKey string
 
-	sources []*corev1.Secret
-	tr      *tracker
-	res     *result
-	running []*daemon
+	sources   []*corev1.Secret
+	tr        *tracker
+	stopWatch context.CancelFunc
+	res       *result
+	running   []*daemon
 }
 
 // run measures the workload. Phase failures are recorded in the result;
@@ -92,6 +93,11 @@ func (w *workload) run(ctx context.Context) *result {
 	}
 	if ctx.Err() != nil {
 		return w.res
+	}
+	if w.opts.unthrottled {
+		if err := w.unthrottledWriter(ctx); err != nil {
+			fail("unthrottled writer", err)
+		}
 	}
 	if err := w.idlePhase(ctx); err != nil {
 		fail("idle", err)
@@ -145,7 +151,10 @@ func (w *workload) setUp(ctx context.Context) error {
 	}
 	w.logf("N=%d: set-up: %d labelled Secrets (%.0f bytes of data each) in %d namespaces of %s in %s (not timed)",
 		w.n, w.n, w.res.SecretDataBytes, len(namespaces), clusterA, secs(time.Since(start)))
-	if w.tr, err = startTracker(ctx, w.b.Clientset); err != nil {
+	// The watch ends before the clusters do (close), not with ctx.
+	wctx, cancel := context.WithCancel(ctx)
+	w.stopWatch = cancel
+	if w.tr, err = startTracker(wctx, w.b.Clientset); err != nil {
 		return err
 	}
 	return nil
@@ -192,6 +201,37 @@ func (w *workload) bareWriter(ctx context.Context) error {
 	return nil
 }
 
+// unthrottledWriter is the bare writer without the follower's limits: as
+// many concurrent calls as the set-up uses and no client rate limit. It
+// shows the API server's own write rate on this machine, and so whether the
+// follower's client settings or the server bound the initial sync. It runs
+// while no daemon does.
+func (w *workload) unthrottledWriter(ctx context.Context) error {
+	c, err := newClient(w.b.Config, 1e6, 1e6, "kss-bench-unthrottled-writer")
+	if err != nil {
+		return err
+	}
+	namespaces := namespaceNames(w.prefix+"-unthrottled", w.opts.namespaces)
+	secrets := make([]*corev1.Secret, len(w.sources))
+	for i, s := range w.sources {
+		s = s.DeepCopy()
+		s.Namespace = namespaces[i%len(namespaces)]
+		s.Labels = map[string]string{benchLabel: "unthrottled"}
+		secrets[i] = s
+	}
+	w.logf("N=%d: unthrottled writer: %d Secrets + %d namespaces into %s, %d workers, no client rate limit",
+		w.n, w.n, len(namespaces), clusterB, w.opts.createWorkers)
+	start := time.Now()
+	if err := createAll(ctx, c, w.opts.createWorkers, namespaces, secrets, nil); err != nil {
+		return err
+	}
+	took := time.Since(start)
+	w.res.UnthrottledWriteS = round(took.Seconds(), 2)
+	w.res.UnthrottledWorkers = ptr(w.opts.createWorkers)
+	w.logf("N=%d: unthrottled writer: done in %s (%.0f Secrets/s)", w.n, secs(took), float64(w.n)/took.Seconds())
+	return nil
+}
+
 // daemonVars is a daemon's environment: the binary's defaults plus extra.
 func (w *workload) daemonVars(d *daemon, extra map[string]string) map[string]string {
 	cluster := w.a
@@ -217,8 +257,8 @@ func (w *workload) daemonVars(d *daemon, extra map[string]string) map[string]str
 // startPair starts a leader and a follower for phase, both with extra on
 // top of the binary's defaults.
 func (w *workload) startPair(phase string, extra map[string]string) (leader, follower *daemon, err error) {
-	leader = &daemon{role: "leader", phase: phase, podName: "leader-" + phase}
-	follower = &daemon{role: "follower", phase: phase, podName: "follower-" + phase}
+	leader = &daemon{role: "leader", phase: phase, n: w.n, podName: "leader-" + phase}
+	follower = &daemon{role: "follower", phase: phase, n: w.n, podName: "follower-" + phase}
 	for _, d := range []*daemon{leader, follower} {
 		if d.metrics, err = freeAddr(); err != nil {
 			return leader, follower, err
@@ -364,6 +404,9 @@ func (w *workload) close() {
 		}
 	}
 	w.running = nil
+	if w.stopWatch != nil {
+		w.stopWatch()
+	}
 	if w.db != nil {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		_ = w.db.Close(ctx)
@@ -552,7 +595,7 @@ func (w *workload) memoryCheck(ctx context.Context, leader *daemon) error {
 	if err != nil {
 		return err
 	}
-	probe := &daemon{role: "leader", phase: "probe", podName: "leader-probe"}
+	probe := &daemon{role: "leader", phase: "probe", n: w.n, podName: "leader-probe"}
 	if probe.metrics, err = freeAddr(); err != nil {
 		return err
 	}
