@@ -6,9 +6,11 @@ import (
 	"maps"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/sirupsen/logrus"
+	"golang.org/x/sync/singleflight"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -217,6 +219,12 @@ type secretWriter struct {
 	client           kubernetes.Interface
 	createNamespaces bool
 	log              *logrus.Entry
+
+	// namespaces known to exist (or just created), so that concurrent
+	// creates into a new namespace create it once, up front, instead of
+	// each failing with NotFound and racing to create it.
+	namespaces     sync.Map // string → struct{}
+	namespaceGroup singleflight.Group
 }
 
 // apply makes the cluster's copy equal desired. existing is the current
@@ -280,9 +288,20 @@ func (w *secretWriter) apply(ctx context.Context, desired *corev1.Secret, existi
 func (w *secretWriter) create(ctx context.Context, desired *corev1.Secret) error {
 	key := ObjectKey{desired.Namespace, desired.Name}
 	secrets := w.client.CoreV1().Secrets(desired.Namespace)
+	if w.createNamespaces {
+		// Once per namespace and process: one call, where the first
+		// creates into a new namespace would otherwise all fail.
+		// An error here is not final: the namespace may exist even if
+		// it cannot be created (RBAC), and the create below tells.
+		if _, known := w.namespaces.Load(desired.Namespace); !known {
+			_ = w.ensureNamespace(ctx, desired.Namespace)
+		}
+	}
 	_, err := secrets.Create(ctx, desired, metav1.CreateOptions{})
 	if apierrors.IsNotFound(err) && w.createNamespaces {
-		// The namespace is missing (the only NotFound a create returns).
+		// The namespace is missing (the only NotFound a create returns):
+		// deleted since we last saw it.
+		w.namespaces.Delete(desired.Namespace)
 		if err := w.ensureNamespace(ctx, desired.Namespace); err != nil {
 			return err
 		}
@@ -293,22 +312,29 @@ func (w *secretWriter) create(ctx context.Context, desired *corev1.Secret) error
 		// caller decides what a taken name means.
 		return fmt.Errorf("create %s: %w", key, err)
 	}
+	w.namespaces.Store(desired.Namespace, struct{}{})
 	return nil
 }
 
+// ensureNamespace creates namespace name unless it exists. Concurrent
+// callers for one namespace share one API call.
 func (w *secretWriter) ensureNamespace(ctx context.Context, name string) error {
-	ns := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{
-		Name:        name,
-		Annotations: map[string]string{managedPrefix + "created-namespace": "true"},
-	}}
-	_, err := w.client.CoreV1().Namespaces().Create(ctx, ns, metav1.CreateOptions{})
-	switch {
-	case err == nil:
-		w.log.WithField("namespace", name).Info("created namespace")
-	case !apierrors.IsAlreadyExists(err):
-		return fmt.Errorf("create namespace %s: %w", name, err)
-	}
-	return nil
+	_, err, _ := w.namespaceGroup.Do(name, func() (any, error) {
+		ns := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{
+			Name:        name,
+			Annotations: map[string]string{managedPrefix + "created-namespace": "true"},
+		}}
+		_, err := w.client.CoreV1().Namespaces().Create(ctx, ns, metav1.CreateOptions{})
+		switch {
+		case err == nil:
+			w.log.WithField("namespace", name).Info("created namespace")
+		case !apierrors.IsAlreadyExists(err):
+			return nil, fmt.Errorf("create namespace %s: %w", name, err)
+		}
+		w.namespaces.Store(name, struct{}{})
+		return nil, nil
+	})
+	return err
 }
 
 // remove deletes the managed copy for a tombstone. existing is the
