@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -115,8 +116,14 @@ func (d *daemon) exitErr() error {
 	return nil
 }
 
+// errPortTaken says a daemon could not bind its metrics address.
+var errPortTaken = errors.New("metrics address taken by another process")
+
 // get fetches path from the daemon's metrics server.
 func (d *daemon) get(ctx context.Context, path string) (int, string, error) {
+	if d.metrics == "" {
+		return 0, "", fmt.Errorf("%s (%s): no metrics server", d.role, d.phase)
+	}
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+d.metrics+path, nil)
 	if err != nil {
 		return 0, "", err
@@ -280,11 +287,73 @@ func truncate(s string, n int) string {
 	return s[:n] + "…"
 }
 
-// freeAddr returns a 127.0.0.1 address that was free a moment ago.
-func freeAddr() (string, error) {
-	port, err := testenv.FreePort()
-	if err != nil {
-		return "", err
+// freeAddr returns a 127.0.0.1 address that was free a moment ago and that
+// this bench has not handed out before.
+func (b *bench) freeAddr() (string, error) {
+	for range 100 {
+		port, err := testenv.FreePort()
+		if err != nil {
+			return "", err
+		}
+		if !b.ports[port] {
+			b.ports[port] = true
+			return fmt.Sprintf("127.0.0.1:%d", port), nil
+		}
 	}
-	return fmt.Sprintf("127.0.0.1:%d", port), nil
+	return "", errors.New("no unused free port")
+}
+
+// ownsMetricsAddr checks that the daemon itself listens on its metrics
+// address: a port can be taken by another process between the moment it
+// was found free and the daemon's bind, and the daemon only logs that. It
+// looks for a listening socket on the port among the daemon's open files.
+func (d *daemon) ownsMetricsAddr() error {
+	if d.metrics == "" {
+		return fmt.Errorf("%s (%s): no metrics server", d.role, d.phase)
+	}
+	_, p, err := net.SplitHostPort(d.metrics)
+	if err != nil {
+		return err
+	}
+	port, err := strconv.Atoi(p)
+	if err != nil {
+		return err
+	}
+	tcp, err := os.ReadFile(fmt.Sprintf("/proc/%d/net/tcp", d.pid()))
+	if err != nil {
+		return err
+	}
+	sockets := listeningSockets(string(tcp), port)
+	fds, err := os.ReadDir(fmt.Sprintf("/proc/%d/fd", d.pid()))
+	if err != nil {
+		return err
+	}
+	for _, fd := range fds {
+		link, err := os.Readlink(fmt.Sprintf("/proc/%d/fd/%s", d.pid(), fd.Name()))
+		if err == nil && sockets[link] {
+			return nil
+		}
+	}
+	if b, err := os.ReadFile(d.logPath); err == nil && strings.Contains(string(b), "address already in use") {
+		return fmt.Errorf("%s (%s): %w: %s", d.role, d.phase, errPortTaken, d.metrics)
+	}
+	return fmt.Errorf("%s (%s) does not listen on %s yet", d.role, d.phase, d.metrics)
+}
+
+// listeningSockets returns the "socket:[inode]" names of the sockets that
+// listen on 127.0.0.1:port or *:port in /proc/net/tcp.
+func listeningSockets(procNetTCP string, port int) map[string]bool {
+	out := map[string]bool{}
+	suffix := fmt.Sprintf(":%04X", port)
+	for _, line := range strings.Split(procNetTCP, "\n")[1:] {
+		f := strings.Fields(line)
+		// sl local_address rem_address st … inode (field 9)
+		if len(f) < 10 || f[3] != "0A" || !strings.HasSuffix(f[1], suffix) {
+			continue
+		}
+		if addr := strings.TrimSuffix(f[1], suffix); addr == "0100007F" || addr == "00000000" {
+			out["socket:["+f[9]+"]"] = true
+		}
+	}
+	return out
 }

@@ -112,6 +112,7 @@ type bench struct {
 	logDir   string
 	start    time.Time
 	failed   bool // a daemon misbehaved: keep the logs
+	ports    map[int]bool
 }
 
 func (b *bench) logf(format string, args ...any) {
@@ -127,7 +128,7 @@ func run(o options) int {
 		<-ctx.Done()
 		stop()
 	}()
-	b := &bench{opts: o, start: time.Now()}
+	b := &bench{opts: o, start: time.Now(), ports: map[int]bool{}}
 	rep, err := b.run(ctx)
 	if b.logDir != "" {
 		if o.keepLogs || b.failed || err != nil {
@@ -189,7 +190,7 @@ func (b *bench) run(ctx context.Context) (*report, error) {
 		Cores:    runtime.NumCPU(),
 		Machine:  machine(),
 		Go:       runtime.Version(),
-		Command:  strings.Join(os.Args, " "),
+		Command:  strings.Join(append([]string{"go run ./hack/bench"}, os.Args[1:]...), " "),
 		Binary:   b.settings.version,
 		Settings: defaults,
 	}

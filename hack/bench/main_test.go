@@ -206,3 +206,20 @@ func TestTLSData(t *testing.T) {
 		t.Error("two Secrets have the same digest")
 	}
 }
+
+func TestListeningSockets(t *testing.T) {
+	tcp := `  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
+   0: 0100007F:7048 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 111 1 0000000000000000 100 0 0 10 0
+   1: 0100007F:7048 0100007F:9C40 01 00000000:00000000 00:00000000 00000000     0        0 222 1 0000000000000000 20 4 30 10 -1
+   2: 00000000:7049 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 333 1 0000000000000000 100 0 0 10 0
+   3: 0A000001:7048 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 444 1 0000000000000000 100 0 0 10 0
+`
+	got := listeningSockets(tcp, 0x7048)
+	want := map[string]bool{"socket:[111]": true}
+	if !maps.Equal(got, want) {
+		t.Errorf("listeningSockets(:%d) = %v; want %v (not the connection, not another port or address)", 0x7048, got, want)
+	}
+	if got := listeningSockets(tcp, 0x7049); !got["socket:[333]"] || len(got) != 1 {
+		t.Errorf("listeningSockets(*:%d) = %v; want socket:[333]", 0x7049, got)
+	}
+}

@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"encoding/base64"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"maps"
 	mrand "math/rand/v2"
@@ -260,7 +261,7 @@ func (w *workload) startPair(phase string, extra map[string]string) (leader, fol
 	leader = &daemon{role: "leader", phase: phase, n: w.n, podName: "leader-" + phase}
 	follower = &daemon{role: "follower", phase: phase, n: w.n, podName: "follower-" + phase}
 	for _, d := range []*daemon{leader, follower} {
-		if d.metrics, err = freeAddr(); err != nil {
+		if d.metrics, err = w.freeAddr(); err != nil {
 			return leader, follower, err
 		}
 		if err := startDaemon(w.binary, w.logDir, d, w.daemonVars(d, extra)); err != nil {
@@ -271,6 +272,24 @@ func (w *workload) startPair(phase string, extra map[string]string) (leader, fol
 	return leader, follower, nil
 }
 
+// startReadyPair is startPair followed by waitReady for both, with other
+// ports if a metrics address was taken.
+func (w *workload) startReadyPair(ctx context.Context, phase string, extra map[string]string) (leader, follower *daemon, err error) {
+	for attempt := 1; ; attempt++ {
+		leader, follower, err = w.startPair(phase, extra)
+		if err == nil {
+			if err = w.waitReady(ctx, leader); err == nil {
+				err = w.waitReady(ctx, follower)
+			}
+		}
+		if err == nil || attempt == 3 || !errors.Is(err, errPortTaken) {
+			return leader, follower, err
+		}
+		w.logf("N=%d: %v; restarting the %s daemons on other ports", w.n, err, phase)
+		w.stopPair(leader, follower)
+	}
+}
+
 // waitReady waits until d answers /readyz and holds its Lease.
 func (w *workload) waitReady(ctx context.Context, d *daemon) error {
 	client := w.a.Clientset
@@ -278,6 +297,9 @@ func (w *workload) waitReady(ctx context.Context, d *daemon) error {
 		client = w.b.Clientset
 	}
 	return poll(ctx, 90*time.Second, 100*time.Millisecond, []*daemon{d}, func(ctx context.Context) error {
+		if err := d.ownsMetricsAddr(); err != nil {
+			return err
+		}
 		if code, _, err := d.get(ctx, "/readyz"); err != nil || code != 200 {
 			return fmt.Errorf("%s /readyz: %d %v", d.role, code, err)
 		}
@@ -309,6 +331,9 @@ func poll(ctx context.Context, timeout, interval time.Duration, alive []*daemon,
 		err := cond(wctx)
 		if err == nil {
 			return nil
+		}
+		if errors.Is(err, errPortTaken) {
+			return err // waiting will not change it
 		}
 		if wctx.Err() == nil || last == nil {
 			last = err
@@ -469,6 +494,16 @@ func (w *workload) initialSync(ctx context.Context) (leader, follower *daemon, e
 			w.logf("N=%d: initial sync: %s peak RSS %.1f MiB, CPU %.2fs", w.n, d.role, p.hwmMiB, p.cpuS)
 		}
 	}
+	// Not checked earlier, so as not to slow the start; a daemon that
+	// lost its metrics address still syncs, but its counters are not its
+	// own.
+	for _, d := range []*daemon{leader, follower} {
+		if err := d.ownsMetricsAddr(); err != nil {
+			w.res.Errors = append(w.res.Errors, fmt.Sprintf("initial sync: %v: its counters are not available", err))
+			w.logf("N=%d: %v", w.n, err)
+			d.metrics = ""
+		}
+	}
 	w.logDaemonCounters(ctx, leader, follower)
 	return leader, follower, nil
 }
@@ -596,7 +631,7 @@ func (w *workload) memoryCheck(ctx context.Context, leader *daemon) error {
 		return err
 	}
 	probe := &daemon{role: "leader", phase: "probe", n: w.n, podName: "leader-probe"}
-	if probe.metrics, err = freeAddr(); err != nil {
+	if probe.metrics, err = w.freeAddr(); err != nil {
 		return err
 	}
 	vars := w.daemonVars(probe, map[string]string{"DSN": dsn, "LABEL_SELECTOR": benchLabel + "=none", "LEADER_ELECTION": "false"})
@@ -605,6 +640,9 @@ func (w *workload) memoryCheck(ctx context.Context, leader *daemon) error {
 	}
 	w.running = append(w.running, probe)
 	err = poll(ctx, 60*time.Second, 200*time.Millisecond, []*daemon{probe}, func(ctx context.Context) error {
+		if err := probe.ownsMetricsAddr(); err != nil {
+			return err
+		}
 		if n, ok := fullPasses(ctx, probe); !ok || n < 1 {
 			return fmt.Errorf("no full pass yet")
 		}
@@ -626,7 +664,6 @@ func (w *workload) memoryCheck(ctx context.Context, leader *daemon) error {
 	if err != nil {
 		return err
 	}
-	passes, _ := fullPasses(ctx, leader)
 	namespaces := namespaceNames(w.prefix+"-unlabelled", w.opts.namespaces)
 	unlabelled, err := newSecrets(w.opts.unlabelled, namespaces, map[string]string{benchLabel: "unlabelled"})
 	if err != nil {
@@ -638,6 +675,10 @@ func (w *workload) memoryCheck(ctx context.Context, leader *daemon) error {
 	}
 	w.logf("N=%d: memory: %d unlabelled Secrets created in %s in %s; waiting for the leader's next full pass", w.n, len(unlabelled), clusterA, secs(time.Since(start)))
 	// Wait for the leader's next full pass, which lists its whole cache,
+	passes, ok := fullPasses(ctx, leader)
+	if !ok {
+		return fmt.Errorf("the leader reports no full passes (kube_secret_sync_reconciles_total{kind=\"full\"})")
+	}
 	err = poll(ctx, time.Duration(2*w.tick+30)*time.Second, 500*time.Millisecond, []*daemon{leader}, func(ctx context.Context) error {
 		if n, _ := fullPasses(ctx, leader); n <= passes {
 			return fmt.Errorf("no full pass yet")
@@ -647,8 +688,8 @@ func (w *workload) memoryCheck(ctx context.Context, leader *daemon) error {
 	if err != nil {
 		return err
 	}
-	// and give a watch that did receive them time to deliver them all.
-	if err := sleep(ctx, max(2*time.Second, 10*time.Second-time.Since(start)), leader); err != nil {
+	// and give a watch that did receive them a moment more.
+	if err := sleep(ctx, 2*time.Second, leader); err != nil {
 		return err
 	}
 	after, err := readProc(leader.pid())
@@ -673,17 +714,12 @@ func (w *workload) idlePhase(ctx context.Context) error {
 		extra["POLL_SECONDS"] = strconv.Itoa(tick) // it may not exceed TICK_SECONDS
 	}
 	w.logf("N=%d: idle: restarting the daemons with %v", w.n, extra)
-	leader, follower, err := w.startPair("idle", extra)
+	leader, follower, err := w.startReadyPair(ctx, "idle", extra)
 	defer w.stopPair(leader, follower)
 	if err != nil {
 		return err
 	}
 	pair := []*daemon{leader, follower}
-	for _, d := range pair {
-		if err := w.waitReady(ctx, d); err != nil {
-			return err
-		}
-	}
 	// Let both finish two full passes first: a restart may legitimately
 	// write (the follower's first pass, a cursor).
 	for _, d := range pair {
@@ -755,15 +791,10 @@ func (w *workload) idlePhase(ctx context.Context) error {
 // noHintPhase restarts the daemons with PG_NOTIFY=0 and times updates.
 func (w *workload) noHintPhase(ctx context.Context) error {
 	w.logf("N=%d: latency without the hint: restarting the daemons with PG_NOTIFY=0", w.n)
-	leader, follower, err := w.startPair("nohint", map[string]string{"PG_NOTIFY": "0"})
+	leader, follower, err := w.startReadyPair(ctx, "nohint", map[string]string{"PG_NOTIFY": "0"})
 	defer w.stopPair(leader, follower)
 	if err != nil {
 		return err
-	}
-	for _, d := range []*daemon{leader, follower} {
-		if err := w.waitReady(ctx, d); err != nil {
-			return err
-		}
 	}
 	// The follower resumes from its cursor; one poll later it is current.
 	if err := sleep(ctx, time.Duration((w.poll+1)*float64(time.Second)), leader, follower); err != nil {
