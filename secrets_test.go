@@ -443,8 +443,8 @@ func TestTrimForCacheKeepsLastChange(t *testing.T) {
 	s := &corev1.Secret{ObjectMeta: metav1.ObjectMeta{
 		CreationTimestamp: *at(100),
 		ManagedFields: []metav1.ManagedFieldsEntry{
-			{Manager: "kubectl", Time: at(200), FieldsV1: &metav1.FieldsV1{Raw: []byte(`{"f:data":{}}`)}},
-			{Manager: "cert-manager", Time: at(300), FieldsV1: &metav1.FieldsV1{Raw: []byte(`{"f:data":{}}`)}},
+			{Manager: "kubectl", Time: at(200), FieldsV1: metav1.NewFieldsV1(`{"f:data":{}}`)},
+			{Manager: "cert-manager", Time: at(300), FieldsV1: metav1.NewFieldsV1(`{"f:data":{}}`)},
 			{Manager: "other"},
 		},
 	}}
