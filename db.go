@@ -63,6 +63,8 @@ type Change struct {
 	ObjectKey
 	Hash    []byte
 	Payload *Payload
+	// Version is set by Store.Write: the version the row was written at.
+	Version int64
 }
 
 // SealFunc encrypts a change once its transaction's version is known.
@@ -173,6 +175,7 @@ func (s *Store) Write(ctx context.Context, cluster, keyID string, changes []Chan
 				if ciphertexts[i], err = seal(version, &chunk[i]); err != nil {
 					return fmt.Errorf("seal %s: %w", chunk[i].ObjectKey, err)
 				}
+				chunk[i].Version = version
 			}
 			if _, err := tx.Exec(ctx, upsertSQL, namespaces, names, ciphertexts, keyID, hashes, version, cluster, tombstones); err != nil {
 				return fmt.Errorf("upsert: %w", err)

@@ -217,7 +217,7 @@ func (l *leaderLoop) sync(ctx context.Context, kind string, keys []ObjectKey) er
 	for _, c := range changes {
 		l.known[c.ObjectKey] = RowState{Hash: c.Hash, Tombstone: c.Payload.Deleted, SourceCluster: cluster, KeyID: l.cfg.keys.ID()}
 		l.log.WithFields(logrus.Fields{
-			"namespace": c.Namespace, "name": c.Name, "tombstone": c.Payload.Deleted, "version": version,
+			"namespace": c.Namespace, "name": c.Name, "tombstone": c.Payload.Deleted, "version": c.Version,
 		}).Info("stored")
 	}
 	l.metrics.rowsWritten.Add(float64(len(changes)))

@@ -10,6 +10,7 @@ import (
 	"context"
 	"crypto/rand"
 	"fmt"
+	"net"
 	"os"
 	"os/signal"
 	"syscall"
@@ -151,8 +152,12 @@ func run(ctx context.Context, cfg *Config, log *logrus.Entry) error {
 	}
 	m := newMetrics()
 	if cfg.MetricsAddr != "" {
+		ln, err := net.Listen("tcp", cfg.MetricsAddr)
+		if err != nil {
+			return fmt.Errorf("METRICS_ADDR: %w", err)
+		}
 		go func() {
-			if err := m.serve(ctx, cfg.MetricsAddr, 3*cfg.Tick()+time.Minute); err != nil {
+			if err := m.serve(ctx, ln, 3*cfg.Tick()+time.Minute); err != nil {
 				log.WithError(err).Error("metrics server failed")
 			}
 		}()

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"errors"
+	"net"
 	"net/http"
 	"sync/atomic"
 	"time"
@@ -114,7 +115,10 @@ func (m *metrics) setRunning(on bool) {
 // serve runs the metrics and probe endpoints until ctx ends. /healthz fails
 // when the running loop has not turned for staleAfter (a stuck process is
 // restarted); /readyz succeeds once the daemon has started.
-func (m *metrics) serve(ctx context.Context, addr string, staleAfter time.Duration) error {
+// serve answers on ln until ctx ends. The caller listens first, so that
+// an address that cannot be bound stops the process at start instead of
+// leaving it running without probes.
+func (m *metrics) serve(ctx context.Context, ln net.Listener, staleAfter time.Duration) error {
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", promhttp.HandlerFor(m.registry, promhttp.HandlerOpts{}))
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) {
@@ -131,14 +135,14 @@ func (m *metrics) serve(ctx context.Context, addr string, staleAfter time.Durati
 		}
 		_, _ = w.Write([]byte("ok\n"))
 	})
-	srv := &http.Server{Addr: addr, Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 	go func() {
 		<-ctx.Done()
 		shutdown, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 		defer cancel()
 		_ = srv.Shutdown(shutdown)
 	}()
-	if err := srv.ListenAndServe(); err != nil && !errors.Is(err, http.ErrServerClosed) {
+	if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
 		return err
 	}
 	return nil

@@ -1,6 +1,9 @@
 package main
 
 import (
+	"net"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 
@@ -64,4 +67,32 @@ func TestSubcommands(t *testing.T) {
 			t.Errorf("keygen migrate: exit %d; want 2", code)
 		}
 	})
+}
+
+// TestMetricsAddrInUseStopsAtStart: a METRICS_ADDR that cannot be bound
+// stops the process at start (exit 1, naming the variable) rather than
+// leaving it running without probes.
+func TestMetricsAddrInUseStopsAtStart(t *testing.T) {
+	bin := buildBinary(t)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	kubeconfig := filepath.Join(t.TempDir(), "kubeconfig")
+	const minimal = `apiVersion: v1
+kind: Config
+clusters: [{name: c, cluster: {server: "https://127.0.0.1:1"}}]
+users: [{name: u, user: {token: t}}]
+contexts: [{name: x, context: {cluster: c, user: u}}]
+current-context: x
+`
+	if err := os.WriteFile(kubeconfig, []byte(minimal), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	_, stderr, code := runBinary(t, bin, []string{"DSN=postgres://u:" + testPassword + "@127.0.0.1:1/db", "ENCRYPTION_KEY=" + testKey,
+		"KUBECONFIG=" + kubeconfig, "METRICS_ADDR=" + ln.Addr().String(), "LEADER_ELECTION=false"})
+	if code != 1 || !strings.Contains(stderr, "METRICS_ADDR") || strings.Count(strings.TrimSpace(stderr), "\n") != 0 {
+		t.Errorf("with METRICS_ADDR in use: exit %d, stderr %q; want 1 and one line naming METRICS_ADDR", code, stderr)
+	}
 }
