@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"net/http"
 	"os"
@@ -15,7 +14,6 @@ import (
 	"sort"
 	"strconv"
 	"strings"
-	"syscall"
 	"time"
 
 	"github.com/kube-secret-sync/kube-secret-sync/internal/testenv"
@@ -24,96 +22,34 @@ import (
 // daemon is one kube-secret-sync process, a child of the bench. Its log
 // goes to a file.
 type daemon struct {
+	*testenv.Daemon // nil until started
+
 	role    string // "leader" or "follower"
 	phase   string
 	n       int // the workload's size
 	podName string
-	logPath string
 	metrics string // host:port of /metrics and /readyz
-
-	cmd  *exec.Cmd
-	done chan struct{}
-	err  error // cmd.Wait's result, valid once done is closed
 }
 
-// startDaemon starts binary with exactly env: nothing is inherited, so a
-// DSN or TICK_SECONDS in the caller's shell cannot change the measurement.
-// Pdeathsig kills the daemon if the bench dies without cleaning up; Setpgid
-// keeps a terminal's Ctrl-C away from it, the bench stops it with SIGTERM.
-func startDaemon(binary, logDir string, d *daemon, vars map[string]string) error {
-	d.logPath = filepath.Join(logDir, fmt.Sprintf("n%d-%s-%s.log", d.n, d.phase, d.role))
-	f, err := os.OpenFile(d.logPath, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o600)
-	if err != nil {
-		return err
-	}
-	defer f.Close() // the child has its own descriptor
-	var env []string
-	for _, k := range []string{"PATH", "HOME", "TMPDIR", "TZ"} {
-		if v, ok := os.LookupEnv(k); ok {
-			env = append(env, k+"="+v)
-		}
-	}
-	for k, v := range vars {
-		env = append(env, k+"="+v)
-	}
-	d.cmd = exec.Command(binary)
-	d.cmd.Env = env
-	d.cmd.Stdout, d.cmd.Stderr = f, f
-	d.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL, Setpgid: true}
-	if err := d.cmd.Start(); err != nil {
-		return fmt.Errorf("start %s: %w", d.role, err)
-	}
-	d.done = make(chan struct{})
-	go func() {
-		d.err = d.cmd.Wait()
-		close(d.done)
-	}()
-	return nil
+// start starts binary as d, with its log in logDir and exactly vars on top
+// of what the OS needs (see testenv.StartDaemon), so that a DSN or
+// TICK_SECONDS in the caller's shell cannot change the measurement. Errors
+// name the daemon by role and phase.
+func (d *daemon) start(binary, logDir string, vars map[string]string) error {
+	logPath := filepath.Join(logDir, fmt.Sprintf("n%d-%s-%s.log", d.n, d.phase, d.role))
+	var err error
+	d.Daemon, err = testenv.StartDaemon(fmt.Sprintf("%s (%s)", d.role, d.phase), binary, logPath, vars)
+	return err
 }
 
-func (d *daemon) pid() int { return d.cmd.Process.Pid }
-
-// exited returns an error once the daemon has ended: while it is measured,
-// any exit is unexpected.
-func (d *daemon) exited() error {
-	if d == nil || d.done == nil {
-		return nil
-	}
-	select {
-	case <-d.done:
-		return fmt.Errorf("%s (%s) exited unexpectedly (%v); its log: %s", d.role, d.phase, d.err, d.logPath)
-	default:
-		return nil
-	}
-}
-
-// stop sends SIGTERM and waits up to grace; then it kills the process
-// group. The error says whether the daemon exited by itself with status 0.
+// stop is testenv.Daemon.Stop without the duration; a nil d is not
+// running.
 func (d *daemon) stop(grace time.Duration) error {
-	if d == nil || d.done == nil {
+	if d == nil {
 		return nil
 	}
-	select {
-	case <-d.done:
-		return d.exitErr()
-	default:
-	}
-	_ = d.cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case <-d.done:
-	case <-time.After(grace):
-		_ = syscall.Kill(-d.cmd.Process.Pid, syscall.SIGKILL)
-		<-d.done
-		return fmt.Errorf("%s (%s) did not exit within %s of SIGTERM: killed", d.role, d.phase, grace)
-	}
-	return d.exitErr()
-}
-
-func (d *daemon) exitErr() error {
-	if d.err != nil {
-		return fmt.Errorf("%s (%s): %w", d.role, d.phase, d.err)
-	}
-	return nil
+	_, err := d.Stop(grace)
+	return err
 }
 
 // errPortTaken says a daemon could not bind its metrics address.
@@ -124,17 +60,7 @@ func (d *daemon) get(ctx context.Context, path string) (int, string, error) {
 	if d.metrics == "" {
 		return 0, "", fmt.Errorf("%s (%s): no metrics server", d.role, d.phase)
 	}
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+d.metrics+path, nil)
-	if err != nil {
-		return 0, "", err
-	}
-	resp, err := (&http.Client{Timeout: 5 * time.Second}).Do(req)
-	if err != nil {
-		return 0, "", err
-	}
-	defer resp.Body.Close()
-	b, err := io.ReadAll(io.LimitReader(resp.Body, 8<<20))
-	return resp.StatusCode, string(b), err
+	return testenv.MetricsGet(ctx, d.metrics, path)
 }
 
 // samples returns the daemon's Prometheus samples.
@@ -291,13 +217,13 @@ func truncate(s string, n int) string {
 // this bench has not handed out before.
 func (b *bench) freeAddr() (string, error) {
 	for range 100 {
-		port, err := testenv.FreePort()
+		addr, err := testenv.FreeAddr()
 		if err != nil {
 			return "", err
 		}
-		if !b.ports[port] {
-			b.ports[port] = true
-			return fmt.Sprintf("127.0.0.1:%d", port), nil
+		if !b.ports[addr] {
+			b.ports[addr] = true
+			return addr, nil
 		}
 	}
 	return "", errors.New("no unused free port")
@@ -319,22 +245,22 @@ func (d *daemon) ownsMetricsAddr() error {
 	if err != nil {
 		return err
 	}
-	tcp, err := os.ReadFile(fmt.Sprintf("/proc/%d/net/tcp", d.pid()))
+	tcp, err := os.ReadFile(fmt.Sprintf("/proc/%d/net/tcp", d.Pid()))
 	if err != nil {
 		return err
 	}
 	sockets := listeningSockets(string(tcp), port)
-	fds, err := os.ReadDir(fmt.Sprintf("/proc/%d/fd", d.pid()))
+	fds, err := os.ReadDir(fmt.Sprintf("/proc/%d/fd", d.Pid()))
 	if err != nil {
 		return err
 	}
 	for _, fd := range fds {
-		link, err := os.Readlink(fmt.Sprintf("/proc/%d/fd/%s", d.pid(), fd.Name()))
+		link, err := os.Readlink(fmt.Sprintf("/proc/%d/fd/%s", d.Pid(), fd.Name()))
 		if err == nil && sockets[link] {
 			return nil
 		}
 	}
-	if b, err := os.ReadFile(d.logPath); err == nil && strings.Contains(string(b), "address already in use") {
+	if b, err := os.ReadFile(d.LogPath); err == nil && strings.Contains(string(b), "address already in use") {
 		return fmt.Errorf("%s (%s): %w: %s", d.role, d.phase, errPortTaken, d.metrics)
 	}
 	return fmt.Errorf("%s (%s) does not listen on %s yet", d.role, d.phase, d.metrics)

@@ -111,8 +111,8 @@ type bench struct {
 	tick     int     // TICK_SECONDS default
 	logDir   string
 	start    time.Time
-	failed   bool // a daemon misbehaved: keep the logs
-	ports    map[int]bool
+	failed   bool            // a daemon misbehaved: keep the logs
+	ports    map[string]bool // metrics addresses handed out
 }
 
 func (b *bench) logf(format string, args ...any) {
@@ -128,7 +128,7 @@ func run(o options) int {
 		<-ctx.Done()
 		stop()
 	}()
-	b := &bench{opts: o, start: time.Now(), ports: map[int]bool{}}
+	b := &bench{opts: o, start: time.Now(), ports: map[string]bool{}}
 	rep, err := b.run(ctx)
 	if b.logDir != "" {
 		if o.keepLogs || b.failed || err != nil {

@@ -2,8 +2,6 @@ package main
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -21,14 +19,6 @@ import (
 	"k8s.io/client-go/kubernetes"
 
 	"github.com/kube-secret-sync/kube-secret-sync/internal/testenv"
-)
-
-const (
-	clusterA = "cluster-a"
-	clusterB = "cluster-b"
-	// systemNS holds each daemon's Lease and the follower's cursor.
-	systemNS  = "kube-secret-sync"
-	leaseName = "kube-secret-sync" // the daemon's default LEASE_NAME
 )
 
 // workload is one size N, from a fresh environment to its result.
@@ -114,8 +104,8 @@ func (w *workload) run(ctx context.Context) *result {
 // setUp starts the environment and creates the N labelled Secrets in
 // cluster-a (not timed).
 func (w *workload) setUp(ctx context.Context) error {
-	w.logf("N=%d: starting PostgreSQL, %s and %s", w.n, clusterA, clusterB)
-	env, err := testenv.Start(ctx, clusterA, clusterB)
+	w.logf("N=%d: starting PostgreSQL, %s and %s", w.n, testenv.ClusterA, testenv.ClusterB)
+	env, err := testenv.Start(ctx, testenv.ClusterA, testenv.ClusterB)
 	if err != nil {
 		return err
 	}
@@ -126,12 +116,12 @@ func (w *workload) setUp(ctx context.Context) error {
 	if w.db, err = pgx.Connect(ctx, w.dsn); err != nil {
 		return fmt.Errorf("connect to the bench database: %w", err)
 	}
-	if w.encKey, err = randomKey(); err != nil {
+	if w.encKey, err = testenv.EncryptionKey(); err != nil {
 		return err
 	}
 	for _, c := range env.Clusters {
-		if _, err := c.Clientset.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: systemNS}}, metav1.CreateOptions{}); err != nil {
-			return fmt.Errorf("%s: create namespace %s: %w", c.Name, systemNS, err)
+		if _, err := c.Clientset.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: testenv.SystemNamespace}}, metav1.CreateOptions{}); err != nil {
+			return fmt.Errorf("%s: create namespace %s: %w", c.Name, testenv.SystemNamespace, err)
 		}
 	}
 	if w.fastA, err = newClient(w.a.Config, 5000, 10000, "kss-bench-setup"); err != nil {
@@ -146,12 +136,12 @@ func (w *workload) setUp(ctx context.Context) error {
 	w.res.SecretDataBytes = *round(avgDataBytes(w.sources), 0)
 	start = time.Now()
 	if err := createAll(ctx, w.fastA, w.opts.createWorkers, namespaces, w.sources, func(done int) {
-		w.logf("N=%d: set-up: %d/%d labelled Secrets created in %s", w.n, done, w.n, clusterA)
+		w.logf("N=%d: set-up: %d/%d labelled Secrets created in %s", w.n, done, w.n, testenv.ClusterA)
 	}); err != nil {
-		return fmt.Errorf("%s: %w", clusterA, err)
+		return fmt.Errorf("%s: %w", testenv.ClusterA, err)
 	}
 	w.logf("N=%d: set-up: %d labelled Secrets (%.0f bytes of data each) in %d namespaces of %s in %s (not timed)",
-		w.n, w.n, w.res.SecretDataBytes, len(namespaces), clusterA, secs(time.Since(start)))
+		w.n, w.n, w.res.SecretDataBytes, len(namespaces), testenv.ClusterA, secs(time.Since(start)))
 	// The watch ends before the clusters do (close), not with ctx.
 	wctx, cancel := context.WithCancel(ctx)
 	w.stopWatch = cancel
@@ -159,15 +149,6 @@ func (w *workload) setUp(ctx context.Context) error {
 		return err
 	}
 	return nil
-}
-
-// randomKey is an ENCRYPTION_KEY: 24 random bytes are 32 base64 characters.
-func randomKey() (string, error) {
-	b := make([]byte, 24)
-	if _, err := rand.Read(b); err != nil {
-		return "", err
-	}
-	return base64.StdEncoding.EncodeToString(b), nil
 }
 
 // bareWriter creates the same Secrets in fresh namespaces of cluster-b the
@@ -188,7 +169,7 @@ func (w *workload) bareWriter(ctx context.Context) error {
 		secrets[i] = s
 	}
 	w.logf("N=%d: bare writer: %d Secrets + %d namespaces into %s, %d workers, QPS %g, burst %d",
-		w.n, w.n, len(namespaces), clusterB, w.client.workers, w.client.qps, w.client.burst)
+		w.n, w.n, len(namespaces), testenv.ClusterB, w.client.workers, w.client.qps, w.client.burst)
 	start := time.Now()
 	err = createAll(ctx, c, w.client.workers, namespaces, secrets, func(done int) {
 		w.logf("N=%d: bare writer: %d/%d", w.n, done, w.n)
@@ -221,7 +202,7 @@ func (w *workload) unthrottledWriter(ctx context.Context) error {
 		secrets[i] = s
 	}
 	w.logf("N=%d: unthrottled writer: %d Secrets + %d namespaces into %s, %d workers, no client rate limit",
-		w.n, w.n, len(namespaces), clusterB, w.opts.createWorkers)
+		w.n, w.n, len(namespaces), testenv.ClusterB, w.opts.createWorkers)
 	start := time.Now()
 	if err := createAll(ctx, c, w.opts.createWorkers, namespaces, secrets, nil); err != nil {
 		return err
@@ -244,7 +225,7 @@ func (w *workload) daemonVars(d *daemon, extra map[string]string) map[string]str
 		"ENCRYPTION_KEY": w.encKey,
 		"KUBECONFIG":     cluster.Kubeconfig,
 		"CLUSTER_NAME":   cluster.Name,
-		"POD_NAMESPACE":  systemNS,
+		"POD_NAMESPACE":  testenv.SystemNamespace,
 		"POD_NAME":       d.podName,
 		"METRICS_ADDR":   d.metrics,
 	}
@@ -264,7 +245,7 @@ func (w *workload) startPair(phase string, extra map[string]string) (leader, fol
 		if d.metrics, err = w.freeAddr(); err != nil {
 			return leader, follower, err
 		}
-		if err := startDaemon(w.binary, w.logDir, d, w.daemonVars(d, extra)); err != nil {
+		if err := d.start(w.binary, w.logDir, w.daemonVars(d, extra)); err != nil {
 			return leader, follower, err
 		}
 		w.running = append(w.running, d)
@@ -303,7 +284,7 @@ func (w *workload) waitReady(ctx context.Context, d *daemon) error {
 		if code, _, err := d.get(ctx, "/readyz"); err != nil || code != 200 {
 			return fmt.Errorf("%s /readyz: %d %v", d.role, code, err)
 		}
-		lease, err := client.CoordinationV1().Leases(systemNS).Get(ctx, leaseName, metav1.GetOptions{})
+		lease, err := client.CoordinationV1().Leases(testenv.SystemNamespace).Get(ctx, testenv.LeaseName, metav1.GetOptions{})
 		if err != nil {
 			return err
 		}
@@ -324,7 +305,7 @@ func poll(ctx context.Context, timeout, interval time.Duration, alive []*daemon,
 	var last error
 	for {
 		for _, d := range alive {
-			if err := d.exited(); err != nil {
+			if err := d.Exited(); err != nil {
 				return err
 			}
 		}
@@ -354,7 +335,7 @@ func sleep(ctx context.Context, d time.Duration, alive ...*daemon) error {
 	deadline := time.Now().Add(d)
 	for {
 		for _, dm := range alive {
-			if err := dm.exited(); err != nil {
+			if err := dm.Exited(); err != nil {
 				return err
 			}
 		}
@@ -376,10 +357,10 @@ func (w *workload) stopPair(leader, follower *daemon) (ls, fs *procStats) {
 	pair := []*daemon{leader, follower}
 	stats := make([]*procStats, 2)
 	for i, d := range pair {
-		if d == nil || d.done == nil || d.exited() != nil {
+		if d == nil || d.Daemon == nil || d.Exited() != nil {
 			continue
 		}
-		if p, err := readProc(d.pid()); err == nil {
+		if p, err := readProc(d.Pid()); err == nil {
 			stats[i] = &p
 			if d.phase == "probe" {
 				continue
@@ -400,7 +381,7 @@ func (w *workload) stopPair(leader, follower *daemon) (ls, fs *procStats) {
 	}
 	wg.Wait()
 	for i, d := range pair {
-		if d == nil || d.done == nil {
+		if d == nil || d.Daemon == nil {
 			continue
 		}
 		w.running = slices.DeleteFunc(w.running, func(x *daemon) bool { return x == d })
@@ -412,7 +393,7 @@ func (w *workload) stopPair(leader, follower *daemon) (ls, fs *procStats) {
 		if s := stats[i]; s != nil {
 			figures = fmt.Sprintf("peak RSS %.1f MiB, RSS %.1f MiB, CPU %.2fs; ", s.hwmMiB, s.rssMiB, s.cpuS)
 		}
-		if sum, err := summarizeLog(d.logPath); err == nil {
+		if sum, err := summarizeLog(d.LogPath); err == nil {
 			w.logf("N=%d: %s %s stopped: %slog %s", w.n, d.phase, d.role, figures, sum)
 		}
 	}
@@ -472,7 +453,7 @@ func (w *workload) initialSync(ctx context.Context) (leader, follower *daemon, e
 			w.logf("N=%d: initial sync: %d/%d copies equal after %s", w.n, m, n, secs(time.Since(start)))
 		case <-alive.C:
 			for _, d := range []*daemon{leader, follower} {
-				if err := d.exited(); err != nil {
+				if err := d.Exited(); err != nil {
 					return leader, follower, err
 				}
 			}
@@ -485,7 +466,7 @@ func (w *workload) initialSync(ctx context.Context) (leader, follower *daemon, e
 	}
 	w.logf("N=%d: initial sync: all %d copies equal after %s (%.0f Secrets/s)", w.n, w.n, secs(took), float64(w.n)/took.Seconds())
 	for i, d := range []*daemon{leader, follower} {
-		if p, err := readProc(d.pid()); err == nil {
+		if p, err := readProc(d.Pid()); err == nil {
 			if i == 0 {
 				w.res.LeaderCPUSyncS = round(p.cpuS, 2)
 			} else {
@@ -564,7 +545,7 @@ func (w *workload) latencyPhase(ctx context.Context, label string, leader, follo
 	w.logf("N=%d: latency (%s): %d updates, one at a time", w.n, label, updates)
 	for i := range updates {
 		for _, d := range []*daemon{leader, follower} {
-			if err := d.exited(); err != nil {
+			if err := d.Exited(); err != nil {
 				return err
 			}
 		}
@@ -592,7 +573,7 @@ func (w *workload) latencyPhase(ctx context.Context, label string, leader, follo
 			timeouts++
 			// Counted as the timeout, so that percentiles cannot hide it.
 			lat = append(lat, w.opts.updateTimeout)
-			w.logf("N=%d: latency (%s): update %d of %s/%s not seen in %s within %s", w.n, label, i+1, s.Namespace, s.Name, clusterB, w.opts.updateTimeout)
+			w.logf("N=%d: latency (%s): update %d of %s/%s not seen in %s within %s", w.n, label, i+1, s.Namespace, s.Name, testenv.ClusterB, w.opts.updateTimeout)
 			if timeouts >= 3 {
 				return fmt.Errorf("%w: %d updates not seen within %s each", errTimeout, timeouts, w.opts.updateTimeout)
 			}
@@ -635,7 +616,7 @@ func (w *workload) memoryCheck(ctx context.Context, leader *daemon) error {
 		return err
 	}
 	vars := w.daemonVars(probe, map[string]string{"DSN": dsn, "LABEL_SELECTOR": benchLabel + "=none", "LEADER_ELECTION": "false"})
-	if err := startDaemon(w.binary, w.logDir, probe, vars); err != nil {
+	if err := probe.start(w.binary, w.logDir, vars); err != nil {
 		return err
 	}
 	w.running = append(w.running, probe)
@@ -654,13 +635,13 @@ func (w *workload) memoryCheck(ctx context.Context, leader *daemon) error {
 	if err := sleep(ctx, 2*time.Second, probe); err != nil {
 		return err
 	}
-	none, err := readProc(probe.pid())
+	none, err := readProc(probe.Pid())
 	if err != nil {
 		return err
 	}
 	w.stopPair(probe, nil)
 
-	before, err := readProc(leader.pid())
+	before, err := readProc(leader.Pid())
 	if err != nil {
 		return err
 	}
@@ -673,7 +654,7 @@ func (w *workload) memoryCheck(ctx context.Context, leader *daemon) error {
 	if err := createAll(ctx, w.fastA, w.opts.createWorkers, namespaces, unlabelled, nil); err != nil {
 		return err
 	}
-	w.logf("N=%d: memory: %d unlabelled Secrets created in %s in %s; waiting for the leader's next full pass", w.n, len(unlabelled), clusterA, secs(time.Since(start)))
+	w.logf("N=%d: memory: %d unlabelled Secrets created in %s in %s; waiting for the leader's next full pass", w.n, len(unlabelled), testenv.ClusterA, secs(time.Since(start)))
 	// Wait for the leader's next full pass, which lists its whole cache,
 	passes, ok := fullPasses(ctx, leader)
 	if !ok {
@@ -692,7 +673,7 @@ func (w *workload) memoryCheck(ctx context.Context, leader *daemon) error {
 	if err := sleep(ctx, 2*time.Second, leader); err != nil {
 		return err
 	}
-	after, err := readProc(leader.pid())
+	after, err := readProc(leader.Pid())
 	if err != nil {
 		return err
 	}
@@ -780,8 +761,8 @@ func (w *workload) idlePhase(ctx context.Context) error {
 	w.res.IdleFullPassesFollow = ptr(p1[1] - p0[1])
 	w.logf("N=%d: idle: %s window, full passes: leader %d, follower %d", w.n, secs(window), p1[0]-p0[0], p1[1]-p0[1])
 	w.logf("N=%d: idle: database: %s", w.n, dbc)
-	w.logf("N=%d: idle: %s writes (all resources): %s", w.n, clusterA, da)
-	w.logf("N=%d: idle: %s writes (all resources): %s", w.n, clusterB, dbw)
+	w.logf("N=%d: idle: %s writes (all resources): %s", w.n, testenv.ClusterA, da)
+	w.logf("N=%d: idle: %s writes (all resources): %s", w.n, testenv.ClusterB, dbw)
 	if p1[0]-p0[0] < int64(w.opts.idleTicks)-1 || p1[1]-p0[1] < int64(w.opts.idleTicks)-1 {
 		return fmt.Errorf("fewer full passes than ticks in the window (leader %d, follower %d, ticks %d): the idle figures cover less than intended", p1[0]-p0[0], p1[1]-p0[1], w.opts.idleTicks)
 	}

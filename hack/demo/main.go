@@ -12,8 +12,6 @@ package main
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/base64"
 	"errors"
 	"flag"
 	"fmt"
@@ -35,15 +33,8 @@ import (
 	"github.com/kube-secret-sync/kube-secret-sync/internal/testenv"
 )
 
-const (
-	clusterA = "cluster-a"
-	clusterB = "cluster-b"
-	// systemNS holds each daemon's Lease and the follower's cursor.
-	systemNS = "kube-secret-sync"
-	// demoNS exists in cluster-a only: the follower must create it.
-	demoNS    = "web"
-	leaseName = "kube-secret-sync" // the daemon's default LEASE_NAME
-)
+// demoNS exists in cluster-a only: the follower must create it.
+const demoNS = "web"
 
 func main() {
 	binary := flag.String("binary", "bin/kube-secret-sync", "the kube-secret-sync binary to run as leader and follower")
@@ -141,7 +132,7 @@ func (d *demo) run(ctx context.Context) error {
 func (d *demo) startEnvironment(ctx context.Context) error {
 	d.out.info("kube-apiserver and etcd from %s", os.Getenv("KSS_KUBE_ASSETS"))
 	start := time.Now()
-	env, err := testenv.Start(ctx, clusterA, clusterB)
+	env, err := testenv.Start(ctx, testenv.ClusterA, testenv.ClusterB)
 	if err != nil {
 		return err
 	}
@@ -156,17 +147,17 @@ func (d *demo) startEnvironment(ctx context.Context) error {
 	d.out.ok("ready after %s", secs(time.Since(start)))
 	d.out.block(fmt.Sprintf("PostgreSQL  %s\n%s   %s\n%s   %s",
 		strings.TrimPrefix(d.dsn, "postgres://postgres@"),
-		clusterA, env.Clusters[0].Config.Host, clusterB, env.Clusters[1].Config.Host))
+		testenv.ClusterA, env.Clusters[0].Config.Host, testenv.ClusterB, env.Clusters[1].Config.Host))
 
 	for _, c := range env.Clusters {
-		if err := createNamespace(ctx, c.Clientset, systemNS); err != nil {
+		if err := createNamespace(ctx, c.Clientset, testenv.SystemNamespace); err != nil {
 			return fmt.Errorf("%s: %w", c.Name, err)
 		}
 	}
 	if err := createNamespace(ctx, d.a, demoNS); err != nil {
-		return fmt.Errorf("%s: %w", clusterA, err)
+		return fmt.Errorf("%s: %w", testenv.ClusterA, err)
 	}
-	d.out.ok("namespace %s in both clusters (Lease, cursor); namespace %s in %s only", systemNS, demoNS, clusterA)
+	d.out.ok("namespace %s in both clusters (Lease, cursor); namespace %s in %s only", testenv.SystemNamespace, demoNS, testenv.ClusterA)
 	return nil
 }
 
@@ -191,7 +182,7 @@ func (d *demo) startDaemons(ctx context.Context) error {
 	}
 	d.out.info("binary %s, version %s", d.binary, strings.TrimSpace(string(version)))
 
-	key, err := randomKey()
+	key, err := testenv.EncryptionKey()
 	if err != nil {
 		return err
 	}
@@ -199,11 +190,11 @@ func (d *demo) startDaemons(ctx context.Context) error {
 	if d.logDir, err = os.MkdirTemp("", "kss-demo-"); err != nil {
 		return err
 	}
-	d.leader = &daemon{role: "leader", cluster: clusterA, podName: "leader-0"}
-	d.follower = &daemon{role: "follower", cluster: clusterB, podName: "follower-0"}
-	kubeconfigs := map[string]string{clusterA: d.env.Clusters[0].Kubeconfig, clusterB: d.env.Clusters[1].Kubeconfig}
+	d.leader = &daemon{role: "leader", cluster: testenv.ClusterA, podName: "leader-0"}
+	d.follower = &daemon{role: "follower", cluster: testenv.ClusterB, podName: "follower-0"}
+	kubeconfigs := map[string]string{testenv.ClusterA: d.env.Clusters[0].Kubeconfig, testenv.ClusterB: d.env.Clusters[1].Kubeconfig}
 	for _, dm := range []*daemon{d.leader, d.follower} {
-		if dm.metrics, err = freeAddr(); err != nil {
+		if dm.metrics, err = testenv.FreeAddr(); err != nil {
 			return err
 		}
 		vars := map[string]string{
@@ -211,7 +202,7 @@ func (d *demo) startDaemons(ctx context.Context) error {
 			"ENCRYPTION_KEY": key,
 			"KUBECONFIG":     kubeconfigs[dm.cluster],
 			"CLUSTER_NAME":   dm.cluster,
-			"POD_NAMESPACE":  systemNS,
+			"POD_NAMESPACE":  testenv.SystemNamespace,
 			"POD_NAME":       dm.podName,
 			"TICK_SECONDS":   "5",
 			"PRETTY":         "1",
@@ -222,26 +213,26 @@ func (d *demo) startDaemons(ctx context.Context) error {
 		} else {
 			vars["POLL_SECONDS"] = "0.5"
 		}
-		if err := startDaemon(binary, d.logDir, dm, daemonEnv(vars)); err != nil {
+		if err := dm.start(binary, d.logDir, vars); err != nil {
 			return err
 		}
 	}
 	d.out.info("their logs (tail -f to follow):")
-	d.out.block(d.leader.logPath + "\n" + d.follower.logPath)
+	d.out.block(d.leader.LogPath + "\n" + d.follower.LogPath)
 
 	start := time.Now()
-	clients := map[string]kubernetes.Interface{clusterA: d.a, clusterB: d.b}
+	clients := map[string]kubernetes.Interface{testenv.ClusterA: d.a, testenv.ClusterB: d.b}
 	for _, dm := range d.daemons() {
 		took, err := d.waitFor(ctx, start, func(ctx context.Context) error {
 			if code, _, err := dm.get(ctx, "/readyz"); err != nil || code != 200 {
 				return fmt.Errorf("/readyz: %d %v", code, err)
 			}
-			lease, err := clients[dm.cluster].CoordinationV1().Leases(systemNS).Get(ctx, leaseName, metav1.GetOptions{})
+			lease, err := clients[dm.cluster].CoordinationV1().Leases(testenv.SystemNamespace).Get(ctx, testenv.LeaseName, metav1.GetOptions{})
 			if err != nil {
 				return err
 			}
 			if h := lease.Spec.HolderIdentity; h == nil || *h != dm.podName {
-				return fmt.Errorf("lease %s/%s not held by %s", systemNS, leaseName, dm.podName)
+				return fmt.Errorf("lease %s/%s not held by %s", testenv.SystemNamespace, testenv.LeaseName, dm.podName)
 			}
 			return nil
 		})
@@ -249,25 +240,16 @@ func (d *demo) startDaemons(ctx context.Context) error {
 			return fmt.Errorf("%s not ready: %w", dm.role, err)
 		}
 		d.out.ok("%-8s pid %d on %s: /readyz 200 and holds the Lease in %s after %s",
-			dm.role, dm.cmd.Process.Pid, dm.metrics, dm.cluster, secs(took))
+			dm.role, dm.Pid(), dm.metrics, dm.cluster, secs(took))
 	}
 	return nil
-}
-
-// randomKey is an ENCRYPTION_KEY: 24 random bytes are 32 base64 characters.
-func randomKey() (string, error) {
-	b := make([]byte, 24)
-	if _, err := rand.Read(b); err != nil {
-		return "", err
-	}
-	return base64.StdEncoding.EncodeToString(b), nil
 }
 
 // daemons are the daemons started so far.
 func (d *demo) daemons() []*daemon {
 	var out []*daemon
 	for _, dm := range []*daemon{d.leader, d.follower} {
-		if dm != nil && dm.done != nil {
+		if dm != nil && dm.Daemon != nil {
 			out = append(out, dm)
 		}
 	}
@@ -286,7 +268,7 @@ func (d *demo) waitFor(ctx context.Context, since time.Time, cond func(context.C
 	var last error
 	for {
 		for _, dm := range d.daemons() {
-			if err := dm.exited(); err != nil {
+			if err := dm.Exited(); err != nil {
 				return 0, err
 			}
 		}
@@ -334,18 +316,18 @@ func (d *demo) shutdown(ctx context.Context) error {
 	var wg sync.WaitGroup
 	for i, dm := range ds {
 		wg.Go(func() {
-			outcomes[i].took, outcomes[i].err = dm.stop(15 * time.Second)
+			outcomes[i].took, outcomes[i].err = dm.Stop(15 * time.Second)
 		})
 	}
 	wg.Wait()
-	clients := map[string]kubernetes.Interface{clusterA: d.a, clusterB: d.b}
+	clients := map[string]kubernetes.Interface{testenv.ClusterA: d.a, testenv.ClusterB: d.b}
 	var errs []error
 	for i, dm := range ds {
 		if err := outcomes[i].err; err != nil {
 			errs = append(errs, err)
 			continue
 		}
-		lease, err := clients[dm.cluster].CoordinationV1().Leases(systemNS).Get(ctx, leaseName, metav1.GetOptions{})
+		lease, err := clients[dm.cluster].CoordinationV1().Leases(testenv.SystemNamespace).Get(ctx, testenv.LeaseName, metav1.GetOptions{})
 		if err != nil {
 			errs = append(errs, fmt.Errorf("%s: read its Lease: %w", dm.role, err))
 			continue
@@ -362,7 +344,7 @@ func (d *demo) shutdown(ctx context.Context) error {
 // showLogs prints the end of each daemon's log, after a failure.
 func (d *demo) showLogs() {
 	for _, dm := range d.daemons() {
-		d.out.info("last lines of the %s's log %s:", dm.role, dm.logPath)
+		d.out.info("last lines of the %s's log %s:", dm.role, dm.LogPath)
 		d.out.dim("│", dm.tail(20))
 	}
 }
@@ -373,7 +355,7 @@ func (d *demo) showLogs() {
 func (d *demo) close(keepLogs bool) {
 	start := time.Now()
 	for _, dm := range d.daemons() {
-		_, _ = dm.stop(10 * time.Second)
+		_, _ = dm.Stop(10 * time.Second)
 	}
 	if d.db != nil {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)

@@ -25,6 +25,8 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/kube-secret-sync/kube-secret-sync/internal/testenv"
 )
 
 const (
@@ -67,10 +69,10 @@ func (d *demo) stepCreate(ctx context.Context) error {
 	start := time.Now()
 	created, err := d.a.CoreV1().Secrets(demoNS).Create(ctx, src, metav1.CreateOptions{})
 	if err != nil {
-		return fmt.Errorf("create %s/%s in %s: %w", demoNS, tlsName, clusterA, err)
+		return fmt.Errorf("create %s/%s in %s: %w", demoNS, tlsName, testenv.ClusterA, err)
 	}
 	d.out.info("created %s/%s in %s: type %s, keys %s, label %s=true",
-		demoNS, tlsName, clusterA, created.Type, strings.Join(sortedKeys(created.Data), ", "), syncLabel)
+		demoNS, tlsName, testenv.ClusterA, created.Type, strings.Join(sortedKeys(created.Data), ", "), syncLabel)
 	d.out.info("its certificate: %s", cert)
 
 	var cp *corev1.Secret
@@ -86,24 +88,24 @@ func (d *demo) stepCreate(ctx context.Context) error {
 		return nil
 	})
 	if err != nil {
-		return fmt.Errorf("copy of %s/%s in %s: %w", demoNS, tlsName, clusterB, err)
+		return fmt.Errorf("copy of %s/%s in %s: %w", demoNS, tlsName, testenv.ClusterB, err)
 	}
-	d.out.ok("appeared in %s after %s", clusterB, secs(took))
+	d.out.ok("appeared in %s after %s", testenv.ClusterB, secs(took))
 	d.record("created in cluster-a → copied to cluster-b", "after "+secs(took))
 
 	ns, err := d.b.CoreV1().Namespaces().Get(ctx, demoNS, metav1.GetOptions{})
 	if err != nil {
-		return fmt.Errorf("namespace %s in %s: %w", demoNS, clusterB, err)
+		return fmt.Errorf("namespace %s in %s: %w", demoNS, testenv.ClusterB, err)
 	}
-	d.out.ok("namespace %s exists in %s: the follower created it (%s)", demoNS, clusterB, ns.CreationTimestamp.Format(time.TimeOnly))
+	d.out.ok("namespace %s exists in %s: the follower created it (%s)", demoNS, testenv.ClusterB, ns.CreationTimestamp.Format(time.TimeOnly))
 	d.out.ok("same type (%s), immutable (%t) and data, byte for byte: %s",
 		cp.Type, cp.Immutable != nil && *cp.Immutable, sizes(cp.Data))
 	if _, err := tls.X509KeyPair(cp.Data[corev1.TLSCertKey], cp.Data[corev1.TLSPrivateKeyKey]); err != nil {
-		return fmt.Errorf("tls.crt and tls.key in %s: %w", clusterB, err)
+		return fmt.Errorf("tls.crt and tls.key in %s: %w", testenv.ClusterB, err)
 	}
-	d.out.ok("tls.crt and tls.key in %s form a valid key pair", clusterB)
+	d.out.ok("tls.crt and tls.key in %s form a valid key pair", testenv.ClusterB)
 
-	if err := checkMarks(cp, clusterA); err != nil {
+	if err := checkMarks(cp, testenv.ClusterA); err != nil {
 		return err
 	}
 	d.out.ok("the copy carries the follower's marks:")
@@ -222,9 +224,9 @@ func (d *demo) stepRenew(ctx context.Context) error {
 	start := time.Now()
 	updated, err := d.a.CoreV1().Secrets(demoNS).Update(ctx, upd, metav1.UpdateOptions{})
 	if err != nil {
-		return fmt.Errorf("update %s/%s in %s: %w", demoNS, tlsName, clusterA, err)
+		return fmt.Errorf("update %s/%s in %s: %w", demoNS, tlsName, testenv.ClusterA, err)
 	}
-	d.out.info("renewed in %s: new key and certificate (%s), ca.crt removed", clusterA, cert)
+	d.out.info("renewed in %s: new key and certificate (%s), ca.crt removed", testenv.ClusterA, cert)
 	var cp *corev1.Secret
 	took, err := d.waitFor(ctx, start, func(ctx context.Context) error {
 		got, err := d.b.CoreV1().Secrets(demoNS).Get(ctx, tlsName, metav1.GetOptions{})
@@ -238,9 +240,9 @@ func (d *demo) stepRenew(ctx context.Context) error {
 		return nil
 	})
 	if err != nil {
-		return fmt.Errorf("renewal of %s/%s in %s: %w", demoNS, tlsName, clusterB, err)
+		return fmt.Errorf("renewal of %s/%s in %s: %w", demoNS, tlsName, testenv.ClusterB, err)
 	}
-	d.out.ok("%s has the new certificate and no ca.crt after %s", clusterB, secs(took))
+	d.out.ok("%s has the new certificate and no ca.crt after %s", testenv.ClusterB, secs(took))
 	d.out.ok("data byte for byte: %s; copy version %s", sizes(cp.Data), cp.Annotations[versionAnnotation])
 	d.record("renewed in cluster-a (ca.crt removed) → cluster-b", "after "+secs(took))
 	return nil
@@ -256,13 +258,13 @@ func (d *demo) stepUnmanaged(ctx context.Context) error {
 	}
 	local, err := d.b.CoreV1().Secrets(demoNS).Create(ctx, local, metav1.CreateOptions{})
 	if err != nil {
-		return fmt.Errorf("create %s/%s in %s: %w", demoNS, localName, clusterB, err)
+		return fmt.Errorf("create %s/%s in %s: %w", demoNS, localName, testenv.ClusterB, err)
 	}
-	d.out.info("created %s/%s in %s without the %s label (resourceVersion %s)", demoNS, localName, clusterB, managedLabel, local.ResourceVersion)
+	d.out.info("created %s/%s in %s without the %s label (resourceVersion %s)", demoNS, localName, testenv.ClusterB, managedLabel, local.ResourceVersion)
 	if _, err := d.a.CoreV1().Secrets(demoNS).Create(ctx, labelled(localName, "cluster-a's value"), metav1.CreateOptions{}); err != nil {
-		return fmt.Errorf("create %s/%s in %s: %w", demoNS, localName, clusterA, err)
+		return fmt.Errorf("create %s/%s in %s: %w", demoNS, localName, testenv.ClusterA, err)
 	}
-	d.out.info("created a labelled %s/%s in %s", demoNS, localName, clusterA)
+	d.out.info("created a labelled %s/%s in %s", demoNS, localName, testenv.ClusterA)
 
 	// Wait for the leader's row, then send a marker after it: rows are
 	// applied in version order, so once the marker is in cluster-b the
@@ -277,7 +279,7 @@ func (d *demo) stepUnmanaged(ctx context.Context) error {
 	d.out.ok("the leader wrote row %s/%s, version %d, after %s", demoNS, localName, rowVersion, secs(took))
 	start := time.Now()
 	if _, err := d.a.CoreV1().Secrets(demoNS).Create(ctx, labelled(markerName, "marker"), metav1.CreateOptions{}); err != nil {
-		return fmt.Errorf("create %s/%s in %s: %w", demoNS, markerName, clusterA, err)
+		return fmt.Errorf("create %s/%s in %s: %w", demoNS, markerName, testenv.ClusterA, err)
 	}
 	var markerVersion int64
 	took, err = d.waitFor(ctx, start, func(ctx context.Context) error {
@@ -289,27 +291,27 @@ func (d *demo) stepUnmanaged(ctx context.Context) error {
 		return err
 	})
 	if err != nil {
-		return fmt.Errorf("marker %s/%s in %s: %w", demoNS, markerName, clusterB, err)
+		return fmt.Errorf("marker %s/%s in %s: %w", demoNS, markerName, testenv.ClusterB, err)
 	}
 	if markerVersion <= rowVersion {
 		return fmt.Errorf("marker %s/%s has version %d, not after %d", demoNS, markerName, markerVersion, rowVersion)
 	}
 	d.out.ok("a later labelled Secret %s/%s (version %d) reached %s after %s: the follower is past version %d",
-		demoNS, markerName, markerVersion, clusterB, secs(took), rowVersion)
+		demoNS, markerName, markerVersion, testenv.ClusterB, secs(took), rowVersion)
 
 	got, err := d.b.CoreV1().Secrets(demoNS).Get(ctx, localName, metav1.GetOptions{})
 	if err != nil {
-		return fmt.Errorf("%s/%s in %s: %w", demoNS, localName, clusterB, err)
+		return fmt.Errorf("%s/%s in %s: %w", demoNS, localName, testenv.ClusterB, err)
 	}
 	switch {
 	case got.UID != local.UID:
-		return fmt.Errorf("%s/%s in %s was replaced (uid %s, was %s)", demoNS, localName, clusterB, got.UID, local.UID)
+		return fmt.Errorf("%s/%s in %s was replaced (uid %s, was %s)", demoNS, localName, testenv.ClusterB, got.UID, local.UID)
 	case got.ResourceVersion != local.ResourceVersion:
-		return fmt.Errorf("%s/%s in %s was modified (resourceVersion %s, was %s)", demoNS, localName, clusterB, got.ResourceVersion, local.ResourceVersion)
+		return fmt.Errorf("%s/%s in %s was modified (resourceVersion %s, was %s)", demoNS, localName, testenv.ClusterB, got.ResourceVersion, local.ResourceVersion)
 	case !dataEqual(got.Data, local.Data) || got.Labels[managedLabel] != "":
-		return fmt.Errorf("%s/%s in %s changed", demoNS, localName, clusterB)
+		return fmt.Errorf("%s/%s in %s changed", demoNS, localName, testenv.ClusterB)
 	}
-	d.out.ok("%s/%s in %s is untouched: same uid, resourceVersion %s, its own data", demoNS, localName, clusterB, got.ResourceVersion)
+	d.out.ok("%s/%s in %s is untouched: same uid, resourceVersion %s, its own data", demoNS, localName, testenv.ClusterB, got.ResourceVersion)
 
 	var event *corev1.Event
 	_, err = d.waitFor(ctx, start, func(ctx context.Context) error {
@@ -329,9 +331,9 @@ func (d *demo) stepUnmanaged(ctx context.Context) error {
 		return fmt.Errorf("no Warning NotManaged Event on %s/%s among %d Events", demoNS, localName, len(list.Items))
 	})
 	if err != nil {
-		return fmt.Errorf("event in %s: %w", clusterB, err)
+		return fmt.Errorf("event in %s: %w", testenv.ClusterB, err)
 	}
-	d.out.ok("a Warning Event on it in %s (kubectl describe shows it):", clusterB)
+	d.out.ok("a Warning Event on it in %s (kubectl describe shows it):", testenv.ClusterB)
 	d.out.block(fmt.Sprintf("%s  %s  %s", event.Type, event.Reason, event.Message))
 	if v, err := d.follower.metric(ctx, "kube_secret_sync_unmanaged_conflicts_total"); err == nil {
 		d.out.info("the follower's metric kube_secret_sync_unmanaged_conflicts_total is %g", v)
@@ -350,9 +352,9 @@ func (d *demo) stepUnlabel(ctx context.Context) error {
 	delete(upd.Labels, syncLabel)
 	start := time.Now()
 	if _, err := d.a.CoreV1().Secrets(demoNS).Update(ctx, upd, metav1.UpdateOptions{}); err != nil {
-		return fmt.Errorf("unlabel %s/%s in %s: %w", demoNS, tlsName, clusterA, err)
+		return fmt.Errorf("unlabel %s/%s in %s: %w", demoNS, tlsName, testenv.ClusterA, err)
 	}
-	d.out.info("removed the label %s from %s/%s in %s (the Secret stays there)", syncLabel, demoNS, tlsName, clusterA)
+	d.out.info("removed the label %s from %s/%s in %s (the Secret stays there)", syncLabel, demoNS, tlsName, testenv.ClusterA)
 	took, err := d.waitFor(ctx, start, func(ctx context.Context) error {
 		_, err := d.b.CoreV1().Secrets(demoNS).Get(ctx, tlsName, metav1.GetOptions{})
 		if apierrors.IsNotFound(err) {
@@ -361,12 +363,12 @@ func (d *demo) stepUnlabel(ctx context.Context) error {
 		if err != nil {
 			return err
 		}
-		return fmt.Errorf("%s/%s still in %s", demoNS, tlsName, clusterB)
+		return fmt.Errorf("%s/%s still in %s", demoNS, tlsName, testenv.ClusterB)
 	})
 	if err != nil {
-		return fmt.Errorf("removal of %s/%s from %s: %w", demoNS, tlsName, clusterB, err)
+		return fmt.Errorf("removal of %s/%s from %s: %w", demoNS, tlsName, testenv.ClusterB, err)
 	}
-	d.out.ok("the copy is gone from %s after %s", clusterB, secs(took))
+	d.out.ok("the copy is gone from %s after %s", testenv.ClusterB, secs(took))
 	var tombstone bool
 	var version int64
 	err = d.db.QueryRow(ctx, `SELECT tombstone, version FROM kss_secrets WHERE namespace = $1 AND name = $2`, demoNS, tlsName).Scan(&tombstone, &version)
@@ -378,7 +380,7 @@ func (d *demo) stepUnlabel(ctx context.Context) error {
 	}
 	d.out.ok("its row is now a tombstone (version %d)", version)
 	if _, err := d.b.CoreV1().Secrets(demoNS).Get(ctx, localName, metav1.GetOptions{}); err != nil {
-		return fmt.Errorf("the unmanaged %s/%s in %s: %w", demoNS, localName, clusterB, err)
+		return fmt.Errorf("the unmanaged %s/%s in %s: %w", demoNS, localName, testenv.ClusterB, err)
 	}
 	d.record("unlabelled in cluster-a → removed from cluster-b", "after "+secs(took))
 	return nil
