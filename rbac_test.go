@@ -143,17 +143,7 @@ func TestNamespacedInstall(t *testing.T) {
 	// Warning Event on it needs the Events grant of the listed namespace.
 	mine := mustCreate(t, dst, &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: "local"}, Data: map[string][]byte{"k": []byte("mine")}})
 	mustCreate(t, src, labelled("local", map[string]string{"k": secretValue}))
-	eventually(t, syncTimeout, func() error {
-		evs, err := e.follower.Clientset.CoreV1().Events(e.ns).List(t.Context(), metav1.ListOptions{
-			FieldSelector: "involvedObject.name=local,reason=NotManaged"})
-		if err != nil {
-			return err
-		}
-		if len(evs.Items) == 0 {
-			return errors.New("no NotManaged Event yet")
-		}
-		return nil
-	})
+	e.waitEvent("local", "NotManaged")
 	got, err := dst.Get(t.Context(), "local", metav1.GetOptions{})
 	if err != nil {
 		t.Fatalf("unmanaged Secret local: %v", err)

@@ -39,21 +39,9 @@ func (e *syncEnv) readRow(name string) Row {
 // an error line in the logs.
 func (e *syncEnv) rowRejected(name, reason string) {
 	e.t.Helper()
-	eventually(e.t, syncTimeout, func() error {
-		evs, err := e.follower.Clientset.CoreV1().Events(e.ns).List(e.t.Context(), metav1.ListOptions{
-			FieldSelector: "involvedObject.kind=Secret,involvedObject.name=" + name + ",reason=RowRejected",
-		})
-		if err != nil {
-			return err
-		}
-		if len(evs.Items) == 0 {
-			return fmt.Errorf("no RowRejected Event for %s", name)
-		}
-		if msg := evs.Items[0].Message; !strings.Contains(msg, "("+reason+")") {
-			return fmt.Errorf("Event for %s: %q; want reason %s", name, msg, reason)
-		}
-		return nil
-	})
+	if msg := e.waitEvent(name, "RowRejected"); !strings.Contains(msg, "("+reason+")") {
+		e.t.Errorf("RowRejected Event for %s: %q; want reason %s", name, msg, reason)
+	}
 	for line := range strings.Lines(e.logs.String()) {
 		var entry map[string]any
 		if json.Unmarshal([]byte(line), &entry) != nil {

@@ -7,7 +7,6 @@ package main
 import (
 	"bytes"
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"maps"
@@ -324,6 +323,27 @@ func (e *syncEnv) waitSynced(name string) *corev1.Secret {
 	return dst
 }
 
+// waitEvent waits for an Event with reason on the Secret name in the
+// follower's cluster, and returns its message.
+func (e *syncEnv) waitEvent(name, reason string) string {
+	e.t.Helper()
+	var msg string
+	eventually(e.t, syncTimeout, func() error {
+		evs, err := e.follower.Clientset.CoreV1().Events(e.ns).List(e.t.Context(), metav1.ListOptions{
+			FieldSelector: "involvedObject.kind=Secret,involvedObject.name=" + name + ",reason=" + reason,
+		})
+		if err != nil {
+			return err
+		}
+		if len(evs.Items) == 0 {
+			return fmt.Errorf("no %s Event for %s yet", reason, name)
+		}
+		msg = evs.Items[0].Message
+		return nil
+	})
+	return msg
+}
+
 func (e *syncEnv) waitGone(name string) {
 	e.t.Helper()
 	eventually(e.t, syncTimeout, func() error {
@@ -453,17 +473,7 @@ func TestUnmanagedSecretIsLeftAlone(t *testing.T) {
 	mustCreate(t, src, labelled("other", map[string]string{"k": "v"}))
 	e.waitSynced("other")
 	// The conflict is reported with an Event on the unmanaged Secret.
-	eventually(t, syncTimeout, func() error {
-		evs, err := e.follower.Clientset.CoreV1().Events(e.ns).List(t.Context(), metav1.ListOptions{
-			FieldSelector: "involvedObject.name=shared-name,reason=NotManaged"})
-		if err != nil {
-			return err
-		}
-		if len(evs.Items) == 0 {
-			return errors.New("no NotManaged event yet")
-		}
-		return nil
-	})
+	e.waitEvent("shared-name", "NotManaged")
 	// Deleting the source writes a tombstone; the unmanaged Secret must
 	// survive that too.
 	if err := src.Delete(t.Context(), "shared-name", metav1.DeleteOptions{}); err != nil {
