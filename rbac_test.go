@@ -24,7 +24,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/sirupsen/logrus"
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
@@ -103,8 +102,8 @@ func TestNamespacedInstall(t *testing.T) {
 	}
 
 	var refused refusals
-	e.startRecordingRefusals(leaderCfg, &refused)
-	e.startRecordingRefusals(followerCfg, &refused)
+	e.startWrapped(leaderCfg, refused.wrap)
+	e.startWrapped(followerCfg, refused.wrap)
 	src, dst := e.secrets(e.leader), e.secrets(e.follower)
 
 	// A Secret in each listed namespace syncs.
@@ -447,22 +446,4 @@ func (r *refusals) list() []string {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	return slices.Clone(r.reqs)
-}
-
-// startRecordingRefusals is e.start, with the daemon's requests that the
-// API server refuses recorded in refused. (e.start puts its own hook on the
-// daemon's transport, so it cannot be reused as is.)
-func (e *syncEnv) startRecordingRefusals(cfg *Config, refused *refusals) *daemon {
-	e.t.Helper()
-	ctx, cancel := context.WithCancel(context.Background())
-	d := &daemon{cancel: cancel, done: make(chan error, 1), writes: &writeCounter{}, metrics: cfg.MetricsAddr}
-	cfg.wrapTransport = func(rt http.RoundTripper) http.RoundTripper { return d.writes.wrap(refused.wrap(rt)) }
-	l := logrus.New()
-	l.SetOutput(io.MultiWriter(e.logs, testWriter{e.t}))
-	l.SetFormatter(&logrus.JSONFormatter{})
-	l.SetLevel(logrus.DebugLevel)
-	log := l.WithField("cluster", cfg.ClusterName)
-	go func() { d.done <- run(ctx, cfg, log) }()
-	e.t.Cleanup(func() { d.stop(e.t) })
-	return d
 }

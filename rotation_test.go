@@ -11,7 +11,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/sirupsen/logrus"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -211,10 +210,7 @@ func TestKeyRotationEndToEnd(t *testing.T) {
 		return nil
 	})
 	// 3. Rotate the rest.
-	l := logrus.New()
-	l.SetOutput(e.logs)
-	l.SetFormatter(&logrus.JSONFormatter{})
-	if err := runRotateKey(t.Context(), e.keyedConfig(true, rotatedKey, testKey), l.WithField("cmd", "rotate-key")); err != nil {
+	if err := runRotateKey(t.Context(), e.keyedConfig(true, rotatedKey, testKey), e.logger("rotate-key")); err != nil {
 		t.Fatalf("rotate-key: %v", err)
 	}
 	w.lookedAgain(t)
@@ -269,10 +265,7 @@ func TestRotateKeyLeavesUnreadableRowsAlone(t *testing.T) {
 	e.writeRowAs(mustKeys(t, testKey), "cluster-a", "old-key", p)
 	before := e.readRow("unknown-key")
 
-	l := logrus.New()
-	l.SetOutput(e.logs)
-	l.SetFormatter(&logrus.JSONFormatter{})
-	err = runRotateKey(t.Context(), e.keyedConfig(true, rotatedKey, testKey), l.WithField("cmd", "rotate-key"))
+	err = runRotateKey(t.Context(), e.keyedConfig(true, rotatedKey, testKey), e.logger("rotate-key"))
 	if err == nil || !strings.Contains(err.Error(), "unknown-key") {
 		t.Errorf("rotate-key with an unreadable row = %v; want an error naming it", err)
 	}

@@ -118,19 +118,32 @@ type daemon struct {
 }
 
 // start runs the daemon until the test ends (or stop is called).
-func (e *syncEnv) start(cfg *Config) *daemon {
+func (e *syncEnv) start(cfg *Config) *daemon { return e.startWrapped(cfg, nil) }
+
+// startWrapped is start with wrap (if not nil) under the daemon's write
+// counter on its Kubernetes transport.
+func (e *syncEnv) startWrapped(cfg *Config, wrap func(http.RoundTripper) http.RoundTripper) *daemon {
 	e.t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	d := &daemon{cancel: cancel, done: make(chan error, 1), writes: &writeCounter{}, metrics: cfg.MetricsAddr}
 	cfg.wrapTransport = d.writes.wrap
+	if wrap != nil {
+		cfg.wrapTransport = func(rt http.RoundTripper) http.RoundTripper { return d.writes.wrap(wrap(rt)) }
+	}
+	log := e.logger(cfg.ClusterName)
+	go func() { d.done <- run(ctx, cfg, log) }()
+	e.t.Cleanup(func() { d.stop(e.t) })
+	return d
+}
+
+// logger is a debug-level JSON logger writing to the test's log and to
+// e.logs, which checkLogs searches for secrets.
+func (e *syncEnv) logger(cluster string) *logrus.Entry {
 	l := logrus.New()
 	l.SetOutput(io.MultiWriter(e.logs, testWriter{e.t}))
 	l.SetFormatter(&logrus.JSONFormatter{})
 	l.SetLevel(logrus.DebugLevel)
-	log := l.WithField("cluster", cfg.ClusterName)
-	go func() { d.done <- run(ctx, cfg, log) }()
-	e.t.Cleanup(func() { d.stop(e.t) })
-	return d
+	return l.WithField("cluster", cluster)
 }
 
 func (d *daemon) stop(t testing.TB) {
