@@ -151,6 +151,22 @@ func (w *workload) setUp(ctx context.Context) error {
 	return nil
 }
 
+// sourceCopies returns the workload's Secrets spread over a fresh set of
+// namespaces named after writer, for a writer that is not the follower. They
+// carry not the selection label but benchLabel=writer: nothing should
+// mistake them for sources or copies.
+func (w *workload) sourceCopies(writer string) ([]string, []*corev1.Secret) {
+	namespaces := namespaceNames(w.prefix+"-"+writer, w.opts.namespaces)
+	secrets := make([]*corev1.Secret, len(w.sources))
+	for i, s := range w.sources {
+		s = s.DeepCopy()
+		s.Namespace = namespaces[i%len(namespaces)]
+		s.Labels = map[string]string{benchLabel: writer}
+		secrets[i] = s
+	}
+	return namespaces, secrets
+}
+
 // bareWriter creates the same Secrets in fresh namespaces of cluster-b the
 // way the follower could at best: its concurrency, its client limits.
 func (w *workload) bareWriter(ctx context.Context) error {
@@ -158,16 +174,7 @@ func (w *workload) bareWriter(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	namespaces := namespaceNames(w.prefix+"-bare", w.opts.namespaces)
-	secrets := make([]*corev1.Secret, len(w.sources))
-	for i, s := range w.sources {
-		s = s.DeepCopy()
-		s.Namespace = namespaces[i%len(namespaces)]
-		// Not the selection label: nothing should mistake these for
-		// sources or copies.
-		s.Labels = map[string]string{benchLabel: "bare"}
-		secrets[i] = s
-	}
+	namespaces, secrets := w.sourceCopies("bare")
 	w.logf("N=%d: bare writer: %d Secrets + %d namespaces into %s, %d workers, QPS %g, burst %d",
 		w.n, w.n, len(namespaces), testenv.ClusterB, w.client.workers, w.client.qps, w.client.burst)
 	start := time.Now()
@@ -193,14 +200,7 @@ func (w *workload) unthrottledWriter(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	namespaces := namespaceNames(w.prefix+"-unthrottled", w.opts.namespaces)
-	secrets := make([]*corev1.Secret, len(w.sources))
-	for i, s := range w.sources {
-		s = s.DeepCopy()
-		s.Namespace = namespaces[i%len(namespaces)]
-		s.Labels = map[string]string{benchLabel: "unthrottled"}
-		secrets[i] = s
-	}
+	namespaces, secrets := w.sourceCopies("unthrottled")
 	w.logf("N=%d: unthrottled writer: %d Secrets + %d namespaces into %s, %d workers, no client rate limit",
 		w.n, w.n, len(namespaces), testenv.ClusterB, w.opts.createWorkers)
 	start := time.Now()
