@@ -11,7 +11,6 @@ import (
 	"strings"
 	"text/tabwriter"
 	"time"
-	"unicode/utf8"
 
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -51,7 +50,6 @@ type Config struct {
 	PodName           string   `envconfig:"POD_NAME" desc:"identity in the Lease (default: hostname)"`
 
 	// Derived at load time.
-	keys     *Keyring
 	selector labels.Selector
 
 	// wrapTransport, if set, wraps the Kubernetes client's transport
@@ -100,7 +98,7 @@ func loadConfig() (*Config, error) {
 	return &c, nil
 }
 
-// validate checks every setting and derives the keys and selector.
+// validate checks every setting and derives the selector.
 func (c *Config) validate() error {
 	if c.DSN == "" {
 		return errors.New("DSN is required")
@@ -110,21 +108,9 @@ func (c *Config) validate() error {
 	if _, err := pgxpool.ParseConfig(c.DSN); err != nil {
 		return errors.New(dsnError)
 	}
-	if c.EncryptionKey == "" {
-		return errors.New("ENCRYPTION_KEY is required")
+	if _, err := c.keyring(); err != nil {
+		return err
 	}
-	if _, err := NewKeys(c.EncryptionKey); err != nil {
-		return fmt.Errorf("invalid ENCRYPTION_KEY: %w", err)
-	}
-	previous, err := splitKeys(c.PreviousKeys)
-	if err != nil {
-		return fmt.Errorf("invalid PREVIOUS_ENCRYPTION_KEYS: %w", err)
-	}
-	keys, err := NewKeyring(c.EncryptionKey, previous...)
-	if err != nil {
-		return fmt.Errorf("invalid PREVIOUS_ENCRYPTION_KEYS: %w", err)
-	}
-	c.keys = keys
 	// The upper bound keeps Tick() far from overflowing time.Duration
 	// (a negative interval panics in time.NewTicker).
 	if c.TickSeconds < 1 || c.TickSeconds > maxTickSeconds {
@@ -187,35 +173,25 @@ func (c *Config) validate() error {
 	return nil
 }
 
-// splitKeys splits PREVIOUS_ENCRYPTION_KEYS. Every key is exactly 32
-// ASCII characters, so the list is cut by position, not at every comma: a
-// key may itself contain a comma (an ENCRYPTION_KEY was never restricted),
-// and it can still be listed. Errors give positions and lengths, never
-// key material.
-func splitKeys(list string) ([]string, error) {
-	if list == "" {
-		return nil, nil
+// keyring builds the keyring of ENCRYPTION_KEY and
+// PREVIOUS_ENCRYPTION_KEYS. The rules for keys are crypto.go's; this only
+// names the variable in the error, never a value.
+func (c *Config) keyring() (*Keyring, error) {
+	if c.EncryptionKey == "" {
+		return nil, errors.New("ENCRYPTION_KEY is required")
 	}
-	for i := 0; i < len(list); i++ {
-		if list[i] >= utf8.RuneSelf {
-			return nil, fmt.Errorf("%w: use ASCII characters only", ErrKeyLength)
-		}
+	if _, err := NewKeys(c.EncryptionKey); err != nil {
+		return nil, fmt.Errorf("invalid ENCRYPTION_KEY: %w", err)
 	}
-	var keys []string
-	for {
-		if len(list) < 32 {
-			return nil, fmt.Errorf("previous key %d: %w: got %d", len(keys)+1, ErrKeyLength, len(list))
-		}
-		keys = append(keys, list[:32])
-		list = list[32:]
-		if list == "" {
-			return keys, nil
-		}
-		if list[0] != ',' {
-			return nil, fmt.Errorf("previous key %d: %w, with a comma between two keys", len(keys), ErrKeyLength)
-		}
-		list = list[1:]
+	previous, err := splitKeys(c.PreviousKeys)
+	if err != nil {
+		return nil, fmt.Errorf("invalid PREVIOUS_ENCRYPTION_KEYS: %w", err)
 	}
+	keys, err := NewKeyring(c.EncryptionKey, previous...)
+	if err != nil {
+		return nil, fmt.Errorf("invalid PREVIOUS_ENCRYPTION_KEYS: %w", err)
+	}
+	return keys, nil
 }
 
 // dsnError is the whole message for a DSN that pgx refuses: its parse

@@ -253,7 +253,8 @@ func checkLoadedConfig(t *testing.T, env map[string]string, c *Config) {
 	if len(key) != 32 || utf8.RuneCountInString(key) != 32 {
 		t.Fatalf("accepted an ENCRYPTION_KEY of %d bytes in %d characters; want 32 ASCII characters", len(key), utf8.RuneCountInString(key))
 	}
-	if k, err := NewKeys(key); err != nil || c.keys == nil || c.keys.ID() != k.ID() {
+	ring, ringErr := c.keyring()
+	if k, err := NewKeys(key); err != nil || ringErr != nil || ring.ID() != k.ID() {
 		t.Fatalf("keys not derived from ENCRYPTION_KEY (NewKeys: %v)", err)
 	}
 	if c.selector == nil || c.selector.Empty() {

@@ -77,6 +77,16 @@ func mustLoadConfig(t *testing.T, env map[string]string) *Config {
 	return c
 }
 
+// mustConfigKeyring is the keyring that c's key settings describe.
+func mustConfigKeyring(tb testing.TB, c *Config) *Keyring {
+	tb.Helper()
+	keys, err := c.keyring()
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return keys
+}
+
 func TestLoadConfigDefaults(t *testing.T) {
 	c := mustLoadConfig(t, validEnv(nil))
 	checks := []struct {
@@ -104,7 +114,7 @@ func TestLoadConfigDefaults(t *testing.T) {
 		{"Namespaces", len(c.Namespaces), 0},
 		{"ExcludeNamespaces", len(c.ExcludeNamespaces), 0},
 		{"Kubeconfig", c.Kubeconfig, ""},
-		{"keys derived", c.keys != nil && c.keys.ID() == mustKeys(t, configTestKey).ID(), true},
+		{"keys derived", mustConfigKeyring(t, c).ID() == mustKeys(t, configTestKey).ID(), true},
 		{"PodNamespace set", c.PodNamespace != "", true},
 		{"namespaceAllowed(any)", c.namespaceAllowed("anything"), true},
 	}

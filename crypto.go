@@ -1,5 +1,8 @@
-// This file holds the wire format of kube-secret-sync: how a Secret is sealed
-// before it reaches the shared SQL database and opened again on a follower.
+// This file holds the wire format of kube-secret-sync (how a Secret is sealed
+// before it reaches the shared SQL database and opened again on a follower)
+// and the rules for its keys: what a valid key is, how a list of keys is
+// written, how a fresh one is generated, and the keyring that holds them.
+// The keyed change hash is in hash.go.
 //
 // Threat model: anyone who can read the database must learn nothing beyond a
 // row's namespace and name (not key names, labels, annotations or whether two
@@ -9,9 +12,10 @@
 // Secret by flipping a column. Everything a follower acts on is therefore
 // inside the AES-256-GCM ciphertext or bound to it as associated data.
 //
-// Deliberately free of Kubernetes and database imports, and randomness is a
-// parameter, so that the format can be tested deterministically and
-// re-implemented from this file alone.
+// Deliberately free of Kubernetes and database imports (boundary_test.go
+// fails the build's tests otherwise), and randomness is a parameter, so that
+// the format can be tested deterministically and re-implemented from this
+// file and hash.go alone.
 
 package main
 
@@ -21,12 +25,12 @@ import (
 	"crypto/hkdf"
 	"crypto/hmac"
 	"crypto/sha256"
+	"encoding/base64"
 	"encoding/binary"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"hash"
 	"io"
 	"slices"
 	"sync"
@@ -162,6 +166,51 @@ func NewKeys(key string) (*Keys, error) {
 // instead of a misleading ErrAuth. It is an independent HKDF output, so it
 // reveals nothing about the AES or MAC key.
 func (k *Keys) ID() string { return k.id }
+
+// splitKeys splits a list of keys (PREVIOUS_ENCRYPTION_KEYS). Every key is exactly 32
+// ASCII characters, so the list is cut by position, not at every comma: a
+// key may itself contain a comma (an ENCRYPTION_KEY was never restricted),
+// and it can still be listed. Errors give positions and lengths, never
+// key material.
+func splitKeys(list string) ([]string, error) {
+	if list == "" {
+		return nil, nil
+	}
+	for i := 0; i < len(list); i++ {
+		if list[i] >= utf8.RuneSelf {
+			return nil, fmt.Errorf("%w: use ASCII characters only", ErrKeyLength)
+		}
+	}
+	var keys []string
+	for {
+		if len(list) < 32 {
+			return nil, fmt.Errorf("previous key %d: %w: got %d", len(keys)+1, ErrKeyLength, len(list))
+		}
+		keys = append(keys, list[:32])
+		list = list[32:]
+		if list == "" {
+			return keys, nil
+		}
+		if list[0] != ',' {
+			return nil, fmt.Errorf("previous key %d: %w, with a comma between two keys", len(keys), ErrKeyLength)
+		}
+		list = list[1:]
+	}
+}
+
+// keygenBytes random bytes make exactly 32 base64 characters: 192 bits,
+// from the URL-safe alphabet (no comma, quote or slash to escape in a
+// YAML file or a shell).
+const keygenBytes = 24
+
+// generateKey returns a fresh random key suitable for ENCRYPTION_KEY.
+func generateKey(rand io.Reader) (string, error) {
+	b := make([]byte, keygenBytes)
+	if _, err := io.ReadFull(rand, b); err != nil {
+		return "", fmt.Errorf("read random bytes: %w", err)
+	}
+	return base64.RawURLEncoding.EncodeToString(b), nil
+}
 
 // Keyring is the current key, which seals and hashes everything written,
 // plus the previous keys of a rotation, which still open (and hash) rows
@@ -392,136 +441,4 @@ func checkUTF8(p *Payload) error {
 		}
 	}
 	return nil
-}
-
-// Hash returns the keyed change hash stored next to the row, 32 bytes:
-// HMAC-SHA256 under the MAC subkey of
-//
-//	lp("kube-secret-sync hash v1") || lp(namespace) || lp(name) ||
-//	bool(Deleted) || lp(Type) || bool(Immutable) ||
-//	map(Data) || map(Labels) || map(Annotations)
-//
-// where lp is as in associatedData, bool is one byte 0 or 1, and map(m) =
-// uint64be(len(m)) followed by lp(key) || lp(value) for each key in sorted
-// order. The count prefix makes a label moved to the annotations a change.
-//
-// It is keyed so a database reader cannot test guesses of a value, and it
-// includes namespace and name so two rows with equal content do not show
-// equal hashes. UpdatedAt is excluded so an unchanged Secret hashes the same
-// on every tick. nil and empty maps hash the same. A nil p hashes as an
-// empty Payload.
-func (k *Keys) Hash(namespace, name string, p *Payload) []byte {
-	if p == nil {
-		p = &Payload{}
-	}
-	h := k.macs.Get().(*hashState)
-	h.mac.Reset()
-	h.writeString(domainHash)
-	h.writeString(namespace)
-	h.writeString(name)
-	h.writeBool(p.Deleted)
-	h.writeString(p.Type)
-	h.writeBool(p.Immutable)
-
-	h.writeUint64(uint64(len(p.Data)))
-	h.keys = appendSortedKeys(h.keys[:0], p.Data)
-	for _, key := range h.keys {
-		h.writeString(key)
-		h.writeBytes(p.Data[key])
-	}
-	h.writeStringMap(p.Labels)
-	h.writeStringMap(p.Annotations)
-
-	h.flush()
-	sum := h.mac.Sum(make([]byte, 0, sha256.Size))
-	// Do not keep Secret key names alive in the pool.
-	clear(h.keys[:cap(h.keys)])
-	clear(h.buf[:cap(h.buf)])
-	h.keys, h.buf = h.keys[:0], h.buf[:0]
-	k.macs.Put(h)
-	return sum
-}
-
-// hashState is one HMAC with scratch space, pooled per Keys so that Hash
-// does not allocate beyond its result: small fields are batched in buf (an
-// hmac Write per length prefix would dominate), large values go straight to
-// the MAC without a copy.
-type hashState struct {
-	mac  hash.Hash
-	buf  []byte
-	keys []string
-}
-
-// hashBufSize is both the batching buffer's size and the threshold above
-// which a value bypasses it.
-const hashBufSize = 1024
-
-func (h *hashState) flush() {
-	if len(h.buf) > 0 {
-		h.mac.Write(h.buf)
-		h.buf = h.buf[:0]
-	}
-}
-
-func (h *hashState) reserve(n int) {
-	if h.buf == nil {
-		h.buf = make([]byte, 0, hashBufSize)
-	}
-	if len(h.buf)+n > cap(h.buf) {
-		h.flush()
-	}
-}
-
-func (h *hashState) writeUint64(v uint64) {
-	h.reserve(8)
-	h.buf = binary.BigEndian.AppendUint64(h.buf, v)
-}
-
-func (h *hashState) writeBool(v bool) {
-	h.reserve(1)
-	if v {
-		h.buf = append(h.buf, 1)
-	} else {
-		h.buf = append(h.buf, 0)
-	}
-}
-
-func (h *hashState) writeBytes(v []byte) {
-	h.writeUint64(uint64(len(v)))
-	if len(v) > hashBufSize {
-		h.flush()
-		h.mac.Write(v)
-		return
-	}
-	h.reserve(len(v))
-	h.buf = append(h.buf, v...)
-}
-
-// writeString copies s through buf in chunks: converting it to []byte for
-// mac.Write would allocate a copy as large as s (annotations can be big).
-func (h *hashState) writeString(s string) {
-	h.writeUint64(uint64(len(s)))
-	for len(s) > 0 {
-		h.reserve(min(len(s), hashBufSize))
-		n := min(len(s), cap(h.buf)-len(h.buf))
-		h.buf = append(h.buf, s[:n]...)
-		s = s[n:]
-	}
-}
-
-func (h *hashState) writeStringMap(m map[string]string) {
-	h.writeUint64(uint64(len(m)))
-	h.keys = appendSortedKeys(h.keys[:0], m)
-	for _, key := range h.keys {
-		h.writeString(key)
-		h.writeString(m[key])
-	}
-}
-
-func appendSortedKeys[V any](dst []string, m map[string]V) []string {
-	for key := range m {
-		dst = append(dst, key)
-	}
-	slices.Sort(dst)
-	return dst
 }

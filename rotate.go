@@ -17,27 +17,12 @@ package main
 import (
 	"context"
 	crand "crypto/rand"
-	"encoding/base64"
 	"errors"
 	"fmt"
 	"io"
 
 	"github.com/sirupsen/logrus"
 )
-
-// keygenBytes random bytes make exactly 32 base64 characters: 192 bits,
-// from the URL-safe alphabet (no comma, quote or slash to escape in a
-// YAML file or a shell).
-const keygenBytes = 24
-
-// generateKey returns a fresh random key suitable for ENCRYPTION_KEY.
-func generateKey(rand io.Reader) (string, error) {
-	b := make([]byte, keygenBytes)
-	if _, err := io.ReadFull(rand, b); err != nil {
-		return "", fmt.Errorf("read random bytes: %w", err)
-	}
-	return base64.RawURLEncoding.EncodeToString(b), nil
-}
 
 // rotatePage is how many rows one re-encrypting transaction rewrites.
 const rotatePage = writeChunk
@@ -72,10 +57,7 @@ func rotateKeys(ctx context.Context, store *Store, keys *Keyring, rand io.Reader
 		var todo []Row
 		for i := range rows {
 			r := &rows[i]
-			p, err := keys.Open(r.Binding(), r.KeyID, r.Ciphertext)
-			if err == nil && p.Deleted != r.Tombstone {
-				err = fmt.Errorf("%w: tombstone column disagrees with the sealed payload", ErrAuth)
-			}
+			p, err := openRow(keys, r)
 			if err != nil {
 				res.Skipped++
 				log.WithFields(logrus.Fields{"namespace": r.Namespace, "name": r.Name, "version": r.Version, "reason": rejectReason(err)}).
@@ -120,16 +102,20 @@ func runRotateKey(ctx context.Context, cfg *Config, log *logrus.Entry) error {
 	if err := store.Migrate(ctx, cfg.PodName); err != nil {
 		return fmt.Errorf("database: %w", err)
 	}
-	res, err := rotateKeys(ctx, store, cfg.keys, crand.Reader, log)
+	keys, err := cfg.keyring()
+	if err != nil {
+		return err
+	}
+	res, err := rotateKeys(ctx, store, keys, crand.Reader, log)
 	if err != nil {
 		return err
 	}
 	log.WithFields(logrus.Fields{
-		"key_id": cfg.keys.ID(), "rotated": res.Rotated, "unreadable": res.Skipped, "changed_meanwhile": res.Moved,
+		"key_id": keys.ID(), "rotated": res.Rotated, "unreadable": res.Skipped, "changed_meanwhile": res.Moved,
 	}).Info("rotation pass done")
 	// Rows changed meanwhile were written by a leader under its current
 	// key; count what is really left.
-	left, err := store.RowsNotUnder(ctx, cfg.keys.ID(), ObjectKey{}, 1)
+	left, err := store.RowsNotUnder(ctx, keys.ID(), ObjectKey{}, 1)
 	if err != nil {
 		return err
 	}

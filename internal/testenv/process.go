@@ -24,6 +24,7 @@ import (
 	"strings"
 	"sync"
 	"syscall"
+	"testing"
 	"time"
 )
 
@@ -41,6 +42,12 @@ type process struct {
 }
 
 func startProcess(name string, cred *syscall.Credential, dir string, bin string, args ...string) (*process, error) {
+	// `go test -short` runs unit tests only; a test that gets here under
+	// -short lacks its SkipShort, which must fail loudly, not slow the
+	// unit suite down.
+	if testing.Testing() && testing.Short() {
+		panic("testenv: " + name + " started under -short: the test needs testenv.SkipShort (or a helper that calls it)")
+	}
 	cmd := exec.Command(bin, args...)
 	cmd.Dir = dir
 	cmd.Env = append(os.Environ(), "GOMAXPROCS=2")

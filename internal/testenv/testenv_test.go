@@ -6,7 +6,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/jackc/pgx/v5"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -112,8 +111,8 @@ func TestPostgresDatabasePerTest(t *testing.T) {
 		t.Fatalf("two calls returned the same DSN %s", dsn1)
 	}
 	ctx := t.Context()
-	c1 := mustConnect(t, dsn1)
-	c2 := mustConnect(t, dsn2)
+	c1 := MustConnect(t, dsn1)
+	c2 := MustConnect(t, dsn2)
 	if _, err := c1.Exec(ctx, "CREATE TABLE only_here (id int)"); err != nil {
 		t.Fatal(err)
 	}
@@ -129,16 +128,6 @@ func TestPostgresDatabasePerTest(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Logf("PostgreSQL %s", version)
-}
-
-func mustConnect(tb testing.TB, dsn string) *pgx.Conn {
-	tb.Helper()
-	conn, err := pgx.Connect(tb.Context(), dsn)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	tb.Cleanup(func() { conn.Close(context.Background()) })
-	return conn
 }
 
 func mustCreateSecret(tb testing.TB, cs kubernetes.Interface, ns, name string) {

@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -41,6 +42,18 @@ func Run(m *testing.M) int {
 	return code
 }
 
+// SkipShort skips tb under `go test -short`: a test that needs a real
+// server is an end-to-end test, and -short runs the unit tests only. Every
+// helper here that starts or hands out a server calls it first, so such a
+// test never starts one under -short. Unlike Missing, it skips in CI too:
+// -short is asked for, not a component that is absent.
+func SkipShort(tb testing.TB) {
+	tb.Helper()
+	if testing.Short() {
+		tb.Skip("end-to-end: needs real servers; skipped with -short")
+	}
+}
+
 // Missing reports a component a test needs but cannot have. In CI
 // (CI=true) that is a failure: an integration test must never skip there.
 // Elsewhere the test is skipped with a hint at the command that provides it.
@@ -56,6 +69,7 @@ func Missing(tb testing.TB, err error) {
 // shared PostgreSQL server.
 func PostgresDSN(tb testing.TB) string {
 	tb.Helper()
+	SkipShort(tb)
 	shared.mu.Lock()
 	if shared.pg == nil && shared.pgErr == nil {
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
@@ -78,6 +92,7 @@ func PostgresDSN(tb testing.TB) string {
 // starting the ones not yet running. Use Namespace for isolation.
 func Clusters(tb testing.TB, n int) []*Cluster {
 	tb.Helper()
+	SkipShort(tb)
 	assets, err := KubeAssetsDir()
 	if err != nil {
 		Missing(tb, err)
@@ -152,4 +167,15 @@ func UniqueName(tb testing.TB) string {
 	suffix := make([]byte, 3)
 	_, _ = rand.Read(suffix)
 	return strings.Trim(b.String(), "-") + "-" + hex.EncodeToString(suffix)
+}
+
+// MustConnect opens a connection to dsn, closed when the test ends.
+func MustConnect(tb testing.TB, dsn string) *pgx.Conn {
+	tb.Helper()
+	conn, err := pgx.Connect(tb.Context(), dsn)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { conn.Close(context.Background()) })
+	return conn
 }

@@ -12,6 +12,7 @@ import (
 
 // TestSubcommands runs the real binary's keygen, migrate and rotate-key.
 func TestSubcommands(t *testing.T) {
+	testenv.SkipShort(t)
 	bin := buildBinary(t)
 	run := func(t *testing.T, env []string, args ...string) (stdout, stderr string, code int) {
 		return runBinary(t, bin, env, args...)

@@ -64,22 +64,12 @@ func grantsSteps(tb testing.TB, suffix string) map[int]string {
 // psql -f would.
 func mustRunSQL(tb testing.TB, dsn, script string) {
 	tb.Helper()
-	conn := mustConnect(tb, dsn)
+	conn := testenv.MustConnect(tb, dsn)
 	for _, stmt := range splitStatements(script) {
 		if _, err := conn.Exec(tb.Context(), stmt); err != nil {
 			tb.Fatalf("%s: %v", stmt, err)
 		}
 	}
-}
-
-func mustConnect(tb testing.TB, dsn string) *pgx.Conn {
-	tb.Helper()
-	conn, err := pgx.Connect(tb.Context(), dsn)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	tb.Cleanup(func() { conn.Close(context.Background()) })
-	return conn
 }
 
 // grantsEnv is one test database with the script's roles.
@@ -106,7 +96,7 @@ func newGrantsEnv(tb testing.TB, adminDSN string) *grantsEnv {
 	db := strings.TrimPrefix(u.Path, "/")
 	g := &grantsEnv{admin: adminDSN, dsn: map[string]string{}, role: map[string]string{}, steps: grantsSteps(tb, db)}
 	mustRunSQL(tb, adminDSN, g.steps[1])
-	admin := mustConnect(tb, adminDSN)
+	admin := testenv.MustConnect(tb, adminDSN)
 	for _, name := range grantsRoleNames {
 		role := name + "_" + db
 		if len(role) > 63 { // PostgreSQL would truncate it, and names could collide
@@ -172,7 +162,7 @@ func TestDatabaseGrantsSync(t *testing.T) {
 
 	// The rows were written by the leader's role, as upserts: the row is a
 	// tombstone now, not deleted.
-	conn := mustConnect(t, g.admin)
+	conn := testenv.MustConnect(t, g.admin)
 	var tombstone bool
 	if err := conn.QueryRow(t.Context(), `SELECT tombstone FROM kss_secrets WHERE namespace = $1 AND name = 'db-credentials'`, e.ns).Scan(&tombstone); err != nil || !tombstone {
 		t.Errorf("row of db-credentials: tombstone %v, %v; want a tombstone row", tombstone, err)
@@ -271,10 +261,10 @@ func TestDatabaseGrantsMinimal(t *testing.T) {
 		}
 	}
 	g.migrate(t)
-	owner := mustConnect(t, g.dsn["kss_owner"])
+	owner := testenv.MustConnect(t, g.dsn["kss_owner"])
 
 	t.Run("granted exactly", func(t *testing.T) {
-		conn := mustConnect(t, g.admin)
+		conn := testenv.MustConnect(t, g.admin)
 		for _, role := range []string{"kss_leader", "kss_follower"} {
 			for _, table := range []string{"kss_secrets", "kss_version", "kss_schema_migrations", "kss_migration_lock"} {
 				for _, priv := range tablePrivileges {
@@ -356,7 +346,7 @@ func TestDatabaseGrantsMinimal(t *testing.T) {
 			},
 		}
 		for role, stmts := range denied {
-			conn := mustConnect(t, g.dsn[role])
+			conn := testenv.MustConnect(t, g.dsn[role])
 			for _, stmt := range stmts {
 				if _, err := conn.Exec(ctx, stmt); !isPermissionDenied(err) {
 					t.Errorf("%s: %s = %v; want permission denied (SQLSTATE 42501)", role, stmt, err)

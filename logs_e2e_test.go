@@ -1,15 +1,11 @@
 package main
 
 import (
-	"bytes"
 	"encoding/base64"
-	"errors"
 	"fmt"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -20,62 +16,9 @@ import (
 	"github.com/kube-secret-sync/kube-secret-sync/internal/testenv"
 )
 
-// buildBinary builds the daemon as `make build` does, into a temp dir.
-func buildBinary(t *testing.T) string {
-	t.Helper()
-	goTool, err := exec.LookPath("go")
-	if err != nil {
-		t.Fatalf("no go command to build the binary: %v", err)
-	}
-	bin := filepath.Join(t.TempDir(), "kube-secret-sync")
-	build := exec.CommandContext(t.Context(), goTool, "build", "-trimpath", "-o", bin, ".")
-	if out, err := build.CombinedOutput(); err != nil {
-		t.Fatalf("go build: %v\n%s", err, out)
-	}
-	return bin
-}
-
-// runBinary runs bin to completion with env and PATH only: nothing of the
-// tester's environment (a KUBECONFIG, a DSN) may influence the result.
-func runBinary(t *testing.T, bin string, env []string, args ...string) (stdout, stderr string, code int) {
-	t.Helper()
-	cmd := exec.CommandContext(t.Context(), bin, args...)
-	cmd.Env = append([]string{"PATH=" + os.Getenv("PATH")}, env...)
-	var o, e bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &o, &e
-	err := cmd.Run()
-	var exit *exec.ExitError
-	switch {
-	case err == nil:
-	case errors.As(err, &exit):
-		code = exit.ExitCode()
-	default:
-		t.Fatalf("run %s: %v", bin, err)
-	}
-	return o.String(), e.String(), code
-}
-
-// lockedBuffer collects a process's output.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (b *lockedBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.Write(p)
-}
-
-func (b *lockedBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.String()
-}
-
 // startBinary runs the real binary with env (and PATH only) until the test
 // ends, when it gets SIGTERM; stdout and stderr both go to out.
-func startBinary(t *testing.T, bin string, env []string, out *lockedBuffer) {
+func startBinary(t *testing.T, bin string, env []string, out *syncBuffer) {
 	t.Helper()
 	cmd := exec.Command(bin)
 	cmd.Env = append([]string{"PATH=" + os.Getenv("PATH")}, env...)
@@ -107,6 +50,7 @@ func startBinary(t *testing.T, bin string, env []string, out *lockedBuffer) {
 // with a password. None of them may appear anywhere in the output,
 // Kubernetes client messages included.
 func TestDebugLogsHoldNoSecrets(t *testing.T) {
+	testenv.SkipShort(t)
 	bin := buildBinary(t)
 	e := newSyncEnv(t)
 	const (
@@ -123,7 +67,7 @@ func TestDebugLogsHoldNoSecrets(t *testing.T) {
 	}
 	common := []string{"DSN=" + e.dsn, "ENCRYPTION_KEY=" + testKey, "TICK_SECONDS=1", "POLL_SECONDS=0.1",
 		"DEBUG=1", "CLUSTER_NAME=cluster-a", "NAMESPACES=" + e.ns}
-	var leaderOut, followerOut lockedBuffer
+	var leaderOut, followerOut syncBuffer
 	startBinary(t, bin, append([]string{"LEADER=1", "KUBECONFIG=" + e.leader.Kubeconfig, "POD_NAMESPACE=" + e.sysA,
 		"POD_NAME=leader-0", "METRICS_ADDR=" + port()}, common...), &leaderOut)
 	startBinary(t, bin, append([]string{"PRETTY=1", "KUBECONFIG=" + e.follower.Kubeconfig, "POD_NAMESPACE=" + e.sysB,
@@ -159,7 +103,7 @@ func TestDebugLogsHoldNoSecrets(t *testing.T) {
 		return nil
 	})
 
-	for who, out := range map[string]*lockedBuffer{"leader": &leaderOut, "follower": &followerOut} {
+	for who, out := range map[string]*syncBuffer{"leader": &leaderOut, "follower": &followerOut} {
 		logs := out.String()
 		// The logs are what the test thinks they are: debug level on, in
 		// the format asked for.

@@ -228,33 +228,6 @@ WHERE datname = current_database() AND wait_event_type = 'Lock' AND query LIKE '
 	}
 }
 
-func TestRetryable(t *testing.T) {
-	pgErr := func(code string) error { return &pgconn.PgError{Code: code, Message: "m"} }
-	tests := []struct {
-		name string
-		err  error
-		want bool
-	}{
-		{"nil", nil, false},
-		{"plain", errors.New("boom"), false},
-		{"context canceled", context.Canceled, false},
-		{"40001 serialization_failure", pgErr("40001"), true},
-		{"40P01 deadlock_detected", pgErr("40P01"), true},
-		{"23505 unique_violation", pgErr("23505"), false},
-		{"42P07 duplicate_table", pgErr("42P07"), false},
-		{"40003 statement_completion_unknown", pgErr("40003"), false},
-		{"40001 wrapped", fmt.Errorf("upsert: %w", pgErr("40001")), true},
-		{"40P01 wrapped twice", fmt.Errorf("write: %w", fmt.Errorf("bump version: %w", pgErr("40P01"))), true},
-		{"40001 joined", errors.Join(errors.New("rollback failed"), pgErr("40001")), true},
-		{"23505 wrapped", fmt.Errorf("upsert: %w", pgErr("23505")), false},
-	}
-	for _, tt := range tests {
-		if got := retryable(tt.err); got != tt.want {
-			t.Errorf("retryable(%v) = %v; want %v", tt.name, got, tt.want)
-		}
-	}
-}
-
 // TestInTxRetries: inTx runs at SERIALIZABLE, reruns the whole transaction
 // (earlier attempts rolled back) on 40001/40P01, and gives up after
 // maxRetries retries.

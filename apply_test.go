@@ -1,0 +1,141 @@
+package main
+
+import (
+	"bytes"
+	"crypto/rand"
+	"errors"
+	"strings"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+)
+
+// sealedRow is a row as a leader with ring writes it for p at version.
+func sealedRow(tb testing.TB, ring *Keyring, key ObjectKey, version int64, p *Payload) *Row {
+	tb.Helper()
+	r := &Row{ObjectKey: key, KeyID: ring.ID(), Hash: ring.Hash(key.Namespace, key.Name, p), Tombstone: p.Deleted, Version: version, SourceCluster: "cluster-a"}
+	ct, err := ring.Seal(rand.Reader, r.Binding(), p)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	r.Ciphertext = ct
+	return r
+}
+
+func applyTestPayload() *Payload {
+	return &Payload{
+		Type:        string(corev1.SecretTypeTLS),
+		Data:        map[string][]byte{"tls.crt": []byte("crt"), "tls.key": []byte("key")},
+		Labels:      map[string]string{"app": "web"},
+		Annotations: map[string]string{"cert-manager.io/common-name": "example.com"},
+		UpdatedAt:   time.Date(2026, 11, 30, 0, 0, 0, 0, time.UTC),
+	}
+}
+
+// TestInSync: the full pass decrypts a row only when its copy is not
+// already what the row says.
+func TestInSync(t *testing.T) {
+	oldKey, curKey := strings.Repeat("o", 32), strings.Repeat("c", 32)
+	ring := mustKeyring(t, curKey, oldKey)
+	old := mustKeyring(t, oldKey)
+	key := ObjectKey{"web", "tls"}
+	p := applyTestPayload()
+	row := sealedRow(t, ring, key, 7, p)
+	oldRow := sealedRow(t, old, key, 7, p)
+	tombstone := sealedRow(t, ring, key, 8, &Payload{Deleted: true})
+	copyOf := func(r *Row) *corev1.Secret { return desiredCopy(key, p, r.Version, r.SourceCluster) }
+	edited := copyOf(row)
+	edited.Data = map[string][]byte{"tls.crt": []byte("edited by hand"), "tls.key": []byte("key")}
+	relabelled := copyOf(row)
+	relabelled.Labels["extra"] = "added by hand"
+	unversioned := copyOf(row)
+	delete(unversioned.Annotations, versionAnnotation)
+	unknownKey := *row
+	unknownKey.KeyID = "0000000000000000"
+
+	tests := []struct {
+		name     string
+		row      *Row
+		existing *corev1.Secret
+		want     bool
+	}{
+		{"tombstone, no copy", tombstone, nil, true},
+		{"row, no copy", row, nil, false},
+		{"tombstone, copy still there", tombstone, copyOf(row), false},
+		{"copy written from this version", row, copyOf(row), true},
+		{"copy written from an older version", row, copyOf(sealedRow(t, ring, key, 6, p)), false},
+		{"copy written from a newer version", row, copyOf(sealedRow(t, ring, key, 9, p)), false},
+		{"copy without a version", row, unversioned, false},
+		{"copy's data edited by hand", row, edited, false},
+		{"copy's labels edited by hand", row, relabelled, false},
+		{"row under the previous key, copy from it", oldRow, copyOf(oldRow), true},
+		{"row under a key not in the ring", &unknownKey, copyOf(row), false},
+	}
+	for _, tt := range tests {
+		if got := inSync(tt.row, tt.existing, ring); got != tt.want {
+			t.Errorf("inSync(%s) = %v; want %v", tt.name, got, tt.want)
+		}
+	}
+}
+
+// TestOpenRowAndRejectReason: what a follower does with a row it cannot
+// trust, and the reason it reports (metric label and Event).
+func TestOpenRowAndRejectReason(t *testing.T) {
+	ring := mustKeyring(t, configTestKey)
+	key := ObjectKey{"web", "tls"}
+	p := applyTestPayload()
+	edit := func(f func(r *Row)) *Row {
+		r := sealedRow(t, ring, key, 7, p)
+		f(r)
+		return r
+	}
+	tests := []struct {
+		name   string
+		row    *Row
+		err    error // nil: opens
+		reason string
+	}{
+		{"intact", edit(func(*Row) {}), nil, ""},
+		{"intact tombstone", sealedRow(t, ring, key, 8, &Payload{Deleted: true}), nil, ""},
+		{"tombstone column set on a Secret's row", edit(func(r *Row) { r.Tombstone = true }), ErrAuth, "tampered"},
+		{"tombstone column cleared on a tombstone", func() *Row {
+			r := sealedRow(t, ring, key, 8, &Payload{Deleted: true})
+			r.Tombstone = false
+			return r
+		}(), ErrAuth, "tampered"},
+		{"ciphertext byte flipped", edit(func(r *Row) { r.Ciphertext[len(r.Ciphertext)-1] ^= 1 }), ErrAuth, "tampered"},
+		{"version raised", edit(func(r *Row) { r.Version++ }), ErrAuth, "tampered"},
+		{"moved to another name", edit(func(r *Row) { r.Name = "other" }), ErrAuth, "tampered"},
+		{"source cluster changed", edit(func(r *Row) { r.SourceCluster = "cluster-b" }), ErrAuth, "tampered"},
+		{"key id not in the ring", edit(func(r *Row) { r.KeyID = "0000000000000000" }), ErrWrongKey, "wrong_key"},
+		{"truncated", edit(func(r *Row) { r.Ciphertext = r.Ciphertext[:10] }), ErrTruncated, "invalid"},
+		{"empty", edit(func(r *Row) { r.Ciphertext = nil }), ErrTruncated, "invalid"},
+		{"unknown format", edit(func(r *Row) { r.Ciphertext[0] = 2 }), ErrUnsupportedFormat, "invalid"},
+		{"too large", edit(func(r *Row) { r.Ciphertext = make([]byte, MaxCiphertextSize+1) }), ErrTooLarge, "invalid"},
+	}
+	for _, tt := range tests {
+		got, err := openRow(ring, tt.row)
+		if tt.err == nil {
+			want := p.Data["tls.crt"]
+			if tt.row.Tombstone {
+				want = nil
+			}
+			if err != nil {
+				t.Errorf("openRow(%s) error = %v; want nil", tt.name, err)
+			} else if got.Deleted != tt.row.Tombstone || !bytes.Equal(got.Data["tls.crt"], want) {
+				t.Errorf("openRow(%s) = %+v; want the sealed payload", tt.name, got)
+			}
+			continue
+		}
+		if !errors.Is(err, tt.err) {
+			t.Errorf("openRow(%s) error = %v; want %v", tt.name, err, tt.err)
+		}
+		if got != nil {
+			t.Errorf("openRow(%s) returned a payload with error %v", tt.name, err)
+		}
+		if r := rejectReason(err); r != tt.reason {
+			t.Errorf("rejectReason(openRow(%s)) = %q; want %q", tt.name, r, tt.reason)
+		}
+	}
+}

@@ -1,0 +1,283 @@
+package main
+
+// The follower: it pulls the rows that changed since its cursor, runs the
+// full pass that compares every row with every managed copy, and keeps its
+// cursor in its own cluster. What happens to one row is in apply.go.
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"strconv"
+	"time"
+
+	"github.com/sirupsen/logrus"
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/client-go/kubernetes"
+)
+
+// pullPage is how many rows a follower reads per query.
+const pullPage = 500
+
+// followerLoop pulls the rows changed since its cursor every POLL_SECONDS
+// and applies them; every TICK_SECONDS it compares every row with every
+// managed copy, which repairs drift and retries rows that failed.
+type followerLoop struct {
+	loopDeps
+	passes  passRunner
+	apply   *rowApplier
+	cursors *cursorStore
+
+	// copies is the watched cache of managed copies, read by full passes.
+	copies *secretCache
+
+	cursor Cursor
+	// wake is signalled by the PostgreSQL wake-up hint (PG_NOTIFY).
+	wake chan struct{}
+}
+
+func newFollowerLoop(d loopDeps) *followerLoop {
+	return &followerLoop{
+		loopDeps: d,
+		passes:   newPassRunner(d),
+		apply:    newRowApplier(d),
+		cursors:  &cursorStore{client: d.client, namespace: d.cfg.PodNamespace, name: d.cfg.LeaseName + stateSuffix},
+		wake:     make(chan struct{}, 1),
+	}
+}
+
+// startWatch fills the cache of managed copies.
+func (f *followerLoop) startWatch(ctx context.Context) (err error) {
+	managed := labels.SelectorFromSet(labels.Set{managedLabel: "true"})
+	f.copies, err = startSecretCache(ctx, f.client, f.cfg, managed, nil)
+	f.apply.copies = f.copies
+	return err
+}
+
+func (f *followerLoop) run(ctx context.Context) error {
+	if err := f.startWatch(ctx); err != nil {
+		return shutdownOr(ctx, err)
+	}
+	// Without its cursor the follower would re-read everything; keep
+	// trying, the API server may be coming up.
+	for {
+		c, err := f.cursors.load(ctx)
+		if err == nil {
+			f.cursor = c
+			break
+		}
+		f.log.WithError(err).Error("cannot read cursor; retrying")
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(f.cfg.Poll()):
+		}
+	}
+	f.metrics.cursor.Set(float64(f.cursor.Version))
+	f.log.WithFields(logrus.Fields{"cluster": f.cfg.ClusterName, "cursor": f.cursor.Version, "wake_up_hint": f.cfg.PgNotify}).Info("follower: pulling rows")
+	if f.cfg.PgNotify {
+		go listenForHints(ctx, f.cfg.DSN, f.log, f.wake)
+	}
+	// A fresh follower converges with one full pass; a restarted one
+	// resumes from its cursor and leaves the full pass to the first tick.
+	full := f.cursor == (Cursor{})
+	tick := time.NewTicker(f.cfg.Tick())
+	defer tick.Stop()
+	poll := time.NewTicker(f.cfg.Poll())
+	defer poll.Stop()
+	for {
+		// A failed pass is logged by passes.run, and the schedule is its
+		// retry: a failed pull is repeated at the next poll, a failed full
+		// pass at the next tick (a row that failed to apply is retried by
+		// every full pass until it applies).
+		if full {
+			_ = f.passes.run(ctx, "full", f.reconcileFull)
+			full = false
+		} else {
+			_ = f.passes.run(ctx, "incremental", f.pull)
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-tick.C:
+			full = true
+		case <-poll.C:
+		case <-f.wake:
+		}
+	}
+}
+
+// pull applies the rows after the cursor. The cursor moves past a row
+// whether or not it applied: a failed row is retried by the next full
+// pass, and one bad row never holds up the rows after it. A copy is
+// compared with its cached state (a stale one costs a conflict and a
+// retry); one not in the cache is looked up, since an unmanaged Secret of
+// that name may exist.
+func (f *followerLoop) pull(ctx context.Context) (idle bool, err error) {
+	before := f.cursor
+	for {
+		rows, err := f.store.Pull(ctx, f.cursor, pullPage)
+		if err != nil {
+			return false, err
+		}
+		page := make([]*Row, len(rows))
+		for i := range rows {
+			page[i] = &rows[i]
+		}
+		f.apply.all(ctx, page, func(r *Row) *corev1.Secret { return f.copies.get(r.ObjectKey) })
+		if len(rows) > 0 {
+			last := rows[len(rows)-1]
+			f.cursor = Cursor{last.Version, last.Namespace, last.Name}
+		}
+		if len(rows) < pullPage {
+			break
+		}
+	}
+	idle = f.cursor == before
+	return idle, f.saveCursor(ctx, before)
+}
+
+// saveCursor stores the cursor if it moved since before. A failure is not
+// fatal: the rows are applied, and a restart would re-read a few.
+func (f *followerLoop) saveCursor(ctx context.Context, before Cursor) error {
+	if f.cursor == before {
+		return nil
+	}
+	f.metrics.cursor.Set(float64(f.cursor.Version))
+	return f.cursors.save(ctx, f.cursor)
+}
+
+// reconcileFull compares every row with the managed copies (from the
+// watched cache) and applies what differs. A copy that is already equal to
+// its row (same version, same keyed hash) is not even decrypted.
+func (f *followerLoop) reconcileFull(ctx context.Context) (idle bool, err error) {
+	// The watched cache may lag the API server by a moment: a copy seen
+	// stale is applied against its cached state, and an update that loses
+	// the race fails with a conflict and is retried by the next pass.
+	cached := f.copies.list()
+	copies := make(map[ObjectKey]*corev1.Secret, len(cached))
+	for _, s := range cached {
+		copies[ObjectKey{s.Namespace, s.Name}] = s
+	}
+	maxVersion, err := f.store.MaxVersion(ctx)
+	if err != nil {
+		return false, fmt.Errorf("read the database's version: %w", err)
+	}
+	if maxVersion < f.cursor.Version {
+		f.log.WithFields(logrus.Fields{"cursor": f.cursor.Version, "database": maxVersion}).
+			Warn("the database's version is behind this follower's cursor (restored from a backup?): starting over from version 0")
+		f.cursor = Cursor{}
+	}
+	before := f.cursor
+	var page Cursor
+	var seen int
+	defer func() {
+		f.log.WithFields(logrus.Fields{"rows": seen, "copies": len(copies), "cursor": f.cursor.Version}).Debug("full pass done")
+	}()
+	for {
+		rows, err := f.store.PullHeaders(ctx, page, pullPage)
+		seen += len(rows)
+		if err == nil {
+			err = f.applyOutOfSync(ctx, rows, copies)
+		}
+		if err != nil {
+			return false, err
+		}
+		if len(rows) > 0 {
+			last := rows[len(rows)-1]
+			page = Cursor{last.Version, last.Namespace, last.Name}
+		}
+		if len(rows) < pullPage {
+			break
+		}
+	}
+	// The pass read every row up to page, the last one in the database's
+	// order, so the cursor may move there. Versions decide, not a Go string
+	// comparison, which could disagree with the database's collation.
+	if page != (Cursor{}) && page.Version >= f.cursor.Version {
+		f.cursor = page
+	}
+	return false, f.saveCursor(ctx, before)
+}
+
+// applyOutOfSync applies the rows (read without ciphertext) whose copy is
+// not in sync, fetching just their ciphertexts.
+func (f *followerLoop) applyOutOfSync(ctx context.Context, rows []Row, copies map[ObjectKey]*corev1.Secret) error {
+	var todo []*Row
+	for i := range rows {
+		r := &rows[i]
+		if f.cfg.namespaceAllowed(r.Namespace) && !inSync(r, copies[r.ObjectKey], f.keys) {
+			todo = append(todo, r)
+		}
+	}
+	if err := f.store.FillCiphertexts(ctx, todo); err != nil {
+		return err
+	}
+	// A row rewritten since has no ciphertext: the next pull brings it.
+	todo = slices.DeleteFunc(todo, func(r *Row) bool { return r.Ciphertext == nil })
+	f.apply.all(ctx, todo, func(r *Row) *corev1.Secret { return copies[r.ObjectKey] })
+	return nil
+}
+
+// cursorStore keeps a follower's cursor in a ConfigMap of its own cluster,
+// so that it survives restarts and moves with the cluster it describes.
+// Followers then need no write access to the shared database.
+type cursorStore struct {
+	client    kubernetes.Interface
+	namespace string
+	name      string
+	last      *corev1.ConfigMap // as last read or written, for optimistic updates
+}
+
+func (s *cursorStore) load(ctx context.Context) (Cursor, error) {
+	cm, err := s.client.CoreV1().ConfigMaps(s.namespace).Get(ctx, s.name, metav1.GetOptions{})
+	if apierrors.IsNotFound(err) {
+		s.last = nil
+		return Cursor{}, nil
+	}
+	if err != nil {
+		return Cursor{}, fmt.Errorf("read cursor %s/%s: %w", s.namespace, s.name, err)
+	}
+	s.last = cm
+	v, err := strconv.ParseInt(cm.Data["version"], 10, 64)
+	if err != nil {
+		return Cursor{}, fmt.Errorf("read cursor %s/%s: bad version: %w", s.namespace, s.name, err)
+	}
+	return Cursor{Version: v, Namespace: cm.Data["namespace"], Name: cm.Data["name"]}, nil
+}
+
+func (s *cursorStore) save(ctx context.Context, c Cursor) error {
+	data := map[string]string{
+		"version":   strconv.FormatInt(c.Version, 10),
+		"namespace": c.Namespace,
+		"name":      c.Name,
+	}
+	cms := s.client.CoreV1().ConfigMaps(s.namespace)
+	for attempt := 0; ; attempt++ {
+		var err error
+		if s.last == nil {
+			cm := &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Name: s.name, Namespace: s.namespace}, Data: data}
+			s.last, err = cms.Create(ctx, cm, metav1.CreateOptions{})
+		} else {
+			cm := s.last.DeepCopy()
+			cm.Data = data
+			s.last, err = cms.Update(ctx, cm, metav1.UpdateOptions{})
+		}
+		if err == nil {
+			return nil
+		}
+		s.last = nil
+		stale := apierrors.IsAlreadyExists(err) || apierrors.IsConflict(err) || apierrors.IsNotFound(err)
+		if !stale || attempt > 0 {
+			return fmt.Errorf("write cursor %s/%s: %w", s.namespace, s.name, err)
+		}
+		// Written by a previous holder of the Lease, or deleted by hand:
+		// read it again and overwrite once.
+		if _, err := s.load(ctx); err != nil {
+			return err
+		}
+	}
+}

@@ -1,0 +1,248 @@
+package main
+
+// The leader: it watches the labelled Secrets of its cluster and writes
+// each change, sealed, to the database.
+
+import (
+	"cmp"
+	"context"
+	"crypto/hmac"
+	"crypto/rand"
+	"fmt"
+	"io"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/sirupsen/logrus"
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/client-go/tools/cache"
+)
+
+// leaderLoop watches labelled Secrets and writes each change to the
+// database. A watch (informer) makes it prompt; the full reconcile every
+// TICK_SECONDS re-reads the database's row states, so a row changed or lost
+// behind its back is rewritten, and a deletion missed while it was down
+// becomes a tombstone.
+type leaderLoop struct {
+	loopDeps
+	passes passRunner
+	rand   io.Reader
+	now    func() time.Time
+
+	sources *secretCache // the labelled Secrets, watched
+
+	mu    sync.Mutex
+	dirty map[ObjectKey]struct{}
+	wake  chan struct{}
+
+	// known mirrors the stored rows: what was last read or written.
+	known map[ObjectKey]RowState
+	// hint: send the PostgreSQL wake-up hint after each write (PG_NOTIFY,
+	// until the database turns out not to support it).
+	hint bool
+}
+
+func newLeaderLoop(d loopDeps) *leaderLoop {
+	return &leaderLoop{
+		loopDeps: d,
+		passes:   newPassRunner(d),
+		rand:     rand.Reader,
+		now:      time.Now,
+		dirty:    map[ObjectKey]struct{}{},
+		wake:     make(chan struct{}, 1),
+		known:    map[ObjectKey]RowState{},
+		hint:     d.cfg.PgNotify,
+	}
+}
+
+func (l *leaderLoop) enqueue(obj any) {
+	if d, ok := obj.(cache.DeletedFinalStateUnknown); ok {
+		obj = d.Obj
+	}
+	s, ok := obj.(*corev1.Secret)
+	if !ok {
+		return
+	}
+	l.mu.Lock()
+	l.dirty[ObjectKey{s.Namespace, s.Name}] = struct{}{}
+	l.mu.Unlock()
+	select {
+	case l.wake <- struct{}{}:
+	default:
+	}
+}
+
+// startWatch fills the cache of labelled Secrets; every change to one
+// marks it dirty.
+func (l *leaderLoop) startWatch(ctx context.Context) (err error) {
+	handler := cache.ResourceEventHandlerFuncs{
+		AddFunc:    l.enqueue,
+		UpdateFunc: func(_, obj any) { l.enqueue(obj) },
+		DeleteFunc: l.enqueue,
+	}
+	l.sources, err = startSecretCache(ctx, l.client, l.cfg, l.cfg.selector, handler)
+	return err
+}
+
+func (l *leaderLoop) run(ctx context.Context) error {
+	if err := l.startWatch(ctx); err != nil {
+		return shutdownOr(ctx, err)
+	}
+	l.log.WithField("cluster", l.cfg.ClusterName).Info("leader: watching labelled Secrets")
+	tick := time.NewTicker(l.cfg.Tick())
+	defer tick.Stop()
+	full := true
+	backoff := time.Second
+	for {
+		var err error
+		if full {
+			err = l.passes.run(ctx, "full", l.reconcileFull)
+			full = err != nil
+		} else {
+			// On error the keys go back to the dirty set.
+			err = l.passes.run(ctx, "incremental", l.reconcileDirty)
+		}
+		// While failing (database down), wait for the retry timer rather
+		// than retrying on every watch event.
+		var retry <-chan time.Time
+		wake := l.wake
+		if err != nil {
+			retry, wake = time.After(backoff), nil
+			backoff = min(2*backoff, l.cfg.Tick())
+		} else {
+			backoff = time.Second
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-tick.C:
+			full = true
+		case <-retry:
+		case <-wake:
+			// Let a burst of events (a kubectl apply of many Secrets)
+			// arrive, so that it becomes one transaction.
+			select {
+			case <-ctx.Done():
+			case <-time.After(50 * time.Millisecond):
+			}
+		}
+	}
+}
+
+// reconcileFull compares every labelled Secret and every stored row.
+func (l *leaderLoop) reconcileFull(ctx context.Context) (idle bool, err error) {
+	states, err := l.store.States(ctx)
+	if err != nil {
+		return false, err
+	}
+	l.known = states
+	// Events that arrive from now on are handled after this pass too,
+	// which is harmless: an unchanged Secret writes nothing.
+	l.mu.Lock()
+	clear(l.dirty)
+	l.mu.Unlock()
+	var keys []ObjectKey
+	for _, s := range l.sources.list() {
+		keys = append(keys, ObjectKey{s.Namespace, s.Name})
+	}
+	for k := range states {
+		keys = append(keys, k)
+	}
+	l.log.WithFields(logrus.Fields{"secrets": len(keys) - len(states), "rows": len(states)}).Debug("full pass")
+	return false, l.sync(ctx, "full", keys)
+}
+
+// reconcileDirty writes the Secrets that changed since the last pass.
+func (l *leaderLoop) reconcileDirty(ctx context.Context) (idle bool, err error) {
+	l.mu.Lock()
+	keys := make([]ObjectKey, 0, len(l.dirty))
+	for k := range l.dirty {
+		keys = append(keys, k)
+	}
+	clear(l.dirty)
+	l.mu.Unlock()
+	if len(keys) == 0 {
+		return true, nil
+	}
+	if err := l.sync(ctx, "incremental", keys); err != nil {
+		l.mu.Lock()
+		for _, k := range keys {
+			l.dirty[k] = struct{}{}
+		}
+		l.mu.Unlock()
+		return false, err
+	}
+	return false, nil
+}
+
+// sync writes the rows of keys whose content differs from what is stored.
+func (l *leaderLoop) sync(ctx context.Context, kind string, keys []ObjectKey) error {
+	cluster := l.cfg.ClusterName
+	changes := rowChanges(keys, l.sources.get, l.known, l.keys, cluster, l.now())
+	if len(changes) == 0 {
+		return nil
+	}
+	seal := func(version int64, c *Change) ([]byte, error) {
+		b := Binding{Namespace: c.Namespace, Name: c.Name, Version: version, SourceCluster: cluster}
+		return l.keys.Seal(l.rand, b, c.Payload)
+	}
+	version, err := l.store.Write(ctx, cluster, l.keys.ID(), changes, seal)
+	if err != nil {
+		return fmt.Errorf("write %d rows to the database: %w", len(changes), err)
+	}
+	for _, c := range changes {
+		l.known[c.ObjectKey] = RowState{Hash: c.Hash, Tombstone: c.Payload.Deleted, SourceCluster: cluster, KeyID: l.keys.ID()}
+		l.log.WithFields(logrus.Fields{
+			"namespace": c.Namespace, "name": c.Name, "tombstone": c.Payload.Deleted, "version": c.Version,
+		}).Info("stored")
+	}
+	l.metrics.rowsWritten.Add(float64(len(changes)))
+	l.metrics.cursor.Set(float64(version))
+	if l.hint {
+		// Best effort: the rows are committed, and followers poll anyway.
+		if err := l.store.Notify(ctx, version); hintUnsupported(err) {
+			l.hint = false
+			l.log.Info("the database has no NOTIFY: followers find changes by polling")
+		} else if err != nil {
+			l.log.WithError(err).Debug("wake-up hint not sent")
+		}
+	}
+	l.log.WithFields(logrus.Fields{"rows": len(changes), "kind": kind, "version": version}).Debug("write done")
+	return nil
+}
+
+// rowChanges decides the rows the leader writes for keys (duplicates
+// allowed, in any order): a Secret (as source returns it, nil when it is
+// gone or not labelled) whose keyed hash differs from its stored row, or a
+// tombstone, stamped now, for a row this cluster wrote whose Secret is
+// gone. After ENCRYPTION_KEY changes, every hash differs and every
+// tombstone is under an old key, so the first full pass rewrites all of
+// this cluster's rows under the new key. The changes come sorted by
+// namespace and name.
+func rowChanges(keys []ObjectKey, source func(ObjectKey) *corev1.Secret, stored map[ObjectKey]RowState, ring *Keyring, cluster string, now time.Time) []Change {
+	slices.SortFunc(keys, func(a, b ObjectKey) int {
+		return cmp.Or(cmp.Compare(a.Namespace, b.Namespace), cmp.Compare(a.Name, b.Name))
+	})
+	keys = slices.Compact(keys)
+	var out []Change
+	for _, key := range keys {
+		row, ok := stored[key]
+		if s := source(key); s != nil {
+			p := payloadOf(s)
+			h := ring.Hash(key.Namespace, key.Name, p)
+			if ok && !row.Tombstone && hmac.Equal(row.Hash, h) {
+				continue
+			}
+			out = append(out, Change{ObjectKey: key, Hash: h, Payload: p})
+			continue
+		}
+		// Only this cluster's rows: a second leader's Secrets are not ours
+		// to delete.
+		if ok && row.SourceCluster == cluster && (!row.Tombstone || row.KeyID != ring.ID()) {
+			p := &Payload{Deleted: true, UpdatedAt: now.UTC()}
+			out = append(out, Change{ObjectKey: key, Hash: ring.Hash(key.Namespace, key.Name, p), Payload: p})
+		}
+	}
+	return out
+}

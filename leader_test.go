@@ -1,0 +1,140 @@
+package main
+
+import (
+	"bytes"
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+)
+
+// TestRowChanges covers the leader's one decision: which rows a pass
+// writes, and which it tombstones, given the labelled Secrets and the
+// stored rows.
+func TestRowChanges(t *testing.T) {
+	oldKey, curKey := strings.Repeat("o", 32), strings.Repeat("c", 32)
+	ring := mustKeyring(t, curKey, oldKey)
+	old := mustKeyring(t, oldKey)
+	now := time.Date(2026, 12, 1, 12, 0, 0, 123, time.FixedZone("CET", 3600))
+	const cluster = "cluster-a"
+
+	secret := func(name, value string) *corev1.Secret {
+		return &corev1.Secret{
+			ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: name, Labels: map[string]string{"kube-secret-sync": "true"}},
+			Data:       map[string][]byte{"k": []byte(value)},
+		}
+	}
+	key := func(name string) ObjectKey { return ObjectKey{"ns", name} }
+	hashOfSecret := func(r *Keyring, s *corev1.Secret) []byte { return r.Hash(s.Namespace, s.Name, payloadOf(s)) }
+	tombstoneHash := func(r *Keyring, name string) []byte { return r.Hash("ns", name, &Payload{Deleted: true}) }
+	row := func(hash []byte, tombstone bool, source string, r *Keyring) RowState {
+		return RowState{Hash: hash, Tombstone: tombstone, SourceCluster: source, KeyID: r.ID()}
+	}
+
+	v1, v2 := secret("s", "v1"), secret("s", "v2")
+	type want struct {
+		name    string
+		deleted bool
+	}
+	tests := []struct {
+		name    string
+		keys    []string
+		sources []*corev1.Secret
+		stored  map[ObjectKey]RowState
+		want    []want
+	}{
+		{name: "nothing", want: nil},
+		{"new Secret, no row", []string{"s"}, []*corev1.Secret{v1}, nil, []want{{"s", false}}},
+		{"unchanged Secret", []string{"s"}, []*corev1.Secret{v1},
+			map[ObjectKey]RowState{key("s"): row(hashOfSecret(ring, v1), false, cluster, ring)}, nil},
+		{"changed Secret", []string{"s"}, []*corev1.Secret{v2},
+			map[ObjectKey]RowState{key("s"): row(hashOfSecret(ring, v1), false, cluster, ring)}, []want{{"s", false}}},
+		{"unchanged Secret whose row another leader wrote", []string{"s"}, []*corev1.Secret{v1},
+			map[ObjectKey]RowState{key("s"): row(hashOfSecret(ring, v1), false, "cluster-b", ring)}, nil},
+		{"Secret back after its tombstone", []string{"s"}, []*corev1.Secret{v1},
+			map[ObjectKey]RowState{key("s"): row(tombstoneHash(ring, "s"), true, cluster, ring)}, []want{{"s", false}}},
+		{"unchanged Secret, row under the previous key: rewritten", []string{"s"}, []*corev1.Secret{v1},
+			map[ObjectKey]RowState{key("s"): row(hashOfSecret(old, v1), false, cluster, old)}, []want{{"s", false}}},
+		{"Secret gone: tombstone", []string{"s"}, nil,
+			map[ObjectKey]RowState{key("s"): row(hashOfSecret(ring, v1), false, cluster, ring)}, []want{{"s", true}}},
+		{"Secret gone, row of another leader: not ours to delete", []string{"s"}, nil,
+			map[ObjectKey]RowState{key("s"): row(hashOfSecret(ring, v1), false, "cluster-b", ring)}, nil},
+		{"Secret gone, already a tombstone", []string{"s"}, nil,
+			map[ObjectKey]RowState{key("s"): row(tombstoneHash(ring, "s"), true, cluster, ring)}, nil},
+		{"Secret gone, tombstone under the previous key: rewritten", []string{"s"}, nil,
+			map[ObjectKey]RowState{key("s"): row(tombstoneHash(old, "s"), true, cluster, old)}, []want{{"s", true}}},
+		{"Secret gone, never stored", []string{"s"}, nil, nil, nil},
+		{"keys repeated and unordered: sorted, once each",
+			[]string{"c", "a", "b", "a", "c"}, []*corev1.Secret{secret("a", "x"), secret("b", "x"), secret("c", "x")}, nil,
+			[]want{{"a", false}, {"b", false}, {"c", false}}},
+		{"mixed", []string{"gone", "new", "same"}, []*corev1.Secret{secret("new", "x"), secret("same", "x")},
+			map[ObjectKey]RowState{
+				key("gone"): row(hashOfSecret(ring, secret("gone", "x")), false, cluster, ring),
+				key("same"): row(hashOfSecret(ring, secret("same", "x")), false, cluster, ring),
+			},
+			[]want{{"gone", true}, {"new", false}}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			sources := map[ObjectKey]*corev1.Secret{}
+			for _, s := range tt.sources {
+				sources[ObjectKey{s.Namespace, s.Name}] = s
+			}
+			var keys []ObjectKey
+			for _, n := range tt.keys {
+				keys = append(keys, key(n))
+			}
+			source := func(k ObjectKey) *corev1.Secret { return sources[k] }
+			got := rowChanges(keys, source, tt.stored, ring, cluster, now)
+			var names []want
+			for _, c := range got {
+				names = append(names, want{c.Name, c.Payload.Deleted})
+			}
+			if fmt.Sprint(names) != fmt.Sprint(tt.want) {
+				t.Fatalf("rowChanges = %v; want %v", names, tt.want)
+			}
+			for _, c := range got {
+				// Every change carries the current key's hash of what it
+				// writes, so that the next pass finds it unchanged.
+				if want := ring.Hash(c.Namespace, c.Name, c.Payload); !bytes.Equal(c.Hash, want) {
+					t.Errorf("%s: hash is not the current key's hash of its payload", c.ObjectKey)
+				}
+				if c.Payload.Deleted {
+					if !c.Payload.UpdatedAt.Equal(now) || c.Payload.UpdatedAt.Location() != time.UTC {
+						t.Errorf("%s: tombstone UpdatedAt = %v; want now (%v) in UTC", c.ObjectKey, c.Payload.UpdatedAt, now.UTC())
+					}
+					continue
+				}
+				if s := sources[c.ObjectKey]; string(c.Payload.Data["k"]) != string(s.Data["k"]) {
+					t.Errorf("%s: payload data %q; want the Secret's %q", c.ObjectKey, c.Payload.Data["k"], s.Data["k"])
+				}
+			}
+		})
+	}
+}
+
+// TestRowChangesIdempotent: writing what rowChanges returns and asking
+// again gives nothing to write, which is what keeps an idle tick free.
+func TestRowChangesIdempotent(t *testing.T) {
+	ring := mustKeyring(t, configTestKey)
+	now := time.Date(2026, 12, 1, 0, 0, 0, 0, time.UTC)
+	sources := map[ObjectKey]*corev1.Secret{
+		{"ns", "a"}: {ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: "a"}, Data: map[string][]byte{"k": []byte("v")}},
+	}
+	stored := map[ObjectKey]RowState{{"ns", "gone"}: {SourceCluster: "c", KeyID: ring.ID()}}
+	keys := []ObjectKey{{"ns", "a"}, {"ns", "gone"}}
+	source := func(k ObjectKey) *corev1.Secret { return sources[k] }
+	first := rowChanges(keys, source, stored, ring, "c", now)
+	if len(first) != 2 {
+		t.Fatalf("first pass: %d changes; want 2", len(first))
+	}
+	for _, c := range first {
+		stored[c.ObjectKey] = RowState{Hash: c.Hash, Tombstone: c.Payload.Deleted, SourceCluster: "c", KeyID: ring.ID()}
+	}
+	if again := rowChanges(keys, source, stored, ring, "c", now.Add(time.Hour)); len(again) != 0 {
+		t.Errorf("second pass: %d changes; want none", len(again))
+	}
+}
