@@ -115,6 +115,11 @@ func (a *rowApplier) row(ctx context.Context, r *Row, existing *corev1.Secret) {
 	var unmanaged *errUnmanaged
 	var rollback *errRollback
 	switch {
+	case err != nil && errors.Is(ctx.Err(), context.Canceled):
+		// Shutting down (the pass's context ends only with the daemon's;
+		// a pass that ran out of time has DeadlineExceeded): the write was
+		// abandoned, not refused, and the next start applies the row.
+		log.WithError(err).Debug("row not applied: shutting down")
 	case errors.As(err, &unmanaged):
 		a.metrics.rowErrors.WithLabelValues("unmanaged").Inc()
 		// Counted, logged and evented once per row version, not on

@@ -6,6 +6,7 @@ package main
 // shared machine.
 
 import (
+	crand "crypto/rand"
 	"fmt"
 	"io"
 	"testing"
@@ -189,4 +190,70 @@ func BenchmarkFollowerIdlePass(b *testing.B) {
 	b.ReportMetric(float64(benchSecrets)/idle.Seconds(), "secrets/s")
 	b.ReportMetric(openAll.Seconds()*1000, "ms-decrypt-all")
 	b.ReportMetric(float64(openAll)/float64(idle), "decrypt-all/idle-pass")
+}
+
+func benchmarkKeys() []ObjectKey {
+	keys := make([]ObjectKey, benchmarkRows)
+	for i := range keys {
+		keys[i] = ObjectKey{fmt.Sprintf("ns-%02d", i%50), fmt.Sprintf("secret-%05d", i)}
+	}
+	return keys
+}
+
+// benchmarkCiphertext is a sealed 4 KiB TLS Secret's size; its content does
+// not matter to the database.
+func benchmarkCiphertext(tb testing.TB) []byte {
+	ct := make([]byte, 4096)
+	if _, err := crand.Read(ct); err != nil {
+		tb.Fatal(err)
+	}
+	return ct
+}
+
+// BenchmarkWrite upserts chunks of writeChunk rows with 4 KiB ciphertexts,
+// every one a change, over a table of benchmarkRows rows.
+func BenchmarkWrite(b *testing.B) {
+	s := mustMigratedStore(b)
+	keys := benchmarkKeys()
+	ct := benchmarkCiphertext(b)
+	seal := func(int64, *Change) ([]byte, error) { return ct, nil }
+	changes := make([]Change, writeChunk)
+	payload := &Payload{}
+	var rows, n int
+	b.SetBytes(int64(writeChunk * len(ct)))
+	for b.Loop() {
+		for i := range changes {
+			changes[i] = Change{ObjectKey: keys[(n*writeChunk+i)%len(keys)], Hash: hashOf(uint64(n)), Payload: payload}
+		}
+		if _, err := s.Write(b.Context(), dbTestCluster, "kid", changes, seal); err != nil {
+			b.Fatal(err)
+		}
+		rows += len(changes)
+		n++
+	}
+	b.ReportMetric(float64(rows)/b.Elapsed().Seconds(), "rows/s")
+}
+
+// BenchmarkPull reads a table of benchmarkRows rows with 4 KiB ciphertexts
+// from the start, a page of pullPage rows at a time, as a new follower does.
+func BenchmarkPull(b *testing.B) {
+	s := mustMigratedStore(b)
+	keys := benchmarkKeys()
+	ct := benchmarkCiphertext(b)
+	seal := func(int64, *Change) ([]byte, error) { return ct, nil }
+	changes := make([]Change, len(keys))
+	for i, k := range keys {
+		changes[i] = Change{ObjectKey: k, Hash: hashOf(uint64(i)), Payload: &Payload{}}
+	}
+	mustWrite(b, s, changes, seal)
+	var rows int
+	b.SetBytes(int64(len(keys) * len(ct)))
+	for b.Loop() {
+		got := mustPullAll(b, s, Cursor{}, pullPage)
+		if len(got) != len(keys) {
+			b.Fatalf("pulled %d rows; want %d", len(got), len(keys))
+		}
+		rows += len(got)
+	}
+	b.ReportMetric(float64(rows)/b.Elapsed().Seconds(), "rows/s")
 }

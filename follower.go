@@ -69,6 +69,9 @@ func (f *followerLoop) run(ctx context.Context) error {
 			f.cursor = c
 			break
 		}
+		if ctx.Err() != nil {
+			return nil
+		}
 		f.log.WithError(err).Error("cannot read cursor; retrying")
 		select {
 		case <-ctx.Done():

@@ -110,7 +110,8 @@ type daemon struct {
 	cancel  context.CancelFunc
 	done    chan error
 	writes  *writeCounter
-	metrics string // address of /metrics
+	metrics string      // address of /metrics
+	logs    *syncBuffer // this daemon's own log lines
 }
 
 // start runs the daemon until the test ends (or stop is called).
@@ -121,29 +122,34 @@ func (e *syncEnv) start(cfg *Config) *daemon { return e.startWrapped(cfg, nil) }
 func (e *syncEnv) startWrapped(cfg *Config, wrap func(http.RoundTripper) http.RoundTripper) *daemon {
 	e.t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
-	d := &daemon{cancel: cancel, done: make(chan error, 1), writes: &writeCounter{}, metrics: cfg.MetricsAddr}
+	d := &daemon{cancel: cancel, done: make(chan error, 1), writes: &writeCounter{}, metrics: cfg.MetricsAddr, logs: &syncBuffer{}}
 	cfg.wrapTransport = d.writes.wrap
 	if wrap != nil {
 		cfg.wrapTransport = func(rt http.RoundTripper) http.RoundTripper { return d.writes.wrap(wrap(rt)) }
 	}
-	log := e.logger(cfg.ClusterName)
+	log := e.logger(cfg.ClusterName, d.logs)
 	go func() { d.done <- run(ctx, cfg, log) }()
 	e.t.Cleanup(func() { d.stop(e.t) })
 	return d
 }
 
-// logger is a debug-level JSON logger writing to the test's log and to
-// e.logs, which checkLogs searches for secrets.
-func (e *syncEnv) logger(cluster string) *logrus.Entry {
+// logger is a debug-level JSON logger writing to the test's log, to
+// e.logs, which checkLogs searches for secrets, and to more.
+func (e *syncEnv) logger(cluster string, more ...io.Writer) *logrus.Entry {
 	l := logrus.New()
-	l.SetOutput(io.MultiWriter(e.logs, testWriter{e.t}))
+	l.SetOutput(io.MultiWriter(append([]io.Writer{e.logs, testWriter{e.t}}, more...)...))
 	l.SetFormatter(&logrus.JSONFormatter{})
 	l.SetLevel(logrus.DebugLevel)
 	return l.WithField("cluster", cluster)
 }
 
+// stop cancels the daemon's context, as SIGTERM does, and checks that it
+// returns promptly and quietly: a shutdown is not an error, so nothing
+// may be logged at error level from the cancel on (a pass cut short by
+// it included).
 func (d *daemon) stop(t testing.TB) {
 	t.Helper()
+	before := len(d.logs.String())
 	d.cancel()
 	select {
 	case err, ok := <-d.done:
@@ -152,6 +158,11 @@ func (d *daemon) stop(t testing.TB) {
 				t.Errorf("run() = %v; want nil after cancel", err)
 			}
 			close(d.done)
+			for line := range strings.Lines(d.logs.String()[before:]) {
+				if strings.Contains(line, `"level":"error"`) {
+					t.Errorf("error logged during the shutdown: %s", line)
+				}
+			}
 		}
 	case <-time.After(30 * time.Second):
 		t.Errorf("run() did not return within 30s of cancel")
