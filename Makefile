@@ -26,7 +26,8 @@ build:
 test:
 	@$(WITH_ASSETS) go test -race -count=1 -timeout 30m ./...
 
-## test-short: only the tests that need no servers.
+## test-short: the unit tests only; -short skips every *_e2e_test.go test
+## and starts no server.
 test-short:
 	go test -short -count=1 ./...
 

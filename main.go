@@ -4,6 +4,15 @@
 // kube-secret-sync=true with AES-256-GCM and upserts it; each follower
 // pulls the rows changed since it last looked, decrypts them and applies
 // them. See README.md.
+//
+// The files of this package each hold one concern: main.go wires the
+// daemon; config.go reads the environment; crypto.go and hash.go are the
+// wire format and its keys (standard library only); db.go and migrate.go
+// the database; loop.go what both roles share, with leader.go and
+// follower.go one role each; apply.go what a follower does with one row,
+// secrets.go what a synced Secret is and writer.go the API calls that
+// write it; election.go the Lease; rotate.go re-encryption. Tests in
+// *_e2e_test.go run against real servers and are skipped by -short.
 package main
 
 import (

@@ -15,7 +15,9 @@ import (
 
 // These tests are pure: no cluster, no fake clientset. What the follower
 // writes is decided by payloadOf, desiredCopy and planFor; the client-go
-// calls around them are exercised against real API servers in sync_test.go.
+// calls around them are exercised against real API servers in
+// sync_e2e_test.go, and their branches against the fake clientset in
+// writer_test.go.
 
 // sourceSecret is a cert-manager TLS Secret as a leader's API server returns
 // it: full of cluster-local metadata that must never travel.

@@ -2,7 +2,7 @@
 --
 -- Runs as is on PostgreSQL (psql -v ON_ERROR_STOP=1 -f) and CockroachDB
 -- (cockroach sql -f): plain statements only, no psql meta-commands, no DO
--- blocks, no PostgreSQL-only syntax. grants_test.go runs it against
+-- blocks, no PostgreSQL-only syntax. grants_e2e_test.go runs it against
 -- PostgreSQL and then syncs through the roles it creates.
 --
 -- Three roles:
