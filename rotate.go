@@ -1,7 +1,8 @@
 package main
 
-// Key management: the keygen and rotate-key subcommands. The procedure they
-// serve (README, "Rotating the encryption key"):
+// Key rotation: the rotate-key subcommand (a fresh key comes from keygen,
+// crypto.go's generateKey). The procedure it serves (README, "Rotating the
+// encryption key"):
 //
 //  1. Add the new key to PREVIOUS_ENCRYPTION_KEYS everywhere: every cluster
 //     can now open rows under either key, and nothing else changes.
