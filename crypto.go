@@ -328,24 +328,14 @@ type Payload struct {
 // associatedData(b, k.ID()). The whole ciphertext is at most
 // MaxCiphertextSize, so that every row a leader writes can be opened.
 func (k *Keys) Seal(rand io.Reader, b Binding, p *Payload) ([]byte, error) {
-	if p == nil {
-		return nil, fmt.Errorf("seal: %w: nil payload", ErrInvalidPayload)
-	}
-	if err := checkUTF8(p); err != nil {
-		return nil, fmt.Errorf("seal: %w", err)
-	}
-	plaintext, err := json.Marshal(p)
+	plaintext, err := encodePayload(p)
 	if err != nil {
-		return nil, fmt.Errorf("seal: encode payload: %w", err)
+		return nil, fmt.Errorf("seal: %w", err)
 	}
 	// The JSON holds the Secret's data in the clear; wipe our copy once
 	// sealed (best effort: the caller's Payload is out of our hands).
 	defer clear(plaintext)
-	size := 1 + nonceSize + len(plaintext) + tagSize
-	if size > MaxCiphertextSize {
-		return nil, fmt.Errorf("seal: %w: %d bytes, limit %d", ErrTooLarge, size, MaxCiphertextSize)
-	}
-	out := make([]byte, 1+nonceSize, size)
+	out := make([]byte, 1+nonceSize, sealedSize(plaintext))
 	out[0] = formatV1
 	nonce := out[1 : 1+nonceSize]
 	if _, err := io.ReadFull(rand, nonce); err != nil {
@@ -353,6 +343,39 @@ func (k *Keys) Seal(rand io.Reader, b Binding, p *Payload) ([]byte, error) {
 	}
 	return k.aead.Seal(out, nonce, plaintext, associatedData(b, k.id)), nil
 }
+
+// CheckSealable reports why Seal would refuse p whatever the binding
+// (ErrInvalidPayload, ErrTooLarge), or nil. The leader asks before it
+// opens a write transaction, so that one Secret that cannot be stored is
+// refused alone instead of failing the transaction of every other row.
+func CheckSealable(p *Payload) error {
+	plaintext, err := encodePayload(p)
+	clear(plaintext)
+	return err
+}
+
+// encodePayload is the plaintext of p: its JSON, refused when it would not
+// survive the round trip unchanged or would seal to more than
+// MaxCiphertextSize.
+func encodePayload(p *Payload) ([]byte, error) {
+	if p == nil {
+		return nil, fmt.Errorf("%w: nil payload", ErrInvalidPayload)
+	}
+	if err := checkUTF8(p); err != nil {
+		return nil, err
+	}
+	plaintext, err := json.Marshal(p)
+	if err != nil {
+		return nil, fmt.Errorf("encode payload: %w", err)
+	}
+	if size := sealedSize(plaintext); size > MaxCiphertextSize {
+		clear(plaintext)
+		return nil, fmt.Errorf("%w: %d bytes, limit %d", ErrTooLarge, size, MaxCiphertextSize)
+	}
+	return plaintext, nil
+}
+
+func sealedSize(plaintext []byte) int { return 1 + nonceSize + len(plaintext) + tagSize }
 
 // Open reverses Seal. The checks run cheapest and most informative first:
 // key id (ErrWrongKey, before anything else, so a mismatched ENCRYPTION_KEY is

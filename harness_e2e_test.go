@@ -347,16 +347,23 @@ func (e *syncEnv) waitSynced(name string) *corev1.Secret {
 // follower's cluster, and returns its message.
 func (e *syncEnv) waitEvent(name, reason string) string {
 	e.t.Helper()
+	return e.waitEventIn(e.follower, name, reason)
+}
+
+// waitEventIn waits for an Event with reason on the Secret name in c, and
+// returns its message.
+func (e *syncEnv) waitEventIn(c *testenv.Cluster, name, reason string) string {
+	e.t.Helper()
 	var msg string
 	eventually(e.t, syncTimeout, func() error {
-		evs, err := e.follower.Clientset.CoreV1().Events(e.ns).List(e.t.Context(), metav1.ListOptions{
+		evs, err := c.Clientset.CoreV1().Events(e.ns).List(e.t.Context(), metav1.ListOptions{
 			FieldSelector: "involvedObject.kind=Secret,involvedObject.name=" + name + ",reason=" + reason,
 		})
 		if err != nil {
 			return err
 		}
 		if len(evs.Items) == 0 {
-			return fmt.Errorf("no %s Event for %s yet", reason, name)
+			return fmt.Errorf("no %s Event for %s in %s yet", reason, name, c.Name)
 		}
 		msg = evs.Items[0].Message
 		return nil

@@ -38,6 +38,9 @@ type leaderLoop struct {
 
 	// known mirrors the stored rows: what was last read or written.
 	known map[ObjectKey]RowState
+	// refused holds the keyed hash of each Secret that could not be
+	// sealed, so that it is reported once per content, not on every pass.
+	refused map[ObjectKey][]byte
 	// hint: send the PostgreSQL wake-up hint after each write (PG_NOTIFY,
 	// until the database turns out not to support it).
 	hint bool
@@ -52,6 +55,7 @@ func newLeaderLoop(d loopDeps) *leaderLoop {
 		dirty:    map[ObjectKey]struct{}{},
 		wake:     make(chan struct{}, 1),
 		known:    map[ObjectKey]RowState{},
+		refused:  map[ObjectKey][]byte{},
 		hint:     d.cfg.PgNotify,
 	}
 }
@@ -179,7 +183,7 @@ func (l *leaderLoop) reconcileDirty(ctx context.Context) (idle bool, err error) 
 // sync writes the rows of keys whose content differs from what is stored.
 func (l *leaderLoop) sync(ctx context.Context, kind string, keys []ObjectKey) error {
 	cluster := l.cfg.ClusterName
-	changes := rowChanges(keys, l.sources.get, l.known, l.keys, cluster, l.now())
+	changes := l.sealable(rowChanges(keys, l.sources.get, l.known, l.keys, cluster, l.now()))
 	if len(changes) == 0 {
 		return nil
 	}
@@ -210,6 +214,43 @@ func (l *leaderLoop) sync(ctx context.Context, kind string, keys []ObjectKey) er
 	}
 	l.log.WithFields(logrus.Fields{"rows": len(changes), "kind": kind, "version": version}).Debug("write done")
 	return nil
+}
+
+// sealable drops the changes whose Secret cannot be sealed faithfully (a
+// label, annotation or key that is not valid UTF-8, or a Secret too large
+// to store), so that one such Secret never fails the transaction of the
+// others. Each is reported once per content: a log line, a Warning Event on
+// the Secret and row_errors_total{reason="invalid"}. Its stored row stays
+// as it was, so followers keep the last copy that could be stored, and the
+// Secret is tried again when it changes.
+func (l *leaderLoop) sealable(changes []Change) []Change {
+	return slices.DeleteFunc(changes, func(c Change) bool {
+		if c.Payload.Deleted {
+			delete(l.refused, c.ObjectKey)
+			return false
+		}
+		if refused, ok := l.refused[c.ObjectKey]; ok && hmac.Equal(refused, c.Hash) {
+			return true
+		}
+		err := CheckSealable(c.Payload)
+		if err == nil {
+			delete(l.refused, c.ObjectKey)
+			return false
+		}
+		l.refused[c.ObjectKey] = c.Hash
+		l.metrics.rowErrors.WithLabelValues("invalid").Inc()
+		l.log.WithFields(logrus.Fields{"namespace": c.Namespace, "name": c.Name, "reason": "invalid"}).WithError(err).
+			Error("Secret not stored: it cannot be sealed faithfully; fix it at the source")
+		if l.recorder != nil {
+			ref := &corev1.ObjectReference{APIVersion: "v1", Kind: "Secret", Namespace: c.Namespace, Name: c.Name}
+			if s := l.sources.get(c.ObjectKey); s != nil {
+				ref.UID, ref.ResourceVersion = s.UID, s.ResourceVersion
+			}
+			l.recorder.Eventf(ref, corev1.EventTypeWarning, "NotSynced",
+				"kube-secret-sync did not store this Secret, so no other cluster gets this version of it: %v", err)
+		}
+		return true
+	})
 }
 
 // rowChanges decides the rows the leader writes for keys (duplicates
