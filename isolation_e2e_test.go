@@ -7,6 +7,7 @@ import (
 	"testing"
 
 	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
@@ -67,4 +68,45 @@ func TestUnsealableSecretStopsNothing(t *testing.T) {
 	// Fixed at the source: synced like any other.
 	mustModify(t, e.protobufSecrets(e.leader), "bad", func(s *corev1.Secret) { s.Annotations["note"] = "café" })
 	e.waitSynced("bad")
+}
+
+// TestCredentialSecretsNeverLeave: a labelled service account token or
+// bootstrap token is this cluster's credential. It is never copied, even
+// when labelled, and a copy that an earlier version made is deleted.
+func TestCredentialSecretsNeverLeave(t *testing.T) {
+	e := newSyncEnv(t)
+	leader, _ := e.startPair()
+	src := e.secrets(e.leader)
+
+	// A Secret synced before, then replaced by a token of the same name
+	// (what an earlier version would have copied).
+	mustCreate(t, src, labelled("token", map[string]string{"k": secretValue}))
+	e.waitSynced("token")
+	if err := src.Delete(t.Context(), "token", metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	sa := labelled("token", map[string]string{"token": secretValue})
+	sa.Type = corev1.SecretTypeServiceAccountToken
+	sa.Annotations = map[string]string{corev1.ServiceAccountNameKey: "default"}
+	mustCreate(t, src, sa)
+	boot := labelled("bootstrap-token-abcdef", map[string]string{"token-id": "abcdef", "token-secret": "0123456789abcdef"})
+	boot.Type = corev1.SecretTypeBootstrapToken
+	mustCreate(t, src, boot)
+	mustCreate(t, src, labelled("after", map[string]string{"k": secretValue}))
+
+	e.waitSynced("after")
+	e.waitGone("token")
+	e.waitEventIn(e.leader, "token", "NotSynced")
+	e.waitEventIn(e.leader, "bootstrap-token-abcdef", "NotSynced")
+	leader.waitMetric(t, `kube_secret_sync_row_errors_total{reason="credentials"}`, 2)
+	passes := leader.metric(t, `kube_secret_sync_reconciles_total{kind="full",result="ok"}`)
+	leader.waitMetric(t, `kube_secret_sync_reconciles_total{kind="full",result="ok"}`, passes+2)
+	for _, name := range []string{"token", "bootstrap-token-abcdef"} {
+		if _, err := e.secrets(e.follower).Get(t.Context(), name, metav1.GetOptions{}); !apierrors.IsNotFound(err) {
+			t.Errorf("copy of the credential %s: err = %v; want NotFound", name, err)
+		}
+	}
+	if n := leader.metric(t, `kube_secret_sync_row_errors_total{reason="credentials"}`); n != 2 {
+		t.Errorf("row_errors_total{reason=credentials} = %v; want 2 (each reported once)", n)
+	}
 }

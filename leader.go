@@ -16,6 +16,7 @@ import (
 
 	"github.com/sirupsen/logrus"
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/tools/cache"
 )
 
@@ -41,6 +42,9 @@ type leaderLoop struct {
 	// refused holds the keyed hash of each Secret that could not be
 	// sealed, so that it is reported once per content, not on every pass.
 	refused map[ObjectKey][]byte
+	// credentials holds the UID of each labelled Secret of a type that is
+	// never synced, so that each is reported once.
+	credentials map[ObjectKey]types.UID
 	// hint: send the PostgreSQL wake-up hint after each write (PG_NOTIFY,
 	// until the database turns out not to support it).
 	hint bool
@@ -48,15 +52,16 @@ type leaderLoop struct {
 
 func newLeaderLoop(d loopDeps) *leaderLoop {
 	return &leaderLoop{
-		loopDeps: d,
-		passes:   newPassRunner(d),
-		rand:     rand.Reader,
-		now:      time.Now,
-		dirty:    map[ObjectKey]struct{}{},
-		wake:     make(chan struct{}, 1),
-		known:    map[ObjectKey]RowState{},
-		refused:  map[ObjectKey][]byte{},
-		hint:     d.cfg.PgNotify,
+		loopDeps:    d,
+		passes:      newPassRunner(d),
+		rand:        rand.Reader,
+		now:         time.Now,
+		dirty:       map[ObjectKey]struct{}{},
+		wake:        make(chan struct{}, 1),
+		known:       map[ObjectKey]RowState{},
+		refused:     map[ObjectKey][]byte{},
+		credentials: map[ObjectKey]types.UID{},
+		hint:        d.cfg.PgNotify,
 	}
 }
 
@@ -183,7 +188,7 @@ func (l *leaderLoop) reconcileDirty(ctx context.Context) (idle bool, err error) 
 // sync writes the rows of keys whose content differs from what is stored.
 func (l *leaderLoop) sync(ctx context.Context, kind string, keys []ObjectKey) error {
 	cluster := l.cfg.ClusterName
-	changes := l.sealable(rowChanges(keys, l.sources.get, l.known, l.keys, cluster, l.now()))
+	changes := l.sealable(rowChanges(keys, l.source, l.known, l.keys, cluster, l.now()))
 	if len(changes) == 0 {
 		return nil
 	}
@@ -216,6 +221,41 @@ func (l *leaderLoop) sync(ctx context.Context, kind string, keys []ObjectKey) er
 	return nil
 }
 
+// source is the labelled Secret key, or nil when there is none that may be
+// synced: a Secret of a type that holds this cluster's credentials
+// (service account and bootstrap tokens) counts as not labelled, so its row,
+// if an earlier version stored one, becomes a tombstone. Each such Secret
+// is reported once (a log line, a Warning Event, row_errors_total{reason=
+// "credentials"}).
+func (l *leaderLoop) source(key ObjectKey) *corev1.Secret {
+	s := l.sources.get(key)
+	if s == nil || syncable(s) {
+		return s
+	}
+	if l.credentials[key] != s.UID {
+		l.credentials[key] = s.UID
+		l.metrics.rowErrors.WithLabelValues("credentials").Inc()
+		l.log.WithFields(logrus.Fields{"namespace": key.Namespace, "name": key.Name, "type": s.Type, "reason": "credentials"}).
+			Warn("Secret not synced: its type holds this cluster's own credentials, which never leave it")
+		l.event(key, corev1.EventTypeWarning, "NotSynced",
+			"kube-secret-sync never syncs Secrets of type %s, even when labelled: they are this cluster's credentials", s.Type)
+	}
+	return nil
+}
+
+// event records an Event on the labelled Secret key in this cluster,
+// through a reference: the Secret's data never goes near the recorder.
+func (l *leaderLoop) event(key ObjectKey, eventType, reason, format string, args ...any) {
+	if l.recorder == nil {
+		return
+	}
+	ref := &corev1.ObjectReference{APIVersion: "v1", Kind: "Secret", Namespace: key.Namespace, Name: key.Name}
+	if s := l.sources.get(key); s != nil {
+		ref.UID, ref.ResourceVersion = s.UID, s.ResourceVersion
+	}
+	l.recorder.Eventf(ref, eventType, reason, format, args...)
+}
+
 // sealable drops the changes whose Secret cannot be sealed faithfully (a
 // label, annotation or key that is not valid UTF-8, or a Secret too large
 // to store), so that one such Secret never fails the transaction of the
@@ -241,14 +281,8 @@ func (l *leaderLoop) sealable(changes []Change) []Change {
 		l.metrics.rowErrors.WithLabelValues("invalid").Inc()
 		l.log.WithFields(logrus.Fields{"namespace": c.Namespace, "name": c.Name, "reason": "invalid"}).WithError(err).
 			Error("Secret not stored: it cannot be sealed faithfully; fix it at the source")
-		if l.recorder != nil {
-			ref := &corev1.ObjectReference{APIVersion: "v1", Kind: "Secret", Namespace: c.Namespace, Name: c.Name}
-			if s := l.sources.get(c.ObjectKey); s != nil {
-				ref.UID, ref.ResourceVersion = s.UID, s.ResourceVersion
-			}
-			l.recorder.Eventf(ref, corev1.EventTypeWarning, "NotSynced",
-				"kube-secret-sync did not store this Secret, so no other cluster gets this version of it: %v", err)
-		}
+		l.event(c.ObjectKey, corev1.EventTypeWarning, "NotSynced",
+			"kube-secret-sync did not store this Secret, so no other cluster gets this version of it: %v", err)
 		return true
 	})
 }

@@ -7,6 +7,7 @@ package main
 
 import (
 	"maps"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -38,6 +39,15 @@ const (
 func carried(key string) bool {
 	return !strings.HasPrefix(key, managedPrefix) && key != lastUpdatedAnnotation && key != lastAppliedAnnotation
 }
+
+// neverSynced lists the Secret types that hold credentials of the cluster
+// they are in: a follower must never hold the leader's (SPEC: no cluster
+// holds another's credentials), and its own token controllers would
+// fight a copy.
+var neverSynced = []corev1.SecretType{corev1.SecretTypeServiceAccountToken, corev1.SecretTypeBootstrapToken}
+
+// syncable reports whether s may leave its cluster, whatever its labels.
+func syncable(s *corev1.Secret) bool { return !slices.Contains(neverSynced, s.Type) }
 
 // payloadOf extracts what is synced of a Secret: type, data, immutable and
 // the carried labels and annotations. Everything cluster-local

@@ -466,3 +466,23 @@ func TestTrimForCacheKeepsLastChange(t *testing.T) {
 		t.Error(err)
 	}
 }
+
+func TestSyncable(t *testing.T) {
+	tests := []struct {
+		typ  corev1.SecretType
+		want bool
+	}{
+		{"", true},
+		{corev1.SecretTypeOpaque, true},
+		{corev1.SecretTypeTLS, true},
+		{corev1.SecretTypeDockerConfigJson, true},
+		{"example.com/custom", true},
+		{corev1.SecretTypeServiceAccountToken, false},
+		{corev1.SecretTypeBootstrapToken, false},
+	}
+	for _, tt := range tests {
+		if got := syncable(&corev1.Secret{Type: tt.typ}); got != tt.want {
+			t.Errorf("syncable(type %q) = %v; want %v", tt.typ, got, tt.want)
+		}
+	}
+}
