@@ -208,24 +208,32 @@ func (s *Store) States(ctx context.Context) (map[ObjectKey]RowState, error) {
 
 // Pull returns up to limit rows after cursor in (version, namespace, name)
 // order. Paging by this key never misses a row: a row rewritten while a
-// follower pages moves to a higher version and is met again later.
+// follower pages moves to a higher version and is met again later. Only
+// rows up to the version counter are returned, read in the same statement
+// (one snapshot): every correct write bumps the counter first, so a row
+// above it has a forged version, and a cursor moved to it would skip every
+// row written afterwards. Such a row is left to the full pass.
 func (s *Store) Pull(ctx context.Context, after Cursor, limit int) ([]Row, error) {
-	return s.pull(ctx, "ciphertext", after, limit)
+	return s.pull(ctx, "ciphertext", upToCounter, after, limit)
 }
 
-// PullHeaders is Pull without the ciphertexts (Row.Ciphertext is nil): a
-// follower's full pass compares every row with its copy and needs the
-// ciphertext only of the few that differ (FillCiphertexts), so an idle
-// pass does not move every Secret across regions again.
+// PullHeaders is Pull without the ciphertexts (Row.Ciphertext is nil) and
+// without the bound: a follower's full pass compares every row with its
+// copy, forged versions included, and needs the ciphertext only of the few
+// that differ (FillCiphertexts), so an idle pass does not move every
+// Secret across regions again.
 func (s *Store) PullHeaders(ctx context.Context, after Cursor, limit int) ([]Row, error) {
-	return s.pull(ctx, "NULL::BYTEA", after, limit)
+	return s.pull(ctx, "NULL::BYTEA", "", after, limit)
 }
 
-func (s *Store) pull(ctx context.Context, ciphertext string, after Cursor, limit int) ([]Row, error) {
+// upToCounter bounds a pull by the version counter.
+const upToCounter = `AND version <= (SELECT version FROM kss_version WHERE id = 1)`
+
+func (s *Store) pull(ctx context.Context, ciphertext, bound string, after Cursor, limit int) ([]Row, error) {
 	rows, err := s.pool.Query(ctx, `
 SELECT namespace, name, `+ciphertext+`, key_id, hash, tombstone, version, source_cluster, updated_at
 FROM kss_secrets
-WHERE (version, namespace, name) > ($1, $2, $3)
+WHERE (version, namespace, name) > ($1, $2, $3) `+bound+`
 ORDER BY version, namespace, name
 LIMIT $4`, after.Version, after.Namespace, after.Name, limit)
 	if err != nil {

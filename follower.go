@@ -175,7 +175,7 @@ func (f *followerLoop) reconcileFull(ctx context.Context) (idle bool, err error)
 		f.cursor = Cursor{}
 	}
 	before := f.cursor
-	var page Cursor
+	var page, upTo Cursor
 	var seen int
 	defer func() {
 		f.log.WithFields(logrus.Fields{"rows": seen, "copies": len(copies), "cursor": f.cursor.Version}).Debug("full pass done")
@@ -189,6 +189,13 @@ func (f *followerLoop) reconcileFull(ctx context.Context) (idle bool, err error)
 		if err != nil {
 			return false, err
 		}
+		for _, r := range rows {
+			// Not past the counter: a row above it has a forged version
+			// (see Store.Pull).
+			if r.Version <= maxVersion {
+				upTo = Cursor{r.Version, r.Namespace, r.Name}
+			}
+		}
 		if len(rows) > 0 {
 			last := rows[len(rows)-1]
 			page = Cursor{last.Version, last.Namespace, last.Name}
@@ -197,11 +204,11 @@ func (f *followerLoop) reconcileFull(ctx context.Context) (idle bool, err error)
 			break
 		}
 	}
-	// The pass read every row up to page, the last one in the database's
-	// order, so the cursor may move there. Versions decide, not a Go string
-	// comparison, which could disagree with the database's collation.
-	if page != (Cursor{}) && page.Version >= f.cursor.Version {
-		f.cursor = page
+	// The pass read every row up to upTo in the database's order, so the
+	// cursor may move there. Versions decide, not a Go string comparison,
+	// which could disagree with the database's collation.
+	if upTo != (Cursor{}) && upTo.Version >= f.cursor.Version {
+		f.cursor = upTo
 	}
 	return false, f.saveCursor(ctx, before)
 }

@@ -110,3 +110,41 @@ func TestCredentialSecretsNeverLeave(t *testing.T) {
 		t.Errorf("row_errors_total{reason=credentials} = %v; want 2 (each reported once)", n)
 	}
 }
+
+// TestForgedVersionDelaysOnlyItsRow: a database writer raises one row's
+// version far above the counter. Followers' pulls must not jump past
+// every row the leader writes afterwards; only the forged row is held up.
+func TestForgedVersionDelaysOnlyItsRow(t *testing.T) {
+	e := newSyncEnv(t)
+	lc := e.config(true)
+	lc.TickSeconds = 3600 // the leader does not heal the row meanwhile
+	e.start(lc)
+	fc := e.config(false)
+	fc.TickSeconds = 3600 // changes must arrive by the pull, not a full pass
+	fc.PollSeconds = 0.1
+	follower := e.start(fc)
+	src := e.secrets(e.leader)
+	mustCreate(t, src, labelled("forged", map[string]string{"k": secretValue}))
+	e.waitSynced("forged")
+	passes := follower.metric(t, fullOK)
+
+	if _, err := e.dbConn().Exec(t.Context(), `UPDATE kss_secrets SET version = 4000000000000 WHERE namespace = $1 AND name = 'forged'`, e.ns); err != nil {
+		t.Fatal(err)
+	}
+	// The forged row is now the newest in pull order; a pull that moved
+	// the cursor to it would skip every row below 4e12. The pull that
+	// brings after-1 reads the forged row too (one page, version order),
+	// so at the latest after-2 shows whether the cursor jumped.
+	for _, n := range []string{"after-1", "after-2"} {
+		mustCreate(t, src, labelled(n, map[string]string{"k": secretValue}))
+		e.waitSynced(n)
+	}
+	mustModify(t, src, "after-1", func(s *corev1.Secret) { s.Data["k"] = []byte("changed") })
+	e.waitSynced("after-1")
+	if n := follower.metric(t, fullOK); n != passes {
+		t.Fatalf("a full pass ran (%v -> %v): the test shows nothing", passes, n)
+	}
+	if v := follower.metric(t, "kube_secret_sync_cursor_version"); v >= 4000000000000 {
+		t.Errorf("follower cursor = %v: moved to the forged version", v)
+	}
+}
