@@ -41,6 +41,7 @@ type Config struct {
 	KubeQPS           float32  `envconfig:"KUBE_QPS" default:"100" desc:"Kubernetes API client queries per second"`
 	KubeBurst         int      `envconfig:"KUBE_BURST" default:"200" desc:"Kubernetes API client burst"`
 	ApplyWorkers      int      `envconfig:"APPLY_WORKERS" default:"8" desc:"follower: Secrets applied concurrently"`
+	DeleteGuard       int      `envconfig:"DELETE_GUARD_PERCENT" default:"50" desc:"leader: a pass that would delete more than this share (percent) of the synced Secrets, and more than 10, deletes none and waits; 100 allows any"`
 	PgNotify          bool     `envconfig:"PG_NOTIFY" default:"true" desc:"PostgreSQL only: LISTEN/NOTIFY wake-up hint, so that followers pull at once; the poll remains the fallback"`
 	Kubeconfig        string   `envconfig:"KUBECONFIG" desc:"kubeconfig file when running outside a cluster (default: in-cluster config)"`
 	MetricsAddr       string   `envconfig:"METRICS_ADDR" default:":8080" desc:"address for /metrics, /healthz and /readyz; empty disables"`
@@ -151,6 +152,9 @@ func (c *Config) validate() error {
 	}
 	if c.ApplyWorkers < 1 || c.ApplyWorkers > maxApplyWorkers {
 		return fmt.Errorf("invalid APPLY_WORKERS: must be between 1 and %d, got %d", maxApplyWorkers, c.ApplyWorkers)
+	}
+	if c.DeleteGuard < 1 || c.DeleteGuard > 100 {
+		return fmt.Errorf("invalid DELETE_GUARD_PERCENT: must be between 1 and 100, got %d", c.DeleteGuard)
 	}
 	if c.MetricsAddr != "" {
 		_, port, err := net.SplitHostPort(c.MetricsAddr)

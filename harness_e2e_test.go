@@ -83,6 +83,7 @@ func (e *syncEnv) config(leader bool) *Config {
 		KubeQPS:          100,
 		KubeBurst:        200,
 		ApplyWorkers:     8,
+		DeleteGuard:      50,
 		LeaderElection:   true,
 		LeaseName:        "kube-secret-sync",
 		Kubeconfig:       e.leader.Kubeconfig,

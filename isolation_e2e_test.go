@@ -4,6 +4,9 @@ package main
 // change never stops, stalls or corrupts the replication of the others.
 
 import (
+	"fmt"
+	"net/http"
+	"strings"
 	"testing"
 
 	corev1 "k8s.io/api/core/v1"
@@ -147,4 +150,74 @@ func TestForgedVersionDelaysOnlyItsRow(t *testing.T) {
 	if v := follower.metric(t, "kube_secret_sync_cursor_version"); v >= 4000000000000 {
 		t.Errorf("follower cursor = %v: moved to the forged version", v)
 	}
+}
+
+// TestSelectorTypoDeletesNothing: a leader restarted with a LABEL_SELECTOR
+// that matches nothing would turn every row into a tombstone and every
+// follower would delete its copies. The guard holds the deletes back, says
+// so, and lets them through once the operator allows it; a few Secrets
+// deleted on purpose propagate at once.
+func TestSelectorTypoDeletesNothing(t *testing.T) {
+	e := newSyncEnv(t)
+	leader := e.start(e.config(true))
+	e.start(e.config(false))
+	src := e.secrets(e.leader)
+	var names []string
+	for i := range 14 {
+		names = append(names, fmt.Sprintf("s-%d", i))
+		mustCreate(t, src, labelled(names[i], map[string]string{"k": secretValue}))
+	}
+	for _, n := range names {
+		e.waitSynced(n)
+	}
+	for _, n := range names[:2] {
+		if err := src.Delete(t.Context(), n, metav1.DeleteOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, n := range names[:2] {
+		e.waitGone(n)
+	}
+	leader.stop(t)
+
+	typo := e.config(true)
+	typo.LabelSelector = "kube-secret-sync=ture"
+	if err := typo.validate(); err != nil {
+		t.Fatal(err)
+	}
+	held := e.start(typo)
+	held.waitMetric(t, "kube_secret_sync_deletes_held", 12)
+	if code := httpStatus(t, "http://"+held.metrics+"/readyz"); code != http.StatusServiceUnavailable {
+		t.Errorf("/readyz while deletes are held: %d; want 503", code)
+	}
+	passes := held.metric(t, fullOK)
+	held.waitMetric(t, fullOK, passes+2)
+	for _, n := range names[2:] {
+		mustGet(t, e.secrets(e.follower), n)
+	}
+	if !strings.Contains(held.logs.String(), "holding deletes back") {
+		t.Error("no log line says that deletes are held back")
+	}
+	held.stop(t)
+
+	allow := e.config(true)
+	allow.LabelSelector, allow.DeleteGuard = typo.LabelSelector, 100
+	if err := allow.validate(); err != nil {
+		t.Fatal(err)
+	}
+	e.start(allow)
+	for _, n := range names[2:] {
+		e.waitGone(n)
+	}
+}
+
+// httpStatus returns the status code of a GET of url.
+func httpStatus(t *testing.T, url string) int {
+	t.Helper()
+	resp, err := http.Get(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	return resp.StatusCode
 }

@@ -42,6 +42,8 @@ type leaderLoop struct {
 	// refused holds the keyed hash of each Secret that could not be
 	// sealed, so that it is reported once per content, not on every pass.
 	refused map[ObjectKey][]byte
+	// held is how many deletes the last full pass held back (guardDeletes).
+	held int
 	// credentials holds the UID of each labelled Secret of a type that is
 	// never synced, so that each is reported once.
 	credentials map[ObjectKey]types.UID
@@ -189,6 +191,7 @@ func (l *leaderLoop) reconcileDirty(ctx context.Context) (idle bool, err error) 
 func (l *leaderLoop) sync(ctx context.Context, kind string, keys []ObjectKey) error {
 	cluster := l.cfg.ClusterName
 	changes := l.sealable(rowChanges(keys, l.source, l.known, l.keys, cluster, l.now()))
+	changes = l.guardDeletes(kind, changes)
 	if len(changes) == 0 {
 		return nil
 	}
@@ -219,6 +222,65 @@ func (l *leaderLoop) sync(ctx context.Context, kind string, keys []ObjectKey) er
 	}
 	l.log.WithFields(logrus.Fields{"rows": len(changes), "kind": kind, "version": version}).Debug("write done")
 	return nil
+}
+
+// deleteGuardMin is how many deletes a pass may always make: a few Secrets
+// deleted or unlabelled on purpose propagate at once, whatever the share.
+const deleteGuardMin = 10
+
+// deletesAllowed reports whether a pass may turn deletes of this leader's
+// live rows into tombstones: at most deleteGuardMin, or at most percent of
+// the live rows. More looks like a mistake (a LABEL_SELECTOR or NAMESPACES
+// typo, a kubeconfig of the wrong cluster) that would delete every copy
+// in every region.
+func deletesAllowed(deletes, live, percent int) bool {
+	return deletes <= deleteGuardMin || deletes*100 <= percent*live
+}
+
+// guardDeletes drops every tombstone of a pass that deletes more than
+// deletesAllowed allows, and says so: an error log, the deletes_held
+// metric and a failing /readyz, until the Secrets come back or the
+// operator allows the deletes with DELETE_GUARD_PERCENT=100. Tombstones
+// that only move to the current key delete nothing and always pass. A
+// full pass sets what is held; an incremental one may only add to it.
+func (l *leaderLoop) guardDeletes(kind string, changes []Change) []Change {
+	deletes, live := 0, 0
+	for _, c := range changes {
+		if row, ok := l.known[c.ObjectKey]; c.Payload.Deleted && ok && !row.Tombstone {
+			deletes++
+		}
+	}
+	if deletes > 0 {
+		for _, row := range l.known {
+			if row.SourceCluster == l.cfg.ClusterName && !row.Tombstone {
+				live++
+			}
+		}
+	}
+	allowed := deletesAllowed(deletes, live, l.cfg.DeleteGuard)
+	held := 0
+	if !allowed {
+		held = deletes
+	}
+	if kind == "full" || held > l.held {
+		if held != l.held && held > 0 {
+			l.log.WithFields(logrus.Fields{"deletes": deletes, "synced": live, "DELETE_GUARD_PERCENT": l.cfg.DeleteGuard}).
+				Error("holding deletes back: this pass would delete more of the synced Secrets than DELETE_GUARD_PERCENT allows " +
+					"(a LABEL_SELECTOR, NAMESPACES or KUBECONFIG mistake?); nothing is deleted until the Secrets are back, " +
+					"or until the leader runs with DELETE_GUARD_PERCENT=100")
+		} else if held == 0 && l.held > 0 {
+			l.log.Info("no deletes held back any more")
+		}
+		l.held = held
+		l.metrics.holdDeletes(held)
+	}
+	if allowed {
+		return changes
+	}
+	return slices.DeleteFunc(changes, func(c Change) bool {
+		row, ok := l.known[c.ObjectKey]
+		return c.Payload.Deleted && ok && !row.Tombstone
+	})
 }
 
 // source is the labelled Secret key, or nil when there is none that may be

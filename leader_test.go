@@ -138,3 +138,27 @@ func TestRowChangesIdempotent(t *testing.T) {
 		t.Errorf("second pass: %d changes; want none", len(again))
 	}
 }
+
+func TestDeletesAllowed(t *testing.T) {
+	tests := []struct {
+		deletes, live, percent int
+		want                   bool
+	}{
+		{0, 0, 50, true},
+		{1, 1, 50, true}, // the only Secret, deleted on purpose
+		{deleteGuardMin, deleteGuardMin, 50, true}, // a few, whatever the share
+		{deleteGuardMin + 1, deleteGuardMin + 1, 50, false},
+		{50, 100, 50, true},
+		{51, 100, 50, false},
+		{100, 100, 50, false}, // a selector that matches nothing
+		{100, 100, 99, false},
+		{100, 100, 100, true}, // the operator allows it
+		{11, 1000, 1, false},
+		{10000, 100000, 10, true},
+	}
+	for _, tt := range tests {
+		if got := deletesAllowed(tt.deletes, tt.live, tt.percent); got != tt.want {
+			t.Errorf("deletesAllowed(%d of %d, %d%%) = %v; want %v", tt.deletes, tt.live, tt.percent, got, tt.want)
+		}
+	}
+}

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net"
 	"net/http"
 	"sync/atomic"
@@ -27,6 +28,7 @@ type metrics struct {
 	cursor        prometheus.Gauge
 	active        prometheus.Gauge
 	lastSuccess   prometheus.Gauge
+	deletesHeld   prometheus.Gauge
 
 	// heartbeat is the Unix time of the last loop iteration, for /healthz.
 	heartbeat atomic.Int64
@@ -35,6 +37,9 @@ type metrics struct {
 	// running is set while this replica's sync loop runs (it holds the
 	// Lease); a standby has no loop to watch.
 	running atomic.Bool
+	// held is how many deletes the leader holds back (DELETE_GUARD_PERCENT);
+	// /readyz fails while it is not 0.
+	held atomic.Int64
 }
 
 func newMetrics() *metrics {
@@ -77,8 +82,12 @@ func newMetrics() *metrics {
 		Name: "kube_secret_sync_last_success_timestamp_seconds",
 		Help: "Unix time of the last reconcile pass that ended without error.",
 	})
+	m.deletesHeld = prometheus.NewGauge(prometheus.GaugeOpts{
+		Name: "kube_secret_sync_deletes_held",
+		Help: "Leader: deletes (tombstones) held back because there were more than DELETE_GUARD_PERCENT allows; 0 when none.",
+	})
 	for _, c := range []prometheus.Collector{m.rowsWritten, m.rowsApplied, m.rowErrors, m.conflicts, m.reconciles,
-		m.reconcileTime, m.cursor, m.active, m.lastSuccess,
+		m.reconcileTime, m.cursor, m.active, m.lastSuccess, m.deletesHeld,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{})} {
 		f(c)
 	}
@@ -100,6 +109,12 @@ func (m *metrics) observe(kind string, start time.Time, err error) {
 }
 
 func (m *metrics) beat() { m.heartbeat.Store(time.Now().Unix()) }
+
+// holdDeletes records how many deletes the leader holds back.
+func (m *metrics) holdDeletes(n int) {
+	m.held.Store(int64(n))
+	m.deletesHeld.Set(float64(n))
+}
 
 // setRunning marks the start and end of this replica's sync loop.
 func (m *metrics) setRunning(on bool) {
@@ -131,6 +146,10 @@ func (m *metrics) serve(ctx context.Context, ln net.Listener, staleAfter time.Du
 	mux.HandleFunc("/readyz", func(w http.ResponseWriter, _ *http.Request) {
 		if !m.ready.Load() {
 			http.Error(w, "starting", http.StatusServiceUnavailable)
+			return
+		}
+		if n := m.held.Load(); n > 0 {
+			http.Error(w, fmt.Sprintf("holding %d deletes back: more than DELETE_GUARD_PERCENT allows (see the logs)", n), http.StatusServiceUnavailable)
 			return
 		}
 		_, _ = w.Write([]byte("ok\n"))
