@@ -37,6 +37,10 @@ type Row struct {
 	Version       int64
 	SourceCluster string
 	UpdatedAt     time.Time
+	// Size is the ciphertext's length in bytes as the database reports it.
+	// Queries that return headers only (no ciphertext) fill it, so that a
+	// ciphertext is never transferred before its size is known.
+	Size int64
 }
 
 // Binding is what the row's ciphertext must be bound to.
@@ -51,6 +55,9 @@ type RowState struct {
 	Tombstone     bool
 	SourceCluster string
 	KeyID         string
+	// Damaged is set by the leader's verification: the row does not say
+	// what the leader wrote, and must be rewritten whatever its hash says.
+	Damaged bool
 }
 
 // Change is one row the leader writes: a Secret's new content or its
@@ -59,6 +66,9 @@ type Change struct {
 	ObjectKey
 	Hash    []byte
 	Payload *Payload
+	// Force rewrites the row even where its stored hash, tombstone flag
+	// and key id already equal the change's (a damaged row).
+	Force bool
 	// Version is set by Store.Write: the version the row was written at.
 	Version int64
 }
@@ -141,40 +151,53 @@ ON CONFLICT (namespace, name) DO UPDATE SET
     tombstone = excluded.tombstone,
     version = excluded.version,
     source_cluster = excluded.source_cluster,
-    updated_at = excluded.updated_at
+    updated_at = excluded.updated_at`
+
+// upsertChangedSQL leaves a row alone whose stored hash, tombstone flag and
+// key id already equal the change's; rewriteSQL (for Change.Force) does not.
+const (
+	rewriteSQL       = upsertSQL
+	upsertChangedSQL = upsertSQL + `
 WHERE kss_secrets.hash <> excluded.hash OR kss_secrets.tombstone <> excluded.tombstone OR kss_secrets.key_id <> excluded.key_id`
+)
 
 // Write stores changes, writeChunk rows per transaction. Each transaction
 // first bumps the version counter and then seals its rows under that
 // version, so the version bound into a ciphertext is the one its row
 // carries. A row whose stored hash already equals the change's is left as
-// it is (a second leader, or a retry after a lost acknowledgement).
-// It returns the last version written.
+// it is (a second leader, or a retry after a lost acknowledgement), unless
+// the change forces it. It returns the last version written.
 func (s *Store) Write(ctx context.Context, cluster, keyID string, changes []Change, seal SealFunc) (int64, error) {
 	var last int64
 	for chunk := range slices.Chunk(changes, writeChunk) {
-		n := len(chunk)
-		namespaces, names := make([]string, n), make([]string, n)
-		ciphertexts, hashes := make([][]byte, n), make([][]byte, n)
-		tombstones := make([]bool, n)
-		for i := range chunk {
-			namespaces[i], names[i] = chunk[i].Namespace, chunk[i].Name
-			hashes[i], tombstones[i] = chunk[i].Hash, chunk[i].Payload.Deleted
-		}
 		err := s.inTx(ctx, func(tx pgx.Tx) error {
 			var version int64
 			err := tx.QueryRow(ctx, `UPDATE kss_version SET version = version + 1 WHERE id = 1 RETURNING version`).Scan(&version)
 			if err != nil {
 				return fmt.Errorf("bump version: %w", err)
 			}
-			for i := range chunk {
-				if ciphertexts[i], err = seal(version, &chunk[i]); err != nil {
-					return fmt.Errorf("seal %s: %w", chunk[i].ObjectKey, err)
+			for _, force := range []bool{false, true} {
+				var u upsertRows
+				for i := range chunk {
+					if c := &chunk[i]; c.Force == force {
+						ciphertext, err := seal(version, c)
+						if err != nil {
+							return fmt.Errorf("seal %s: %w", c.ObjectKey, err)
+						}
+						c.Version = version
+						u.add(c, ciphertext)
+					}
 				}
-				chunk[i].Version = version
-			}
-			if _, err := tx.Exec(ctx, upsertSQL, namespaces, names, ciphertexts, keyID, hashes, version, cluster, tombstones); err != nil {
-				return fmt.Errorf("upsert: %w", err)
+				if len(u.namespaces) == 0 {
+					continue
+				}
+				stmt := upsertChangedSQL
+				if force {
+					stmt = rewriteSQL
+				}
+				if _, err := tx.Exec(ctx, stmt, u.namespaces, u.names, u.ciphertexts, keyID, u.hashes, version, cluster, u.tombstones); err != nil {
+					return fmt.Errorf("upsert: %w", err)
+				}
 			}
 			last = version
 			return nil
@@ -184,6 +207,19 @@ func (s *Store) Write(ctx context.Context, cluster, keyID string, changes []Chan
 		}
 	}
 	return last, nil
+}
+
+// upsertRows are the column arrays of one upsert statement.
+type upsertRows struct {
+	namespaces, names   []string
+	ciphertexts, hashes [][]byte
+	tombstones          []bool
+}
+
+func (u *upsertRows) add(c *Change, ciphertext []byte) {
+	u.namespaces, u.names = append(u.namespaces, c.Namespace), append(u.names, c.Name)
+	u.ciphertexts, u.hashes = append(u.ciphertexts, ciphertext), append(u.hashes, c.Hash)
+	u.tombstones = append(u.tombstones, c.Payload.Deleted)
 }
 
 // States returns the hash, tombstone flag, source and key id of every row.
@@ -250,9 +286,11 @@ LIMIT $4`, after.Version, after.Namespace, after.Name, limit)
 	return out, nil
 }
 
-// FillCiphertexts loads the ciphertext of rows read by PullHeaders, in one
-// query. A row rewritten since keeps a nil Ciphertext: it has a newer
-// version now, which the next incremental pull brings.
+// FillCiphertexts loads the ciphertext of rows read by PullHeaders or
+// Headers, in one query. A row rewritten since keeps a nil Ciphertext: it
+// has a newer version now, which the next incremental pull brings. So does
+// a row whose ciphertext is larger than MaxCiphertextSize, which no correct
+// writer produces and which is never transferred.
 func (s *Store) FillCiphertexts(ctx context.Context, rows []*Row) error {
 	if len(rows) == 0 {
 		return nil
@@ -267,7 +305,8 @@ func (s *Store) FillCiphertexts(ctx context.Context, rows []*Row) error {
 SELECT s.namespace, s.name, s.version, s.ciphertext
 FROM kss_secrets AS s
 JOIN unnest($1::TEXT[], $2::TEXT[], $3::BIGINT[]) AS u (namespace, name, version)
-  ON s.namespace = u.namespace AND s.name = u.name AND s.version = u.version`, namespaces, names, versions)
+  ON s.namespace = u.namespace AND s.name = u.name AND s.version = u.version
+WHERE octet_length(s.ciphertext) <= $4`, namespaces, names, versions, MaxCiphertextSize)
 	if err != nil {
 		return fmt.Errorf("read ciphertexts: %w", err)
 	}
@@ -284,6 +323,49 @@ JOIN unnest($1::TEXT[], $2::TEXT[], $3::BIGINT[]) AS u (namespace, name, version
 		return fmt.Errorf("read ciphertexts: %w", err)
 	}
 	return nil
+}
+
+// Headers returns up to limit rows after the row after, in (namespace,
+// name) order, without their ciphertexts but with their sizes: the
+// leader's verification reads through the table this way, a slice per pass.
+func (s *Store) Headers(ctx context.Context, after ObjectKey, limit int) ([]Row, error) {
+	rows, err := s.pool.Query(ctx, `
+SELECT namespace, name, key_id, hash, tombstone, version, source_cluster, octet_length(ciphertext)
+FROM kss_secrets
+WHERE (namespace, name) > ($1, $2)
+ORDER BY namespace, name
+LIMIT $3`, after.Namespace, after.Name, limit)
+	if err != nil {
+		return nil, fmt.Errorf("read row headers: %w", err)
+	}
+	out, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (Row, error) {
+		var r Row
+		err := row.Scan(&r.Namespace, &r.Name, &r.KeyID, &r.Hash, &r.Tombstone, &r.Version, &r.SourceCluster, &r.Size)
+		return r, err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("read row headers: %w", err)
+	}
+	return out, nil
+}
+
+// byteBatches splits rows into consecutive batches whose sizes add up to
+// at most maxBytes, so that what is held in memory at once is bounded by
+// bytes and not only by rows. A row larger than maxBytes is a batch alone.
+func byteBatches(rows []*Row, maxBytes int64) [][]*Row {
+	var out [][]*Row
+	start, sum := 0, int64(0)
+	for i, r := range rows {
+		if i > start && sum+r.Size > maxBytes {
+			out = append(out, rows[start:i])
+			start, sum = i, 0
+		}
+		sum += r.Size
+	}
+	if start < len(rows) {
+		out = append(out, rows[start:])
+	}
+	return out
 }
 
 // RowsNotUnder returns up to limit rows (ciphertexts included) whose key

@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strconv"
+	"strings"
 	"testing"
 
 	"github.com/jackc/pgx/v5/pgconn"
@@ -69,6 +71,45 @@ func TestRetryable(t *testing.T) {
 	for _, tt := range tests {
 		if got := retryable(tt.err); got != tt.want {
 			t.Errorf("retryable(%v) = %v; want %v", tt.name, got, tt.want)
+		}
+	}
+}
+
+func TestByteBatches(t *testing.T) {
+	rows := func(sizes ...int64) []*Row {
+		var out []*Row
+		for _, s := range sizes {
+			out = append(out, &Row{Size: s})
+		}
+		return out
+	}
+	shape := func(batches [][]*Row) string {
+		var parts []string
+		for _, b := range batches {
+			var sizes []string
+			for _, r := range b {
+				sizes = append(sizes, strconv.FormatInt(r.Size, 10))
+			}
+			parts = append(parts, strings.Join(sizes, "+"))
+		}
+		return strings.Join(parts, " | ")
+	}
+	tests := []struct {
+		sizes []int64
+		max   int64
+		want  string
+	}{
+		{nil, 10, ""},
+		{[]int64{3, 3, 3}, 10, "3+3+3"},
+		{[]int64{3, 3, 3, 3}, 10, "3+3+3 | 3"},
+		{[]int64{5, 5, 5}, 10, "5+5 | 5"},
+		{[]int64{20, 1, 1}, 10, "20 | 1+1"}, // larger than the bound: alone
+		{[]int64{1, 20, 1}, 10, "1 | 20 | 1"},
+		{[]int64{0, 0, 0}, 0, "0+0+0"},
+	}
+	for _, tt := range tests {
+		if got := shape(byteBatches(rows(tt.sizes...), tt.max)); got != tt.want {
+			t.Errorf("byteBatches(%v, %d) = %q; want %q", tt.sizes, tt.max, got, tt.want)
 		}
 	}
 }

@@ -42,6 +42,8 @@ type leaderLoop struct {
 	// refused holds the keyed hash of each Secret that could not be
 	// sealed, so that it is reported once per content, not on every pass.
 	refused map[ObjectKey][]byte
+	// verifyAfter is where the next verification starts (verify.go).
+	verifyAfter ObjectKey
 	// held is how many deletes the last full pass held back (guardDeletes).
 	held int
 	// credentials holds the UID of each labelled Secret of a type that is
@@ -148,6 +150,9 @@ func (l *leaderLoop) reconcileFull(ctx context.Context) (idle bool, err error) {
 		return false, err
 	}
 	l.known = states
+	if err := l.verify(ctx); err != nil {
+		return false, err
+	}
 	// Events that arrive from now on are handled after this pass too,
 	// which is harmless: an unchanged Secret writes nothing.
 	l.mu.Lock()
@@ -353,7 +358,7 @@ func (l *leaderLoop) sealable(changes []Change) []Change {
 // allowed, in any order): a Secret (as source returns it, nil when it is
 // gone or not labelled) whose keyed hash differs from its stored row, or a
 // tombstone, stamped now, for a row this cluster wrote whose Secret is
-// gone. After ENCRYPTION_KEY changes, every hash differs and every
+// gone. A row found damaged is rewritten (forced) either way. After ENCRYPTION_KEY changes, every hash differs and every
 // tombstone is under an old key, so the first full pass rewrites all of
 // this cluster's rows under the new key. The changes come sorted by
 // namespace and name.
@@ -368,17 +373,17 @@ func rowChanges(keys []ObjectKey, source func(ObjectKey) *corev1.Secret, stored 
 		if s := source(key); s != nil {
 			p := payloadOf(s)
 			h := ring.Hash(key.Namespace, key.Name, p)
-			if ok && !row.Tombstone && hmac.Equal(row.Hash, h) {
+			if ok && !row.Tombstone && !row.Damaged && hmac.Equal(row.Hash, h) {
 				continue
 			}
-			out = append(out, Change{ObjectKey: key, Hash: h, Payload: p})
+			out = append(out, Change{ObjectKey: key, Hash: h, Payload: p, Force: row.Damaged})
 			continue
 		}
 		// Only this cluster's rows: a second leader's Secrets are not ours
 		// to delete.
-		if ok && row.SourceCluster == cluster && (!row.Tombstone || row.KeyID != ring.ID()) {
+		if ok && row.SourceCluster == cluster && (!row.Tombstone || row.KeyID != ring.ID() || row.Damaged) {
 			p := &Payload{Deleted: true, UpdatedAt: now.UTC()}
-			out = append(out, Change{ObjectKey: key, Hash: ring.Hash(key.Namespace, key.Name, p), Payload: p})
+			out = append(out, Change{ObjectKey: key, Hash: ring.Hash(key.Namespace, key.Name, p), Payload: p, Force: row.Damaged})
 		}
 	}
 	return out
