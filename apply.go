@@ -168,8 +168,13 @@ func copyFor(r *Row, p *Payload) *corev1.Secret {
 
 // openRow opens r with the key its key id names and checks that its
 // tombstone column says what the sealed payload says: the column is not
-// authenticated, the payload is.
+// authenticated, the payload is. A row whose Size says it is too large was
+// not transferred, and is refused as such.
 func openRow(keys *Keyring, r *Row) (*Payload, error) {
+	if r.Size > MaxCiphertextSize {
+		// Left in the database by the queries (see Store.Pull).
+		return nil, fmt.Errorf("%w: %d bytes, limit %d", ErrTooLarge, r.Size, MaxCiphertextSize)
+	}
 	p, err := keys.Open(r.Binding(), r.KeyID, r.Ciphertext)
 	if err != nil {
 		return nil, err

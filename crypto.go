@@ -377,6 +377,23 @@ func encodePayload(p *Payload) ([]byte, error) {
 
 func sealedSize(plaintext []byte) int { return 1 + nonceSize + len(plaintext) + tagSize }
 
+// ApproxSealedSize estimates Seal's output for p without encoding it: the
+// data base64-encoded plus the other strings and a fixed overhead. It
+// ignores JSON escapes, so it is an estimate for sizing batches, not a
+// bound.
+func ApproxSealedSize(p *Payload) int {
+	n := 1 + nonceSize + tagSize + 128 + len(p.Type)
+	for k, v := range p.Data {
+		n += len(k) + base64.StdEncoding.EncodedLen(len(v)) + 6
+	}
+	for _, m := range []map[string]string{p.Labels, p.Annotations} {
+		for k, v := range m {
+			n += len(k) + len(v) + 6
+		}
+	}
+	return n
+}
+
 // Open reverses Seal. The checks run cheapest and most informative first:
 // key id (ErrWrongKey, before anything else, so a mismatched ENCRYPTION_KEY is
 // diagnosed as such), size (ErrTooLarge, before any work), format byte

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
-	"slices"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -88,6 +87,9 @@ type Cursor struct {
 // CockroachDB transaction well under its size limits.
 const writeChunk = 500
 
+// writeChunkBytes bounds the ciphertext of one write transaction.
+const writeChunkBytes = 16 << 20
+
 // OpenStore creates a connection pool for dsn. The pool connects lazily:
 // the first query (Migrate, at start) tells whether the database answers.
 func OpenStore(ctx context.Context, dsn string) (*Store, error) {
@@ -169,7 +171,7 @@ WHERE kss_secrets.hash <> excluded.hash OR kss_secrets.tombstone <> excluded.tom
 // the change forces it. It returns the last version written.
 func (s *Store) Write(ctx context.Context, cluster, keyID string, changes []Change, seal SealFunc) (int64, error) {
 	var last int64
-	for chunk := range slices.Chunk(changes, writeChunk) {
+	for _, chunk := range writeChunks(changes) {
 		err := s.inTx(ctx, func(tx pgx.Tx) error {
 			var version int64
 			err := tx.QueryRow(ctx, `UPDATE kss_version SET version = version + 1 WHERE id = 1 RETURNING version`).Scan(&version)
@@ -209,6 +211,26 @@ func (s *Store) Write(ctx context.Context, cluster, keyID string, changes []Chan
 	return last, nil
 }
 
+// writeChunks splits changes into transactions of at most writeChunk rows
+// and about writeChunkBytes of ciphertext (at least one row each): 500
+// near-1 MiB Secrets would otherwise be one 700 MB transaction.
+func writeChunks(changes []Change) [][]Change {
+	var out [][]Change
+	start, bytes := 0, 0
+	for i := range changes {
+		size := ApproxSealedSize(changes[i].Payload)
+		if i > start && (i-start >= writeChunk || bytes+size > writeChunkBytes) {
+			out = append(out, changes[start:i])
+			start, bytes = i, 0
+		}
+		bytes += size
+	}
+	if start < len(changes) {
+		out = append(out, changes[start:])
+	}
+	return out
+}
+
 // upsertRows are the column arrays of one upsert statement.
 type upsertRows struct {
 	namespaces, names   []string
@@ -243,45 +265,85 @@ func (s *Store) States(ctx context.Context) (map[ObjectKey]RowState, error) {
 }
 
 // Pull returns up to limit rows after cursor in (version, namespace, name)
-// order. Paging by this key never misses a row: a row rewritten while a
-// follower pages moves to a higher version and is met again later. Only
-// rows up to the version counter are returned, read in the same statement
-// (one snapshot): every correct write bumps the counter first, so a row
-// above it has a forged version, and a cursor moved to it would skip every
-// row written afterwards. Such a row is left to the full pass.
+// order, and no more than pullPageBytes of ciphertext (at least one row):
+// morePages tells whether the page was cut. Paging by this key never misses
+// a row: a row rewritten while a follower pages moves to a higher version
+// and is met again later. Only rows up to the version counter are
+// returned, read in the same statement (one snapshot): every correct write
+// bumps the counter first, so a row above it has a forged version, and a
+// cursor moved to it would skip every row written afterwards. Such a row is
+// left to the full pass. A ciphertext larger than MaxCiphertextSize is
+// never transferred: its row comes without one, with its Size.
 func (s *Store) Pull(ctx context.Context, after Cursor, limit int) ([]Row, error) {
-	return s.pull(ctx, "ciphertext", upToCounter, after, limit)
-}
-
-// PullHeaders is Pull without the ciphertexts (Row.Ciphertext is nil) and
-// without the bound: a follower's full pass compares every row with its
-// copy, forged versions included, and needs the ciphertext only of the few
-// that differ (FillCiphertexts), so an idle pass does not move every
-// Secret across regions again.
-func (s *Store) PullHeaders(ctx context.Context, after Cursor, limit int) ([]Row, error) {
-	return s.pull(ctx, "NULL::BYTEA", "", after, limit)
-}
-
-// upToCounter bounds a pull by the version counter.
-const upToCounter = `AND version <= (SELECT version FROM kss_version WHERE id = 1)`
-
-func (s *Store) pull(ctx context.Context, ciphertext, bound string, after Cursor, limit int) ([]Row, error) {
 	rows, err := s.pool.Query(ctx, `
-SELECT namespace, name, `+ciphertext+`, key_id, hash, tombstone, version, source_cluster, updated_at
+SELECT namespace, name, CASE WHEN size <= $5 THEN ciphertext END, key_id, hash, tombstone, version, source_cluster, updated_at, size
+FROM (
+    SELECT *, sum(CASE WHEN size <= $5 THEN size ELSE 0 END) OVER (ORDER BY version, namespace, name) AS through
+    FROM (
+        SELECT namespace, name, ciphertext, key_id, hash, tombstone, version, source_cluster, updated_at,
+               octet_length(ciphertext) AS size
+        FROM kss_secrets
+        WHERE (version, namespace, name) > ($1, $2, $3) AND version <= (SELECT version FROM kss_version WHERE id = 1)
+        ORDER BY version, namespace, name
+        LIMIT $4
+    ) AS head
+) AS page
+WHERE through - (CASE WHEN size <= $5 THEN size ELSE 0 END) < $6
+ORDER BY version, namespace, name`, after.Version, after.Namespace, after.Name, limit, MaxCiphertextSize, pullPageBytes)
+	if err != nil {
+		return nil, fmt.Errorf("pull: %w", err)
+	}
+	return collectRows(rows, "pull")
+}
+
+// pullPageBytes bounds the ciphertext bytes of one pulled page, so that a
+// follower holds one page of near-1 MiB Secrets in a few dozen MiB.
+const pullPageBytes = 16 << 20
+
+// morePages reports whether a page that Pull returned for limit may be
+// followed by more rows: it is full, or it was cut by pullPageBytes (which
+// happens only once the rows it holds reach the bound).
+func morePages(rows []Row, limit int) bool {
+	if len(rows) >= limit {
+		return true
+	}
+	var total int64
+	for _, r := range rows {
+		if r.Size <= MaxCiphertextSize {
+			total += r.Size
+		}
+	}
+	return len(rows) > 0 && total >= pullPageBytes
+}
+
+// PullHeaders is Pull without the ciphertexts (Row.Ciphertext is nil, Size
+// is set) and without the bound: a follower's full pass compares every row
+// with its copy, forged versions included, and needs the ciphertext only of
+// the few that differ (FillCiphertexts), so an idle pass does not move
+// every Secret across regions again.
+func (s *Store) PullHeaders(ctx context.Context, after Cursor, limit int) ([]Row, error) {
+	rows, err := s.pool.Query(ctx, `
+SELECT namespace, name, NULL::BYTEA, key_id, hash, tombstone, version, source_cluster, updated_at, octet_length(ciphertext)
 FROM kss_secrets
-WHERE (version, namespace, name) > ($1, $2, $3) `+bound+`
+WHERE (version, namespace, name) > ($1, $2, $3)
 ORDER BY version, namespace, name
 LIMIT $4`, after.Version, after.Namespace, after.Name, limit)
 	if err != nil {
 		return nil, fmt.Errorf("pull: %w", err)
 	}
+	return collectRows(rows, "pull")
+}
+
+// collectRows reads the rows of a pull-shaped query: the columns of Row,
+// in order.
+func collectRows(rows pgx.Rows, what string) ([]Row, error) {
 	out, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (Row, error) {
 		var r Row
-		err := row.Scan(&r.Namespace, &r.Name, &r.Ciphertext, &r.KeyID, &r.Hash, &r.Tombstone, &r.Version, &r.SourceCluster, &r.UpdatedAt)
+		err := row.Scan(&r.Namespace, &r.Name, &r.Ciphertext, &r.KeyID, &r.Hash, &r.Tombstone, &r.Version, &r.SourceCluster, &r.UpdatedAt, &r.Size)
 		return r, err
 	})
 	if err != nil {
-		return nil, fmt.Errorf("pull: %w", err)
+		return nil, fmt.Errorf("%s: %w", what, err)
 	}
 	return out, nil
 }
@@ -368,28 +430,21 @@ func byteBatches(rows []*Row, maxBytes int64) [][]*Row {
 	return out
 }
 
-// RowsNotUnder returns up to limit rows (ciphertexts included) whose key
-// id is not keyID, after the row after in (namespace, name) order: the
+// RowsNotUnder returns up to limit rows (ciphertexts included, but for one
+// over MaxCiphertextSize, which is never transferred) whose key id is not
+// keyID, after the row after in (namespace, name) order: the
 // rows a key rotation still has to rewrite.
 func (s *Store) RowsNotUnder(ctx context.Context, keyID string, after ObjectKey, limit int) ([]Row, error) {
 	rows, err := s.pool.Query(ctx, `
-SELECT namespace, name, ciphertext, key_id, hash, tombstone, version, source_cluster, updated_at
+SELECT namespace, name, CASE WHEN octet_length(ciphertext) <= $5 THEN ciphertext END, key_id, hash, tombstone, version, source_cluster, updated_at, octet_length(ciphertext)
 FROM kss_secrets
 WHERE key_id <> $1 AND (namespace, name) > ($2, $3)
 ORDER BY namespace, name
-LIMIT $4`, keyID, after.Namespace, after.Name, limit)
+LIMIT $4`, keyID, after.Namespace, after.Name, limit, MaxCiphertextSize)
 	if err != nil {
 		return nil, fmt.Errorf("read rows to re-encrypt: %w", err)
 	}
-	out, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (Row, error) {
-		var r Row
-		err := row.Scan(&r.Namespace, &r.Name, &r.Ciphertext, &r.KeyID, &r.Hash, &r.Tombstone, &r.Version, &r.SourceCluster, &r.UpdatedAt)
-		return r, err
-	})
-	if err != nil {
-		return nil, fmt.Errorf("read rows to re-encrypt: %w", err)
-	}
-	return out, nil
+	return collectRows(rows, "read rows to re-encrypt")
 }
 
 // ResealFunc re-encrypts row r (as read) for the new version: it returns

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -110,6 +111,52 @@ func TestByteBatches(t *testing.T) {
 	for _, tt := range tests {
 		if got := shape(byteBatches(rows(tt.sizes...), tt.max)); got != tt.want {
 			t.Errorf("byteBatches(%v, %d) = %q; want %q", tt.sizes, tt.max, got, tt.want)
+		}
+	}
+}
+
+func TestWriteChunksBounds(t *testing.T) {
+	sized := func(n int) Change {
+		return Change{Payload: &Payload{Data: map[string][]byte{"k": make([]byte, n)}}}
+	}
+	many := func(n, size int) []Change {
+		out := make([]Change, n)
+		for i := range out {
+			out[i] = sized(size)
+		}
+		return out
+	}
+	lens := func(chunks [][]Change) []int {
+		var out []int
+		for _, c := range chunks {
+			out = append(out, len(c))
+		}
+		return out
+	}
+	mib := 1 << 20
+	tests := []struct {
+		name    string
+		changes []Change
+		want    []int
+	}{
+		{"none", nil, nil},
+		{"small rows: by count", many(1200, 100), []int{writeChunk, writeChunk, 200}},
+		{"near-1 MiB rows: by bytes", many(40, mib-1000), []int{12, 12, 12, 4}},
+		{"one row larger than the bound: alone", append(many(1, 20*mib), many(2, 100)...), []int{1, 2}},
+	}
+	for _, tt := range tests {
+		chunks := writeChunks(tt.changes)
+		if got := lens(chunks); !slices.Equal(got, tt.want) {
+			t.Errorf("writeChunks(%s) sizes = %v; want %v", tt.name, got, tt.want)
+		}
+		for _, c := range chunks {
+			bytes := 0
+			for i := range c {
+				bytes += ApproxSealedSize(c[i].Payload)
+			}
+			if len(c) > 1 && bytes > writeChunkBytes {
+				t.Errorf("writeChunks(%s): a chunk of %d rows holds %d bytes; want at most %d", tt.name, len(c), bytes, writeChunkBytes)
+			}
 		}
 	}
 }

@@ -22,6 +22,9 @@ import (
 // pullPage is how many rows a follower reads per query.
 const pullPage = 500
 
+// fillBatchBytes bounds the ciphertexts a full pass fetches at once.
+const fillBatchBytes = 16 << 20
+
 // followerLoop pulls the rows changed since its cursor every POLL_SECONDS
 // and applies them; every TICK_SECONDS it compares every row with every
 // managed copy, which repairs drift and retries rows that failed.
@@ -135,7 +138,7 @@ func (f *followerLoop) pull(ctx context.Context) (idle bool, err error) {
 			last := rows[len(rows)-1]
 			f.cursor = Cursor{last.Version, last.Namespace, last.Name}
 		}
-		if len(rows) < pullPage {
+		if !morePages(rows, pullPage) {
 			break
 		}
 	}
@@ -223,12 +226,29 @@ func (f *followerLoop) applyOutOfSync(ctx context.Context, rows []Row, copies ma
 			todo = append(todo, r)
 		}
 	}
-	if err := f.store.FillCiphertexts(ctx, todo); err != nil {
-		return err
+	// A row too large to open is refused without its ciphertext; the rest
+	// is fetched and applied a few MiB at a time.
+	existing := func(r *Row) *corev1.Secret { return copies[r.ObjectKey] }
+	var tooLarge []*Row
+	todo = slices.DeleteFunc(todo, func(r *Row) bool {
+		if r.Size > MaxCiphertextSize {
+			tooLarge = append(tooLarge, r)
+			return true
+		}
+		return false
+	})
+	f.apply.all(ctx, tooLarge, existing)
+	for _, batch := range byteBatches(todo, fillBatchBytes) {
+		if err := f.store.FillCiphertexts(ctx, batch); err != nil {
+			return err
+		}
+		// A row rewritten since has no ciphertext: the next pull brings it.
+		batch = slices.DeleteFunc(batch, func(r *Row) bool { return r.Ciphertext == nil })
+		f.apply.all(ctx, batch, existing)
+		for _, r := range batch {
+			r.Ciphertext = nil
+		}
 	}
-	// A row rewritten since has no ciphertext: the next pull brings it.
-	todo = slices.DeleteFunc(todo, func(r *Row) bool { return r.Ciphertext == nil })
-	f.apply.all(ctx, todo, func(r *Row) *corev1.Secret { return copies[r.ObjectKey] })
 	return nil
 }
 

@@ -6,6 +6,8 @@ package main
 import (
 	"fmt"
 	"net/http"
+	"os"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -269,5 +271,90 @@ func TestLeaderHealsDamagedRows(t *testing.T) {
 	}
 	if errorsAfter-errorsBefore < float64(len(damage)) {
 		t.Errorf("leader reported %v damaged rows; want %d", errorsAfter-errorsBefore, len(damage))
+	}
+}
+
+// peakRSS returns the peak resident set (VmHWM) of the process pid, in
+// bytes, and resetPeakRSS makes it the current one (Linux's clear_refs).
+func peakRSS(t *testing.T, pid int) int64 {
+	t.Helper()
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for line := range strings.Lines(string(b)) {
+		if v, ok := strings.CutPrefix(line, "VmHWM:"); ok {
+			kb, err := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 10, 64)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return kb << 10
+		}
+	}
+	t.Fatalf("/proc/%d/status has no VmHWM", pid)
+	return 0
+}
+
+func resetPeakRSS(t *testing.T, pid int) {
+	t.Helper()
+	if err := os.WriteFile(fmt.Sprintf("/proc/%d/clear_refs", pid), []byte("5"), 0); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestPlantedHugeRowIsNeverTransferred: a database writer plants rows with
+// 64 MiB ciphertexts, far above anything a leader writes. No daemon reads
+// one into memory: the real binaries' peak RSS rises by less than 40 MiB,
+// and both report the rows as invalid.
+func TestPlantedHugeRowIsNeverTransferred(t *testing.T) {
+	testenv.SkipShort(t)
+	bin := buildBinary(t)
+	e := newSyncEnv(t)
+	leaderAddr, followerAddr := e.config(true).MetricsAddr, e.config(true).MetricsAddr
+	common := []string{"DSN=" + e.dsn, "ENCRYPTION_KEY=" + testKey, "TICK_SECONDS=1", "POLL_SECONDS=0.1",
+		"CLUSTER_NAME=cluster-a", "NAMESPACES=" + e.ns, "GOMEMLIMIT=256MiB"}
+	var leaderOut, followerOut syncBuffer
+	leaderProc := startBinary(t, bin, append([]string{"LEADER=1", "KUBECONFIG=" + e.leader.Kubeconfig, "POD_NAMESPACE=" + e.sysA,
+		"POD_NAME=leader-0", "METRICS_ADDR=" + leaderAddr}, common...), &leaderOut)
+	followerProc := startBinary(t, bin, append([]string{"KUBECONFIG=" + e.follower.Kubeconfig, "POD_NAMESPACE=" + e.sysB,
+		"POD_NAME=follower-0", "METRICS_ADDR=" + followerAddr}, common...), &followerOut)
+	leader, follower := &daemon{metrics: leaderAddr}, &daemon{metrics: followerAddr}
+	mustCreate(t, e.secrets(e.leader), labelled("small", map[string]string{"k": secretValue}))
+	e.waitSynced("small")
+	leader.waitMetric(t, fullOK, 2)
+	follower.waitMetric(t, fullOK, 2)
+
+	for _, p := range []*os.Process{leaderProc, followerProc} {
+		resetPeakRSS(t, p.Pid)
+	}
+	base := map[string]int64{"leader": peakRSS(t, leaderProc.Pid), "follower": peakRSS(t, followerProc.Pid)}
+	// Made by the server, so that this process never holds it either. One
+	// row under the leader's name, one under another's.
+	for name, source := range map[string]string{"huge-ours": "cluster-a", "huge-theirs": "someone-else"} {
+		_, err := e.dbConn().Exec(t.Context(), `
+WITH v AS (UPDATE kss_version SET version = version + 1 WHERE id = 1 RETURNING version)
+INSERT INTO kss_secrets (namespace, name, ciphertext, key_id, hash, tombstone, version, source_cluster)
+SELECT $1, $2, decode(repeat('01', 64 * 1024 * 1024), 'hex'), $3, '\x00'::BYTEA, false, v.version, $4 FROM v`,
+			e.ns, name, mustConfigKeyring(t, e.config(true)).ID(), source)
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	// The follower meets both rows in its pull and in its full passes; the
+	// leader in its verification, which rewrites its own as a tombstone.
+	follower.waitMetric(t, `kube_secret_sync_row_errors_total{reason="invalid"}`, 2)
+	leader.waitMetric(t, `kube_secret_sync_row_errors_total{reason="invalid"}`, 1)
+	passes := follower.metric(t, fullOK)
+	follower.waitMetric(t, fullOK, passes+2)
+	leader.waitMetric(t, fullOK, leader.metric(t, fullOK)+2)
+	mustCreate(t, e.secrets(e.leader), labelled("after", map[string]string{"k": secretValue}))
+	e.waitSynced("after")
+
+	for who, p := range map[string]*os.Process{"leader": leaderProc, "follower": followerProc} {
+		if rise := peakRSS(t, p.Pid) - base[who]; rise > 40<<20 {
+			t.Errorf("%s peak RSS rose by %d MiB with a 64 MiB row in the database; want at most 40 MiB", who, rise>>20)
+		} else {
+			t.Logf("%s peak RSS rose by %.1f MiB", who, float64(rise)/(1<<20))
+		}
 	}
 }
