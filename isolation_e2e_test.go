@@ -358,3 +358,40 @@ SELECT $1, $2, decode(repeat('01', 64 * 1024 * 1024), 'hex'), $3, '\x00'::BYTEA,
 		}
 	}
 }
+
+// TestRenamedLeaderTakesOver: a leader restarted under another
+// CLUSTER_NAME (a follower promoted, a cluster renamed) takes over the rows
+// of the Secrets it serves, so that deleting or unlabelling one afterwards
+// still reaches the followers.
+func TestRenamedLeaderTakesOver(t *testing.T) {
+	e := newSyncEnv(t)
+	old := e.start(e.config(true))
+	e.start(e.config(false))
+	src := e.secrets(e.leader)
+	for _, n := range []string{"deleted", "unlabelled", "kept"} {
+		mustCreate(t, src, labelled(n, map[string]string{"k": secretValue}))
+	}
+	for _, n := range []string{"deleted", "unlabelled", "kept"} {
+		e.waitSynced(n)
+	}
+	old.stop(t)
+
+	renamed := e.config(true)
+	renamed.ClusterName = "cluster-new"
+	e.start(renamed)
+	eventually(t, syncTimeout, func() error {
+		for _, n := range []string{"deleted", "unlabelled", "kept"} {
+			if r := e.readRow(n); r.SourceCluster != "cluster-new" {
+				return fmt.Errorf("row %s still from %q", n, r.SourceCluster)
+			}
+		}
+		return nil
+	})
+	if err := src.Delete(t.Context(), "deleted", metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	mustModify(t, src, "unlabelled", func(s *corev1.Secret) { delete(s.Labels, "kube-secret-sync") })
+	e.waitGone("deleted")
+	e.waitGone("unlabelled")
+	e.waitSynced("kept")
+}

@@ -373,10 +373,14 @@ func rowChanges(keys []ObjectKey, source func(ObjectKey) *corev1.Secret, stored 
 		if s := source(key); s != nil {
 			p := payloadOf(s)
 			h := ring.Hash(key.Namespace, key.Name, p)
-			if ok && !row.Tombstone && !row.Damaged && hmac.Equal(row.Hash, h) {
+			// A row another name wrote is taken over (this leader was
+			// renamed, or promoted), so that deleting the Secret later
+			// reaches the followers.
+			if ok && !row.Tombstone && !row.Damaged && row.SourceCluster == cluster && hmac.Equal(row.Hash, h) {
 				continue
 			}
-			out = append(out, Change{ObjectKey: key, Hash: h, Payload: p, Force: row.Damaged})
+			takeover := ok && row.SourceCluster != cluster
+			out = append(out, Change{ObjectKey: key, Hash: h, Payload: p, Force: row.Damaged || takeover})
 			continue
 		}
 		// Only this cluster's rows: a second leader's Secrets are not ours
