@@ -7,6 +7,7 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"crypto/rand"
 	"crypto/sha256"
 	"encoding/base64"
@@ -26,7 +27,13 @@ import (
 func (e *syncEnv) readRow(name string) Row {
 	e.t.Helper()
 	var r Row
-	err := e.dbConn().QueryRow(e.t.Context(), `SELECT namespace, name, ciphertext, key_id, hash, tombstone, version, source_cluster FROM kss_secrets WHERE namespace = $1 AND name = $2`,
+	// A connection of its own, closed at once: readRow is polled.
+	conn, err := pgx.Connect(e.t.Context(), e.dsn)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	defer conn.Close(context.Background())
+	err = conn.QueryRow(e.t.Context(), `SELECT namespace, name, ciphertext, key_id, hash, tombstone, version, source_cluster FROM kss_secrets WHERE namespace = $1 AND name = $2`,
 		e.ns, name).Scan(&r.Namespace, &r.Name, &r.Ciphertext, &r.KeyID, &r.Hash, &r.Tombstone, &r.Version, &r.SourceCluster)
 	if err != nil {
 		e.t.Fatalf("read row %s: %v", name, err)
