@@ -38,6 +38,27 @@ type rowApplier struct {
 	// applied concurrently, hence the lock.
 	reportedMu sync.Mutex
 	reported   map[ObjectKey]int64
+
+	// settled holds, per row, the version whose outcome stands until the
+	// row changes: a conflict with an unmanaged Secret, a retained
+	// tombstone, a row that cannot be opened, a refused rollback. A full
+	// pass skips such a row without an API request or a decryption. A
+	// conflict is looked at again every conflictRecheck full passes, since
+	// its unmanaged Secret may have been deleted meanwhile (one that gets
+	// the managed label shows up in the cache of copies at once).
+	settledMu sync.Mutex
+	settled   map[ObjectKey]settlement
+	passes    int // full passes so far
+}
+
+// conflictRecheck is how many full passes a conflict stays settled.
+const conflictRecheck = 15
+
+// settlement is a row version whose outcome stands (rowApplier.settled).
+type settlement struct {
+	version   int64
+	conflict  bool
+	recheckAt int // the full pass from which a conflict is tried again
 }
 
 func newRowApplier(d loopDeps) *rowApplier {
@@ -45,7 +66,44 @@ func newRowApplier(d loopDeps) *rowApplier {
 		cfg: d.cfg, keys: d.keys, log: d.log, client: d.client, metrics: d.metrics, recorder: d.recorder,
 		writer:   &secretWriter{client: d.client, createNamespaces: d.cfg.CreateNamespaces, log: d.log},
 		reported: map[ObjectKey]int64{},
+		settled:  map[ObjectKey]settlement{},
 	}
+}
+
+// newPass counts a full pass, for the recheck of conflicts.
+func (a *rowApplier) newPass() {
+	a.settledMu.Lock()
+	defer a.settledMu.Unlock()
+	a.passes++
+}
+
+// settle records that r's outcome stands until the row changes.
+func (a *rowApplier) settle(r *Row, conflict bool) {
+	a.settledMu.Lock()
+	defer a.settledMu.Unlock()
+	s := settlement{version: r.Version, conflict: conflict}
+	if conflict {
+		s.recheckAt = a.passes + conflictRecheck
+	}
+	a.settled[r.ObjectKey] = s
+}
+
+// isSettled reports whether a full pass may skip r: its version was
+// settled, and, for a conflict, no managed copy has appeared since and it
+// is not time to look again.
+func (a *rowApplier) isSettled(r *Row, existing *corev1.Secret) bool {
+	a.settledMu.Lock()
+	defer a.settledMu.Unlock()
+	s, ok := a.settled[r.ObjectKey]
+	if !ok || s.version != r.Version {
+		delete(a.settled, r.ObjectKey)
+		return false
+	}
+	if s.conflict && (existing != nil || a.passes >= s.recheckAt) {
+		delete(a.settled, r.ObjectKey)
+		return false
+	}
+	return true
 }
 
 // all applies rows with up to APPLY_WORKERS API calls in flight: a
@@ -91,7 +149,9 @@ func (a *rowApplier) row(ctx context.Context, r *Row, existing *corev1.Secret) {
 		reason := rejectReason(err)
 		a.metrics.rowErrors.WithLabelValues(reason).Inc()
 		log = log.WithField("reason", reason).WithError(err)
-		// Retried by every full pass, but reported once per row version.
+		// Reported once per row version, and not tried again until the
+		// row changes (or the daemon restarts, with another key ring).
+		a.settle(r, false)
 		if a.firstReport(r) {
 			log.Error("row not applied: cannot open it")
 			a.recordRejected(r, reason, err)
@@ -122,8 +182,9 @@ func (a *rowApplier) row(ctx context.Context, r *Row, existing *corev1.Secret) {
 		log.WithError(err).Debug("row not applied: shutting down")
 	case errors.As(err, &unmanaged):
 		a.metrics.rowErrors.WithLabelValues("unmanaged").Inc()
+		a.settle(r, true)
 		// Counted, logged and evented once per row version, not on
-		// every full pass while the conflict lasts.
+		// every recheck while the conflict lasts.
 		if a.firstReport(r) {
 			a.metrics.conflicts.Inc()
 			log.Warn(unmanaged.Error())
@@ -131,11 +192,18 @@ func (a *rowApplier) row(ctx context.Context, r *Row, existing *corev1.Secret) {
 		}
 	case errors.As(err, &rollback):
 		a.metrics.rowErrors.WithLabelValues("rollback").Inc()
-		log.WithError(err).Error("row not applied")
+		a.settle(r, false)
+		if a.firstReport(r) {
+			log.WithError(err).Error("row not applied")
+			a.recordRejected(r, "rollback", err)
+		}
 	case err != nil:
 		a.metrics.rowErrors.WithLabelValues("api").Inc()
 		log.WithError(err).Error("row not applied; will retry")
 	default:
+		if action == "retained" {
+			a.settle(r, false)
+		}
 		a.metrics.rowsApplied.WithLabelValues(action).Inc()
 		if action != "unchanged" {
 			log.WithField("action", action).Info("applied")
@@ -247,12 +315,14 @@ func (a *rowApplier) recordRejected(r *Row, reason string, err error) {
 }
 
 // recordConflict puts a Warning Event on the unmanaged Secret, where
-// `kubectl describe secret` shows it.
+// `kubectl describe secret` shows it. The Event names the Secret by
+// reference: its data never goes near the recorder.
 func (a *rowApplier) recordConflict(ctx context.Context, key ObjectKey) {
 	s, err := a.client.CoreV1().Secrets(key.Namespace).Get(ctx, key.Name, metav1.GetOptions{})
 	if err != nil {
 		return
 	}
-	a.recorder.Eventf(s, corev1.EventTypeWarning, "NotManaged",
+	ref := &corev1.ObjectReference{APIVersion: "v1", Kind: "Secret", Namespace: s.Namespace, Name: s.Name, UID: s.UID, ResourceVersion: s.ResourceVersion}
+	a.recorder.Eventf(ref, corev1.EventTypeWarning, "NotManaged",
 		"kube-secret-sync did not overwrite this Secret: it exists without the %s=true label", managedLabel)
 }

@@ -139,3 +139,46 @@ func TestOpenRowAndRejectReason(t *testing.T) {
 		}
 	}
 }
+
+// TestSettled: a settled row version is skipped by full passes until the
+// row changes; a conflict only until a managed copy appears or the
+// recheck comes round.
+func TestSettled(t *testing.T) {
+	a := &rowApplier{settled: map[ObjectKey]settlement{}}
+	key := ObjectKey{"web", "tls"}
+	v5, v6 := &Row{ObjectKey: key, Version: 5}, &Row{ObjectKey: key, Version: 6}
+	copyOf := &corev1.Secret{}
+
+	if a.isSettled(v5, nil) {
+		t.Fatal("a row never settled is settled")
+	}
+	a.settle(v5, false)
+	if !a.isSettled(v5, nil) || !a.isSettled(v5, copyOf) {
+		t.Error("a settled version is not skipped")
+	}
+	if a.isSettled(v6, nil) {
+		t.Error("a new version of a settled row is skipped")
+	}
+	if a.isSettled(v5, nil) {
+		t.Error("the old version is still settled after a new one was seen")
+	}
+
+	a.settle(v5, true)
+	if !a.isSettled(v5, nil) {
+		t.Error("a conflict is not settled")
+	}
+	if a.isSettled(v5, copyOf) {
+		t.Error("a conflict is still settled although a managed copy appeared")
+	}
+	a.settle(v5, true)
+	for range conflictRecheck - 1 {
+		a.newPass()
+	}
+	if !a.isSettled(v5, nil) {
+		t.Error("a conflict is rechecked too early")
+	}
+	a.newPass()
+	if a.isSettled(v5, nil) {
+		t.Errorf("a conflict is not rechecked after %d full passes", conflictRecheck)
+	}
+}

@@ -160,6 +160,7 @@ func (f *followerLoop) saveCursor(ctx context.Context, before Cursor) error {
 // watched cache) and applies what differs. A copy that is already equal to
 // its row (same version, same keyed hash) is not even decrypted.
 func (f *followerLoop) reconcileFull(ctx context.Context) (idle bool, err error) {
+	f.apply.newPass()
 	// The watched cache may lag the API server by a moment: a copy seen
 	// stale is applied against its cached state, and an update that loses
 	// the race fails with a conflict and is retried by the next pass.
@@ -222,7 +223,7 @@ func (f *followerLoop) applyOutOfSync(ctx context.Context, rows []Row, copies ma
 	var todo []*Row
 	for i := range rows {
 		r := &rows[i]
-		if f.cfg.namespaceAllowed(r.Namespace) && !inSync(r, copies[r.ObjectKey], f.keys) {
+		if f.cfg.namespaceAllowed(r.Namespace) && !inSync(r, copies[r.ObjectKey], f.keys) && !f.apply.isSettled(r, copies[r.ObjectKey]) {
 			todo = append(todo, r)
 		}
 	}

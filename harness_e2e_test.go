@@ -413,13 +413,17 @@ func (w testWriter) Write(p []byte) (int, error) {
 }
 
 // writeCounter counts the requests a daemon makes that change Secrets,
-// Namespaces or ConfigMaps (Lease renewals and Events are not counted).
+// Namespaces or ConfigMaps (Lease renewals and Events are not counted),
+// and its single reads of Secrets (GETs that are not a list or a watch).
 type writeCounter struct {
-	secrets, other atomic.Int64
+	secrets, other, secretReads atomic.Int64
 }
 
 func (w *writeCounter) wrap(rt http.RoundTripper) http.RoundTripper {
 	return roundTripFunc(func(r *http.Request) (*http.Response, error) {
+		if r.Method == http.MethodGet && !strings.HasSuffix(r.URL.Path, "/secrets") && strings.Contains(r.URL.Path, "/secrets/") {
+			w.secretReads.Add(1)
+		}
 		if r.Method != http.MethodGet {
 			switch {
 			case strings.Contains(r.URL.Path, "/secrets"):

@@ -395,3 +395,49 @@ func TestRenamedLeaderTakesOver(t *testing.T) {
 	e.waitGone("unlabelled")
 	e.waitSynced("kept")
 }
+
+// TestIdleWithConflictAndRetainedTombstone: a row that cannot be applied
+// (a Secret of that name that the follower does not manage) or need not be
+// (a tombstone under DELETE_POLICY=retain) is reported once per row
+// version, and then costs no API request and no decryption per full pass.
+func TestIdleWithConflictAndRetainedTombstone(t *testing.T) {
+	e := newSyncEnv(t)
+	mustCreateNamespace(t, e.follower, e.ns)
+	e.start(e.config(true))
+	fc := e.config(false)
+	fc.DeletePolicy = deletePolicyRetain
+	follower := e.start(fc)
+	src := e.secrets(e.leader)
+	mustCreate(t, e.secrets(e.follower), &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: "taken"}, Data: map[string][]byte{"mine": []byte("x")}})
+	mustCreate(t, src, labelled("taken", map[string]string{"k": secretValue}))
+	mustCreate(t, src, labelled("retained", map[string]string{"k": secretValue}))
+	e.waitSynced("retained")
+	if err := src.Delete(t.Context(), "retained", metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	e.waitEvent("taken", "NotManaged")
+	follower.waitMetric(t, `kube_secret_sync_rows_applied_total{action="retained"}`, 1)
+	// Settled: from the next full pass on, nothing is attempted again.
+	follower.waitMetric(t, fullOK, follower.metric(t, fullOK)+1)
+	reads, writes := follower.writes.secretReads.Load(), follower.writes.secrets.Load()
+	retained := follower.metric(t, `kube_secret_sync_rows_applied_total{action="retained"}`)
+	conflicts := follower.metric(t, `kube_secret_sync_row_errors_total{reason="unmanaged"}`)
+	follower.waitMetric(t, fullOK, follower.metric(t, fullOK)+3)
+	if r, w := follower.writes.secretReads.Load(), follower.writes.secrets.Load(); r != reads || w != writes {
+		t.Errorf("idle full passes made Secret requests: %d reads, %d writes", r-reads, w-writes)
+	}
+	if n := follower.metric(t, `kube_secret_sync_rows_applied_total{action="retained"}`); n != retained {
+		t.Errorf("the retained tombstone was applied again: %v -> %v", retained, n)
+	}
+	if n := follower.metric(t, `kube_secret_sync_row_errors_total{reason="unmanaged"}`); n != conflicts {
+		t.Errorf("the conflict was attempted again: %v -> %v", conflicts, n)
+	}
+	// A change of the row is a new version: tried (and reported) again.
+	mustModify(t, src, "taken", func(s *corev1.Secret) { s.Data["k"] = []byte("changed") })
+	follower.waitMetric(t, `kube_secret_sync_row_errors_total{reason="unmanaged"}`, conflicts+1)
+	mine := mustGet(t, e.secrets(e.follower), "taken")
+	if string(mine.Data["mine"]) != "x" || mine.Labels[managedLabel] != "" {
+		t.Errorf("the unmanaged Secret was changed")
+	}
+	mustGet(t, e.secrets(e.follower), "retained")
+}
