@@ -79,6 +79,9 @@ func main() {
 	log := newLogger(cfg)
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
+	// The first signal asks for a clean stop; from then on the default
+	// action applies again, so that a second one exits at once.
+	context.AfterFunc(ctx, stop)
 	if w := dsnWarning(cfg.DSN); w != "" {
 		log.Warn(w)
 	}

@@ -7,8 +7,6 @@ import (
 	"context"
 	"crypto/rand"
 	"fmt"
-	"net/http"
-	"strings"
 	"testing"
 	"time"
 
@@ -435,39 +433,4 @@ func mustGet(t testing.TB, c secretsClient, name string) *corev1.Secret {
 		t.Fatal(err)
 	}
 	return s
-}
-
-// TestShutdownDuringPassIsQuiet stops the follower (as SIGTERM does) while
-// a pass is waiting on the API server: the pass is abandoned, and nothing
-// is logged at error level (daemon.stop checks), since a shutdown is not a
-// failure an operator must look into.
-func TestShutdownDuringPassIsQuiet(t *testing.T) {
-	e := newSyncEnv(t)
-	e.start(e.config(true))
-	blocked := make(chan struct{}, 1)
-	hang := func(rt http.RoundTripper) http.RoundTripper {
-		return roundTripFunc(func(r *http.Request) (*http.Response, error) {
-			if r.Method == http.MethodPost && strings.HasSuffix(r.URL.Path, "/secrets") {
-				// An API server that does not answer: the create waits
-				// until its context ends.
-				select {
-				case blocked <- struct{}{}:
-				default:
-				}
-				<-r.Context().Done()
-				return nil, r.Context().Err()
-			}
-			return rt.RoundTrip(r)
-		})
-	}
-	cfg := e.config(false)
-	cfg.LeaderElection = false // the Lease's own shutdown is not what this is about
-	follower := e.startWrapped(cfg, hang)
-	mustCreate(t, e.secrets(e.leader), labelled("stuck", map[string]string{"k": secretValue}))
-	select {
-	case <-blocked:
-	case <-time.After(syncTimeout):
-		t.Fatal("the follower never tried to create the copy")
-	}
-	follower.stop(t)
 }

@@ -7,6 +7,7 @@ import (
 	"context"
 	"fmt"
 	"sync"
+	"time"
 
 	"github.com/sirupsen/logrus"
 	"golang.org/x/sync/singleflight"
@@ -89,20 +90,38 @@ func (w *secretWriter) apply(ctx context.Context, desired *corev1.Secret, existi
 		}
 		return p, nil
 	default:
-		// The UID precondition makes sure we delete the copy we compared,
-		// not one that someone else created in between.
-		uid := existing.UID
-		err := secrets.Delete(ctx, desired.Name, metav1.DeleteOptions{Preconditions: &metav1.Preconditions{UID: &uid}})
+		err := secrets.Delete(ctx, desired.Name, metav1.DeleteOptions{Preconditions: exactly(existing)})
 		if err != nil && !apierrors.IsNotFound(err) {
 			return p, fmt.Errorf("delete %s for recreation: %w", key, err)
 		}
-		err = w.create(ctx, desired)
+		// The copy is gone: create it even if a shutdown comes now, so
+		// that no replica ever leaves it missing (bounded, since the API
+		// server may be what is failing).
+		createCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), recreateTimeout)
+		defer cancel()
+		err = w.create(createCtx, desired)
 		if apierrors.IsAlreadyExists(err) {
 			// Created by someone else in between: never take it over.
 			return p, &errUnmanaged{key}
 		}
 		return p, err
 	}
+}
+
+// recreateTimeout bounds the create that completes a recreation.
+const recreateTimeout = 10 * time.Second
+
+// exactly is the precondition of deleting s: the very object that was
+// compared (UID) in the state it was compared in (resourceVersion), so
+// that a copy created, handed over or changed meanwhile is never deleted.
+// A stale one fails with a conflict, and is compared again.
+func exactly(s *corev1.Secret) *metav1.Preconditions {
+	uid, rv := s.UID, s.ResourceVersion
+	p := &metav1.Preconditions{UID: &uid}
+	if rv != "" {
+		p.ResourceVersion = &rv
+	}
+	return p
 }
 
 func (w *secretWriter) create(ctx context.Context, desired *corev1.Secret) error {
@@ -172,8 +191,7 @@ func (w *secretWriter) remove(ctx context.Context, key ObjectKey, version int64,
 	if applied := appliedVersion(existing); version < applied {
 		return false, &errRollback{key, version, applied}
 	}
-	uid := existing.UID
-	err := secrets.Delete(ctx, key.Name, metav1.DeleteOptions{Preconditions: &metav1.Preconditions{UID: &uid}})
+	err := secrets.Delete(ctx, key.Name, metav1.DeleteOptions{Preconditions: exactly(existing)})
 	if err != nil && !apierrors.IsNotFound(err) {
 		return false, fmt.Errorf("delete %s: %w", key, err)
 	}

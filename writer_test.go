@@ -216,8 +216,8 @@ func TestWriterApplyDetails(t *testing.T) {
 		for _, a := range client.Actions() {
 			if d, ok := a.(k8stesting.DeleteAction); ok {
 				pre := d.GetDeleteOptions().Preconditions
-				if pre == nil || pre.UID == nil || *pre.UID != existing.UID {
-					t.Errorf("delete preconditions = %+v; want UID %s", pre, existing.UID)
+				if pre == nil || pre.UID == nil || *pre.UID != existing.UID || pre.ResourceVersion == nil || *pre.ResourceVersion != existing.ResourceVersion {
+					t.Errorf("delete preconditions = %+v; want UID %s and resourceVersion %s", pre, existing.UID, existing.ResourceVersion)
 				}
 			}
 		}

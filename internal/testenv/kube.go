@@ -203,6 +203,14 @@ func (c *Cluster) waitReady(ctx context.Context, caFile string) error {
 // on the same address with the same certificate.
 func (c *Cluster) PauseAPIServer() { c.apiserver.stop(syscall.SIGTERM, 10*time.Second) }
 
+// FreezeAPIServer stops the kube-apiserver process with SIGSTOP: its
+// connections stay open but nothing is answered, as with a hung server.
+// ThawAPIServer (SIGCONT) lets it go on.
+func (c *Cluster) FreezeAPIServer() error { return c.apiserver.cmd.Process.Signal(syscall.SIGSTOP) }
+
+// ThawAPIServer resumes an API server stopped by FreezeAPIServer.
+func (c *Cluster) ThawAPIServer() error { return c.apiserver.cmd.Process.Signal(syscall.SIGCONT) }
+
 // ResumeAPIServer restarts a paused API server and waits until it is ready.
 func (c *Cluster) ResumeAPIServer(ctx context.Context) error {
 	p, err := c.apiserver.restart()
