@@ -254,13 +254,15 @@ func openRow(keys *Keyring, r *Row) (*Payload, error) {
 }
 
 // inSync reports whether nothing needs doing for r: a tombstone with no
-// managed copy, or a copy written from this very row version whose content
-// still has the row's keyed hash (no hand edits since).
+// managed copy, or a copy written from this row version, or a newer one,
+// whose content still has the row's keyed hash (no hand edits since). An
+// older row of equal content, as a database restored from a backup holds,
+// would change nothing, so it is no rollback to refuse.
 func inSync(r *Row, existing *corev1.Secret, keys *Keyring) bool {
 	if existing == nil {
 		return r.Tombstone
 	}
-	if r.Tombstone || appliedVersion(existing) != r.Version {
+	if r.Tombstone || appliedVersion(existing) < r.Version {
 		return false
 	}
 	// The row's own key: a row not yet rewritten after a key rotation is

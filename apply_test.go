@@ -65,7 +65,12 @@ func TestInSync(t *testing.T) {
 		{"tombstone, copy still there", tombstone, copyOf(row), false},
 		{"copy written from this version", row, copyOf(row), true},
 		{"copy written from an older version", row, copyOf(sealedRow(t, ring, key, 6, p)), false},
-		{"copy written from a newer version", row, copyOf(sealedRow(t, ring, key, 9, p)), false},
+		{"copy written from a newer version of the same content", row, copyOf(sealedRow(t, ring, key, 9, p)), true},
+		{"copy written from a newer version of other content", row, func() *corev1.Secret {
+			c := copyOf(sealedRow(t, ring, key, 9, p))
+			c.Data = map[string][]byte{"tls.crt": []byte("newer"), "tls.key": []byte("key")}
+			return c
+		}(), false},
 		{"copy without a version", row, unversioned, false},
 		{"copy's data edited by hand", row, edited, false},
 		{"copy's labels edited by hand", row, relabelled, false},

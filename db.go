@@ -155,6 +155,20 @@ ON CONFLICT (namespace, name) DO UPDATE SET
     source_cluster = excluded.source_cluster,
     updated_at = excluded.updated_at`
 
+// bumpVersionSQL takes the version of a writing transaction: above the
+// counter and above every row, so that a counter set back (by a writer, or
+// by restoring kss_version alone) never makes a new row look older than a
+// copy. Row versions from versionCeiling up are ignored: no correct writer
+// gets there, and a forged one must not push the counter to overflow.
+const bumpVersionSQL = `
+UPDATE kss_version
+SET version = GREATEST(version, (SELECT COALESCE(max(version), 0) FROM kss_secrets WHERE version < $1)) + 1
+WHERE id = 1
+RETURNING version`
+
+// versionCeiling is 2^62.
+const versionCeiling int64 = 1 << 62
+
 // upsertChangedSQL leaves a row alone whose stored hash, tombstone flag and
 // key id already equal the change's; rewriteSQL (for Change.Force) does not.
 const (
@@ -174,7 +188,7 @@ func (s *Store) Write(ctx context.Context, cluster, keyID string, changes []Chan
 	for _, chunk := range writeChunks(changes) {
 		err := s.inTx(ctx, func(tx pgx.Tx) error {
 			var version int64
-			err := tx.QueryRow(ctx, `UPDATE kss_version SET version = version + 1 WHERE id = 1 RETURNING version`).Scan(&version)
+			err := tx.QueryRow(ctx, bumpVersionSQL, versionCeiling).Scan(&version)
 			if err != nil {
 				return fmt.Errorf("bump version: %w", err)
 			}
@@ -467,7 +481,7 @@ func (s *Store) Reseal(ctx context.Context, keyID string, rows []Row, reseal Res
 	var rewritten int
 	err := s.inTx(ctx, func(tx pgx.Tx) error {
 		var version int64
-		err := tx.QueryRow(ctx, `UPDATE kss_version SET version = version + 1 WHERE id = 1 RETURNING version`).Scan(&version)
+		err := tx.QueryRow(ctx, bumpVersionSQL, versionCeiling).Scan(&version)
 		if err != nil {
 			return fmt.Errorf("bump version: %w", err)
 		}

@@ -6,6 +6,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"slices"
 	"strconv"
@@ -75,6 +76,13 @@ func (f *followerLoop) run(ctx context.Context) error {
 		if ctx.Err() != nil {
 			return nil
 		}
+		if errors.Is(err, errBadCursor) {
+			// Retrying would never help; starting over costs one full
+			// pass, and the next save overwrites the garbage.
+			f.log.WithError(err).Error("the cursor ConfigMap holds no valid cursor: starting over from version 0")
+			f.cursor = Cursor{}
+			break
+		}
 		f.log.WithError(err).Error("cannot read cursor; retrying")
 		select {
 		case <-ctx.Done():
@@ -129,9 +137,11 @@ func (f *followerLoop) pull(ctx context.Context) (idle bool, err error) {
 		if err != nil {
 			return false, err
 		}
-		page := make([]*Row, len(rows))
+		page := make([]*Row, 0, len(rows))
 		for i := range rows {
-			page[i] = &rows[i]
+			if r := &rows[i]; !inSync(r, f.copies.get(r.ObjectKey), f.keys) {
+				page = append(page, r)
+			}
 		}
 		f.apply.all(ctx, page, func(r *Row) *corev1.Secret { return f.copies.get(r.ObjectKey) })
 		if len(rows) > 0 {
@@ -253,6 +263,9 @@ func (f *followerLoop) applyOutOfSync(ctx context.Context, rows []Row, copies ma
 	return nil
 }
 
+// errBadCursor: the cursor ConfigMap exists but holds no cursor.
+var errBadCursor = errors.New("not a cursor")
+
 // cursorStore keeps a follower's cursor in a ConfigMap of its own cluster,
 // so that it survives restarts and moves with the cluster it describes.
 // Followers then need no write access to the shared database.
@@ -274,8 +287,8 @@ func (s *cursorStore) load(ctx context.Context) (Cursor, error) {
 	}
 	s.last = cm
 	v, err := strconv.ParseInt(cm.Data["version"], 10, 64)
-	if err != nil {
-		return Cursor{}, fmt.Errorf("read cursor %s/%s: bad version: %w", s.namespace, s.name, err)
+	if err != nil || v < 0 {
+		return Cursor{}, fmt.Errorf("read cursor %s/%s: %w: version %q", s.namespace, s.name, errBadCursor, cm.Data["version"])
 	}
 	return Cursor{Version: v, Namespace: cm.Data["namespace"], Name: cm.Data["name"]}, nil
 }

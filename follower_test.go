@@ -1,6 +1,8 @@
 package main
 
 import (
+	"errors"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -88,10 +90,19 @@ func TestCursorStore(t *testing.T) {
 			t.Errorf("load() = %+v; want the cursor just saved", c)
 		}
 	})
-	t.Run("a version that is not a number is an error, not the start", func(t *testing.T) {
-		s, _ := newStore(stored("seven", "a", "b"))
-		if c, err := s.load(t.Context()); err == nil {
-			t.Errorf("load() = %+v, nil; want an error", c)
-		}
-	})
+	for _, garbage := range []string{"seven", "", "-3", "99999999999999999999"} {
+		t.Run("version "+strconv.Quote(garbage)+" is errBadCursor", func(t *testing.T) {
+			s, _ := newStore(stored(garbage, "a", "b"))
+			if c, err := s.load(t.Context()); !errors.Is(err, errBadCursor) {
+				t.Errorf("load() = %+v, %v; want errBadCursor", c, err)
+			}
+			// The garbage is overwritten by the next save.
+			if err := s.save(t.Context(), Cursor{1, "a", "b"}); err != nil {
+				t.Fatal(err)
+			}
+			if c := mustLoad(s); c != (Cursor{1, "a", "b"}) {
+				t.Errorf("after a save load() = %+v", c)
+			}
+		})
+	}
 }

@@ -133,11 +133,13 @@ func TestForgedVersionDelaysOnlyItsRow(t *testing.T) {
 	e.waitSynced("forged")
 	passes := follower.metric(t, fullOK)
 
-	if _, err := e.dbConn().Exec(t.Context(), `UPDATE kss_secrets SET version = 4000000000000 WHERE namespace = $1 AND name = 'forged'`, e.ns); err != nil {
+	// Above versionCeiling, so that the leader's next writes stay below it
+	// (a lower forged version only makes them jump over it).
+	if _, err := e.dbConn().Exec(t.Context(), `UPDATE kss_secrets SET version = $2 WHERE namespace = $1 AND name = 'forged'`, e.ns, versionCeiling+5); err != nil {
 		t.Fatal(err)
 	}
 	// The forged row is now the newest in pull order; a pull that moved
-	// the cursor to it would skip every row below 4e12. The pull that
+	// the cursor to it would skip every row written afterwards. The pull that
 	// brings after-1 reads the forged row too (one page, version order),
 	// so at the latest after-2 shows whether the cursor jumped.
 	for _, n := range []string{"after-1", "after-2"} {
@@ -149,8 +151,13 @@ func TestForgedVersionDelaysOnlyItsRow(t *testing.T) {
 	if n := follower.metric(t, fullOK); n != passes {
 		t.Fatalf("a full pass ran (%v -> %v): the test shows nothing", passes, n)
 	}
-	if v := follower.metric(t, "kube_secret_sync_cursor_version"); v >= 4000000000000 {
-		t.Errorf("follower cursor = %v: moved to the forged version", v)
+	// Never past the counter.
+	var counter int64
+	if err := e.dbConn().QueryRow(t.Context(), `SELECT version FROM kss_version`).Scan(&counter); err != nil {
+		t.Fatal(err)
+	}
+	if v := follower.metric(t, "kube_secret_sync_cursor_version"); v > float64(counter) {
+		t.Errorf("follower cursor = %v: past the version counter %d", v, counter)
 	}
 }
 
@@ -440,4 +447,57 @@ func TestIdleWithConflictAndRetainedTombstone(t *testing.T) {
 		t.Errorf("the unmanaged Secret was changed")
 	}
 	mustGet(t, e.secrets(e.follower), "retained")
+}
+
+// TestCounterSetBackIsHarmless: with the version counter set below the
+// highest row version (by a writer, or by restoring kss_version alone),
+// the leader's next write still gets a version above every row, so no
+// follower refuses it as a rollback.
+func TestCounterSetBackIsHarmless(t *testing.T) {
+	e := newSyncEnv(t)
+	_, follower := e.startPair()
+	src := e.secrets(e.leader)
+	mustCreate(t, src, labelled("s", map[string]string{"k": "v0"}))
+	for i := range 3 {
+		mustModify(t, src, "s", func(s *corev1.Secret) { s.Data["k"] = []byte(fmt.Sprintf("v%d", i+1)) })
+		e.waitSynced("s")
+	}
+	if _, err := e.dbConn().Exec(t.Context(), `UPDATE kss_version SET version = 1`); err != nil {
+		t.Fatal(err)
+	}
+	mustModify(t, src, "s", func(s *corev1.Secret) { s.Data["k"] = []byte("after the counter was set back") })
+	e.waitSynced("s")
+	if n := follower.metric(t, `kube_secret_sync_row_errors_total{reason="rollback"}`); n != 0 {
+		t.Errorf("rollback errors: %v; want none", n)
+	}
+}
+
+// TestGarbageCursorStartsOver: a cursor ConfigMap that holds no cursor (a
+// hand edit, a bad restore) is reported, and the follower starts over
+// instead of retrying forever.
+func TestGarbageCursorStartsOver(t *testing.T) {
+	e := newSyncEnv(t)
+	e.start(e.config(true))
+	mustCreate(t, e.secrets(e.leader), labelled("s", map[string]string{"k": secretValue}))
+	fc := e.config(false)
+	cm := &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Namespace: fc.PodNamespace, Name: fc.LeaseName + stateSuffix},
+		Data: map[string]string{"version": "garbage"}}
+	if _, err := e.follower.Clientset.CoreV1().ConfigMaps(fc.PodNamespace).Create(t.Context(), cm, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	follower := e.start(fc)
+	e.waitSynced("s")
+	if !strings.Contains(follower.logs.String(), "holds no valid cursor") {
+		t.Error("the garbage cursor was not reported")
+	}
+	eventually(t, syncTimeout, func() error {
+		got, err := e.follower.Clientset.CoreV1().ConfigMaps(fc.PodNamespace).Get(t.Context(), cm.Name, metav1.GetOptions{})
+		if err != nil {
+			return err
+		}
+		if _, err := strconv.ParseInt(got.Data["version"], 10, 64); err != nil {
+			return fmt.Errorf("cursor ConfigMap still holds %q", got.Data["version"])
+		}
+		return nil
+	})
 }
