@@ -15,7 +15,7 @@ WITH_ASSETS = set -euo pipefail; \
 	export KSS_KUBE_ASSETS="$$(hack/kube-assets.sh)"; \
 	export KSS_PG_BIN="$$(hack/postgres.sh)";
 
-.PHONY: all build test test-short fuzz lint demo devenv bench bench-smoke bench-micro img image assets clean
+.PHONY: all build test test-short fuzz soak lint demo devenv bench bench-smoke bench-micro img image assets clean
 
 all: lint build
 
@@ -36,6 +36,16 @@ test-short:
 FUZZTIME ?= 5s
 fuzz:
 	FUZZTIME=$(FUZZTIME) hack/fuzz.sh
+
+## soak: the chaos test (TestChaos, whose short run is part of make test)
+## for SOAK_DURATION: random changes while the leader and the follower are
+## SIGKILLed, PostgreSQL is killed and an API server hangs; it reports the
+## convergence time. SOAK_SEED replays a run.
+SOAK_DURATION ?= 10m
+SOAK_SEED ?=
+soak:
+	@$(WITH_ASSETS) CHAOS_DURATION=$(SOAK_DURATION) CHAOS_SEED=$(SOAK_SEED) \
+		go test -count=1 -run '^TestChaos$$' -v -timeout 0 . 2>&1 | grep -E '^(=== RUN|--- |ok|FAIL|PASS)|chaos:|_test.go:[0-9]+: [A-Z]'
 
 lint:
 	@out=$$(gofmt -l . ); if [[ -n "$$out" ]]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi

@@ -399,7 +399,6 @@ func TestRecoveryAfterRestore(t *testing.T) {
 	follower.waitMetric(t, `kube_secret_sync_row_errors_total{reason="rollback"}`, 1)
 	for _, stmt := range []string{
 		`UPDATE kss_version SET version = version + 1000000`,
-		`UPDATE kss_secrets SET hash = ''::BYTEA`,
 	} {
 		if _, err := conn.Exec(ctx, stmt); err != nil {
 			t.Fatal(err)

@@ -145,6 +145,10 @@ func (pg *Postgres) waitReady(ctx context.Context) error {
 // outage; Resume starts it again on the same port.
 func (pg *Postgres) Pause() { pg.proc.stop(syscall.SIGINT, 10*time.Second) }
 
+// Crash kills the server and every backend at once (SIGKILL), as a power
+// loss would; Resume starts it again, with crash recovery.
+func (pg *Postgres) Crash() { pg.proc.kill() }
+
 // Resume restarts a paused server and waits until it accepts connections.
 func (pg *Postgres) Resume(ctx context.Context) error {
 	p, err := pg.proc.restart()

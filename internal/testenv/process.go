@@ -100,6 +100,12 @@ func (p *process) stop(sig syscall.Signal, grace time.Duration) {
 	}
 }
 
+// kill ends the process and its process group at once (SIGKILL).
+func (p *process) kill() {
+	_ = syscall.Kill(-p.cmd.Process.Pid, syscall.SIGKILL)
+	<-p.done
+}
+
 // tailBuffer keeps the last max bytes written to it, for error messages.
 type tailBuffer struct {
 	mu  sync.Mutex
