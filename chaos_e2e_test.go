@@ -354,7 +354,7 @@ func TestChaos(t *testing.T) {
 				t.Fatal(err)
 			}
 		}},
-		{at(0.8), "leader SIGKILLed", leader.kill},
+		{at(0.95), "leader SIGKILLed", leader.kill},
 	}
 	for time.Now().Before(start.Add(duration)) {
 		if len(faults) > 0 && time.Now().After(faults[0].at) {
