@@ -292,16 +292,7 @@ func TestChaos(t *testing.T) {
 	t.Logf("chaos: CHAOS_SEED=%d CHAOS_DURATION=%v", seed, duration)
 	bin := buildBinary(t)
 	e := newSyncEnv(t)
-	pg, err := testenv.StartPostgres(t.Context()) // its own, to kill
-	if err != nil {
-		testenv.Missing(t, err)
-	}
-	t.Cleanup(pg.Stop)
-	dsn, err := pg.CreateDatabase(t.Context(), "chaos")
-	if err != nil {
-		t.Fatal(err)
-	}
-	e.dsn = withPassword(dsn, testPassword)
+	pg := e.ownPostgres("chaos") // its own, to kill
 	common := []string{"DSN=" + e.dsn, "ENCRYPTION_KEY=" + testKey, "TICK_SECONDS=2", "POLL_SECONDS=0.2",
 		"CLUSTER_NAME=cluster-a", "NAMESPACES=" + e.ns, "DEBUG=1"}
 	leaderAddr, followerAddr := e.config(true).MetricsAddr, e.config(true).MetricsAddr

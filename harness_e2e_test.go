@@ -59,6 +59,24 @@ func newSyncEnv(t testing.TB) *syncEnv {
 	return e
 }
 
+// ownPostgres gives the test a PostgreSQL server of its own, stopped when
+// the test ends, for tests that stop or kill it, and points e.dsn at a
+// fresh database there.
+func (e *syncEnv) ownPostgres(db string) *testenv.Postgres {
+	e.t.Helper()
+	pg, err := testenv.StartPostgres(e.t.Context())
+	if err != nil {
+		testenv.Missing(e.t, err)
+	}
+	e.t.Cleanup(pg.Stop)
+	dsn, err := pg.CreateDatabase(e.t.Context(), db)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	e.dsn = withPassword(dsn, testPassword)
+	return pg
+}
+
 // withPassword adds a password to a DSN. The test server trusts every
 // local connection, so any password works, and the logs can be checked
 // for it.

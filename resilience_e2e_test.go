@@ -234,16 +234,7 @@ func TestDriftIsRepaired(t *testing.T) {
 
 func TestDatabaseOutage(t *testing.T) {
 	e := newSyncEnv(t)
-	pg, err := testenv.StartPostgres(t.Context())
-	if err != nil {
-		testenv.Missing(t, err)
-	}
-	t.Cleanup(pg.Stop)
-	dsn, err := pg.CreateDatabase(t.Context(), "outage")
-	if err != nil {
-		t.Fatal(err)
-	}
-	e.dsn = withPassword(dsn, testPassword)
+	pg := e.ownPostgres("outage")
 	leader, _ := e.startPair()
 	src := e.secrets(e.leader)
 	mustCreate(t, src, labelled("before", map[string]string{"k": secretValue}))
