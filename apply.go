@@ -160,7 +160,21 @@ func (a *rowApplier) row(ctx context.Context, r *Row, existing *corev1.Secret) {
 		}
 		return
 	}
-	action, err := a.write(ctx, r, p, existing)
+	var action string
+	if existing != nil && isStripped(existing) {
+		// Cached without its data: compare and write against the live copy.
+		var live *corev1.Secret
+		live, err = a.client.CoreV1().Secrets(r.Namespace).Get(ctx, r.Name, metav1.GetOptions{})
+		switch {
+		case apierrors.IsNotFound(err):
+			existing, err = nil, nil
+		case err == nil:
+			existing = live
+		}
+	}
+	if err == nil {
+		action, err = a.write(ctx, r, p, existing)
+	}
 	if existing != nil && apierrors.IsConflict(err) {
 		// The cached copy was stale: apply once more against the live one.
 		var live *corev1.Secret
@@ -268,7 +282,7 @@ func inSync(r *Row, existing *corev1.Secret, keys *Keyring) bool {
 	// The row's own key: a row not yet rewritten after a key rotation is
 	// still in sync with its copy. A key not in the ring is not; opening
 	// the row then reports it.
-	h, ok := keys.HashFor(r.KeyID, r.Namespace, r.Name, payloadOf(existing))
+	h, ok := cachedHash(existing, keys, r.KeyID)
 	return ok && hmac.Equal(h, r.Hash)
 }
 

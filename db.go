@@ -68,6 +68,11 @@ type Change struct {
 	// Force rewrites the row even where its stored hash, tombstone flag
 	// and key id already equal the change's (a damaged row).
 	Force bool
+	// Stripped: Payload has no data yet (the Secret is cached without it)
+	// and Size estimates its sealed size; the leader fetches it before
+	// sealing.
+	Stripped bool
+	Size     int
 	// Version is set by Store.Write: the version the row was written at.
 	Version int64
 }
@@ -88,7 +93,7 @@ type Cursor struct {
 const writeChunk = 500
 
 // writeChunkBytes bounds the ciphertext of one write transaction.
-const writeChunkBytes = 16 << 20
+const writeChunkBytes = 8 << 20
 
 // OpenStore creates a connection pool for dsn. The pool connects lazily:
 // the first query (Migrate, at start) tells whether the database answers.
@@ -232,7 +237,10 @@ func writeChunks(changes []Change) [][]Change {
 	var out [][]Change
 	start, bytes := 0, 0
 	for i := range changes {
-		size := ApproxSealedSize(changes[i].Payload)
+		size := changes[i].Size
+		if size == 0 {
+			size = ApproxSealedSize(changes[i].Payload)
+		}
 		if i > start && (i-start >= writeChunk || bytes+size > writeChunkBytes) {
 			out = append(out, changes[start:i])
 			start, bytes = i, 0

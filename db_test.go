@@ -141,7 +141,7 @@ func TestWriteChunksBounds(t *testing.T) {
 	}{
 		{"none", nil, nil},
 		{"small rows: by count", many(1200, 100), []int{writeChunk, writeChunk, 200}},
-		{"near-1 MiB rows: by bytes", many(40, mib-1000), []int{12, 12, 12, 4}},
+		{"near-1 MiB rows: by bytes", many(40, mib-1000), []int{6, 6, 6, 6, 6, 6, 4}},
 		{"one row larger than the bound: alone", append(many(1, 20*mib), many(2, 100)...), []int{1, 2}},
 	}
 	for _, tt := range tests {

@@ -56,7 +56,7 @@ func newFollowerLoop(d loopDeps) *followerLoop {
 // startWatch fills the cache of managed copies.
 func (f *followerLoop) startWatch(ctx context.Context) (err error) {
 	managed := labels.SelectorFromSet(labels.Set{managedLabel: "true"})
-	f.copies, err = startSecretCache(ctx, f.client, f.cfg, managed, nil)
+	f.copies, err = startSecretCache(ctx, f.client, f.cfg, managed, nil, f.keys, f.keys.IDs())
 	f.apply.copies = f.copies
 	return err
 }

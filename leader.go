@@ -8,6 +8,7 @@ import (
 	"context"
 	"crypto/hmac"
 	"crypto/rand"
+	"encoding/base64"
 	"fmt"
 	"io"
 	"slices"
@@ -16,6 +17,9 @@ import (
 
 	"github.com/sirupsen/logrus"
 	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/tools/cache"
 )
@@ -94,7 +98,7 @@ func (l *leaderLoop) startWatch(ctx context.Context) (err error) {
 		UpdateFunc: func(_, obj any) { l.enqueue(obj) },
 		DeleteFunc: l.enqueue,
 	}
-	l.sources, err = startSecretCache(ctx, l.client, l.cfg, l.cfg.selector, handler)
+	l.sources, err = startSecretCache(ctx, l.client, l.cfg, l.cfg.selector, handler, l.keys, []string{l.keys.ID()})
 	return err
 }
 
@@ -195,26 +199,42 @@ func (l *leaderLoop) reconcileDirty(ctx context.Context) (idle bool, err error) 
 // sync writes the rows of keys whose content differs from what is stored.
 func (l *leaderLoop) sync(ctx context.Context, kind string, keys []ObjectKey) error {
 	cluster := l.cfg.ClusterName
-	changes := l.sealable(rowChanges(keys, l.source, l.known, l.keys, cluster, l.now()))
-	changes = l.guardDeletes(kind, changes)
-	if len(changes) == 0 {
-		return nil
-	}
+	changes := l.guardDeletes(kind, rowChanges(keys, l.source, l.known, l.keys, cluster, l.now()))
 	seal := func(version int64, c *Change) ([]byte, error) {
 		b := Binding{Namespace: c.Namespace, Name: c.Name, Version: version, SourceCluster: cluster}
 		return l.keys.Seal(l.rand, b, c.Payload)
 	}
-	version, err := l.store.Write(ctx, cluster, l.keys.ID(), changes, seal)
-	if err != nil {
-		return fmt.Errorf("write %d rows to the database: %w", len(changes), err)
+	var written int
+	var version int64
+	// One transaction per chunk, each with the data of its Secrets only:
+	// what is held at once is bounded by bytes, also for Secrets that the
+	// cache keeps without their data.
+	for _, chunk := range writeChunks(changes) {
+		chunk, err := l.fetch(ctx, chunk)
+		if err != nil {
+			return err
+		}
+		chunk = l.sealable(chunk)
+		if len(chunk) == 0 {
+			continue
+		}
+		if version, err = l.store.Write(ctx, cluster, l.keys.ID(), chunk, seal); err != nil {
+			return fmt.Errorf("write %d rows to the database: %w", len(chunk), err)
+		}
+		written += len(chunk)
+		for i := range chunk {
+			c := &chunk[i]
+			l.known[c.ObjectKey] = RowState{Hash: c.Hash, Tombstone: c.Payload.Deleted, SourceCluster: cluster, KeyID: l.keys.ID()}
+			l.log.WithFields(logrus.Fields{
+				"namespace": c.Namespace, "name": c.Name, "tombstone": c.Payload.Deleted, "version": c.Version,
+			}).Info("stored")
+			c.Payload.Data = nil // sealed and stored: let it go
+		}
 	}
-	for _, c := range changes {
-		l.known[c.ObjectKey] = RowState{Hash: c.Hash, Tombstone: c.Payload.Deleted, SourceCluster: cluster, KeyID: l.keys.ID()}
-		l.log.WithFields(logrus.Fields{
-			"namespace": c.Namespace, "name": c.Name, "tombstone": c.Payload.Deleted, "version": c.Version,
-		}).Info("stored")
+	if written == 0 {
+		return nil
 	}
-	l.metrics.rowsWritten.Add(float64(len(changes)))
+	l.metrics.rowsWritten.Add(float64(written))
 	l.metrics.cursor.Set(float64(version))
 	if l.hint {
 		// Best effort: the rows are committed, and followers poll anyway.
@@ -225,8 +245,39 @@ func (l *leaderLoop) sync(ctx context.Context, kind string, keys []ObjectKey) er
 			l.log.WithError(err).Debug("wake-up hint not sent")
 		}
 	}
-	l.log.WithFields(logrus.Fields{"rows": len(changes), "kind": kind, "version": version}).Debug("write done")
+	l.log.WithFields(logrus.Fields{"rows": written, "kind": kind, "version": version}).Debug("write done")
 	return nil
+}
+
+// fetch completes the changes of Secrets that the cache keeps without
+// their data (Change.Stripped) from the live Secret: its payload and keyed
+// hash. A Secret gone or unlabelled since is left to the watch event that
+// says so, and one whose live content is what its row holds is dropped.
+func (l *leaderLoop) fetch(ctx context.Context, chunk []Change) ([]Change, error) {
+	out := chunk[:0]
+	for _, c := range chunk {
+		if c.Stripped {
+			s, err := l.client.CoreV1().Secrets(c.Namespace).Get(ctx, c.Name, metav1.GetOptions{})
+			if apierrors.IsNotFound(err) {
+				continue
+			}
+			if err != nil {
+				return nil, fmt.Errorf("read %s: %w", c.ObjectKey, err)
+			}
+			if !l.cfg.selector.Matches(labels.Set(s.Labels)) || !syncable(s) {
+				continue
+			}
+			c.Payload = payloadOf(s)
+			c.Hash = l.keys.Hash(c.Namespace, c.Name, c.Payload)
+			c.Stripped = false
+			row, ok := l.known[c.ObjectKey]
+			if ok && !c.Force && !row.Tombstone && hmac.Equal(row.Hash, c.Hash) {
+				continue
+			}
+		}
+		out = append(out, c)
+	}
+	return out, nil
 }
 
 // deleteGuardMin is how many deletes a pass may always make: a few Secrets
@@ -372,7 +423,9 @@ func rowChanges(keys []ObjectKey, source func(ObjectKey) *corev1.Secret, stored 
 		row, ok := stored[key]
 		if s := source(key); s != nil {
 			p := payloadOf(s)
-			h := ring.Hash(key.Namespace, key.Name, p)
+			// A Secret cached without its data has its hash kept instead;
+			// its data is fetched only if it is written (leaderLoop.fetch).
+			h, _ := cachedHash(s, ring, ring.ID())
 			// A row another name wrote is taken over (this leader was
 			// renamed, or promoted), so that deleting the Secret later
 			// reaches the followers.
@@ -380,7 +433,12 @@ func rowChanges(keys []ObjectKey, source func(ObjectKey) *corev1.Secret, stored 
 				continue
 			}
 			takeover := ok && row.SourceCluster != cluster
-			out = append(out, Change{ObjectKey: key, Hash: h, Payload: p, Force: row.Damaged || takeover})
+			c := Change{ObjectKey: key, Hash: h, Payload: p, Force: row.Damaged || takeover}
+			if isStripped(s) {
+				c.Stripped = true
+				c.Size = ApproxSealedSize(p) + base64.StdEncoding.EncodedLen(cachedDataSize(s))
+			}
+			out = append(out, c)
 			continue
 		}
 		// Only this cluster's rows: a second leader's Secrets are not ours

@@ -71,6 +71,10 @@ func TestRowChanges(t *testing.T) {
 		{"Secret gone, tombstone under the previous key: rewritten", []string{"s"}, nil,
 			map[ObjectKey]RowState{key("s"): row(tombstoneHash(old, "s"), true, cluster, old)}, []want{{"s", true}}},
 		{"Secret gone, never stored", []string{"s"}, nil, nil, nil},
+		{"unchanged Secret cached without its data", []string{"big"}, []*corev1.Secret{stripped(ring, secret("big", strings.Repeat("x", cacheDataLimit+1)))},
+			map[ObjectKey]RowState{key("big"): row(hashOfSecret(ring, secret("big", strings.Repeat("x", cacheDataLimit+1))), false, cluster, ring)}, nil},
+		{"changed Secret cached without its data: to be fetched", []string{"big"}, []*corev1.Secret{stripped(ring, secret("big", strings.Repeat("y", cacheDataLimit+1)))},
+			map[ObjectKey]RowState{key("big"): row(hashOfSecret(ring, secret("big", strings.Repeat("x", cacheDataLimit+1))), false, cluster, ring)}, []want{{"big", false}}},
 		{"keys repeated and unordered: sorted, once each",
 			[]string{"c", "a", "b", "a", "c"}, []*corev1.Secret{secret("a", "x"), secret("b", "x"), secret("c", "x")}, nil,
 			[]want{{"a", false}, {"b", false}, {"c", false}}},
@@ -103,12 +107,18 @@ func TestRowChanges(t *testing.T) {
 			for _, c := range got {
 				// Every change carries the current key's hash of what it
 				// writes, so that the next pass finds it unchanged.
-				if want := ring.Hash(c.Namespace, c.Name, c.Payload); !bytes.Equal(c.Hash, want) {
+				if want := ring.Hash(c.Namespace, c.Name, c.Payload); !c.Stripped && !bytes.Equal(c.Hash, want) {
 					t.Errorf("%s: hash is not the current key's hash of its payload", c.ObjectKey)
 				}
 				if c.Payload.Deleted {
 					if !c.Payload.UpdatedAt.Equal(now) || c.Payload.UpdatedAt.Location() != time.UTC {
 						t.Errorf("%s: tombstone UpdatedAt = %v; want now (%v) in UTC", c.ObjectKey, c.Payload.UpdatedAt, now.UTC())
+					}
+					continue
+				}
+				if s := sources[c.ObjectKey]; isStripped(s) {
+					if !c.Stripped || c.Size < cacheDataLimit {
+						t.Errorf("%s: a change of a stripped Secret with Stripped %v and Size %d; want it marked for fetching", c.ObjectKey, c.Stripped, c.Size)
 					}
 					continue
 				}
@@ -165,4 +175,11 @@ func TestDeletesAllowed(t *testing.T) {
 			t.Errorf("deletesAllowed(%d of %d, %d%%) = %v; want %v", tt.deletes, tt.live, tt.percent, got, tt.want)
 		}
 	}
+}
+
+// stripped is s as a cache keeps it when its data is large.
+func stripped(ring *Keyring, s *corev1.Secret) *corev1.Secret {
+	s = s.DeepCopy()
+	stripData(s, ring, []string{ring.ID()})
+	return s
 }

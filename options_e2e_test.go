@@ -4,7 +4,10 @@ package main
 
 import (
 	"bytes"
+	"fmt"
+	"os"
 	"testing"
+	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -104,4 +107,52 @@ func TestLargestSecretSyncs(t *testing.T) {
 	big.Data["blob"] = bytes.Repeat([]byte{0xa5}, 1<<20-64)
 	mustCreate(t, e.secrets(e.leader), big)
 	e.waitSynced("big")
+}
+
+// TestManyLargeSecretsFitTheMemoryLimit: 200 Secrets of nearly 1 MiB each
+// sync with the real binaries under the Deployment's default memory limit
+// (256 MiB, with GOMEMLIMIT from it as in deploy/), and neither daemon's
+// peak RSS exceeds it.
+func TestManyLargeSecretsFitTheMemoryLimit(t *testing.T) {
+	testenv.SkipShort(t)
+	const n, limit = 200, 256 << 20
+	bin := buildBinary(t)
+	e := newSyncEnv(t)
+	leaderAddr, followerAddr := e.config(true).MetricsAddr, e.config(true).MetricsAddr
+	common := []string{"DSN=" + e.dsn, "ENCRYPTION_KEY=" + testKey, "TICK_SECONDS=5", "POLL_SECONDS=0.1",
+		"CLUSTER_NAME=cluster-a", "NAMESPACES=" + e.ns, "GOMEMLIMIT=256MiB"}
+	var leaderOut, followerOut syncBuffer
+	leaderProc := startBinary(t, bin, append([]string{"LEADER=1", "KUBECONFIG=" + e.leader.Kubeconfig, "POD_NAMESPACE=" + e.sysA,
+		"POD_NAME=leader-0", "METRICS_ADDR=" + leaderAddr}, common...), &leaderOut)
+	followerProc := startBinary(t, bin, append([]string{"KUBECONFIG=" + e.follower.Kubeconfig, "POD_NAMESPACE=" + e.sysB,
+		"POD_NAME=follower-0", "METRICS_ADDR=" + followerAddr}, common...), &followerOut)
+	src := e.secrets(e.leader)
+	blob := bytes.Repeat([]byte{0x5a}, 1<<20-256)
+	for i := range n {
+		s := labelled(fmt.Sprintf("big-%03d", i), nil)
+		s.Data["blob"] = blob
+		mustCreate(t, src, s)
+	}
+	follower := &daemon{metrics: followerAddr}
+	eventually(t, 3*time.Minute, func() error {
+		created := follower.metric(t, `kube_secret_sync_rows_applied_total{action="created"}`)
+		if created < n {
+			return fmt.Errorf("%v of %d copies created", created, n)
+		}
+		return nil
+	})
+	// Changed at the source, and a copy edited by hand: both go through
+	// the Secrets the caches keep without their data.
+	mustModify(t, src, "big-007", func(s *corev1.Secret) { s.Data["blob"] = bytes.Repeat([]byte{0x7b}, 1<<20-256) })
+	mustModify(t, e.secrets(e.follower), "big-011", func(s *corev1.Secret) { s.Data["blob"] = []byte("edited by hand") })
+	e.waitSynced("big-007")
+	e.waitSynced("big-011")
+	(&daemon{metrics: leaderAddr}).waitMetric(t, fullOK, 2)
+	for who, p := range map[string]*os.Process{"leader": leaderProc, "follower": followerProc} {
+		peak := peakRSS(t, p.Pid)
+		t.Logf("%s peak RSS %.0f MiB", who, float64(peak)/(1<<20))
+		if peak > limit {
+			t.Errorf("%s peak RSS %d MiB; want at most the 256 MiB limit", who, peak>>20)
+		}
+	}
 }

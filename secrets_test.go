@@ -486,3 +486,43 @@ func TestSyncable(t *testing.T) {
 		}
 	}
 }
+
+// TestStripData: a Secret over cacheDataLimit is cached without its data,
+// and the hashes kept instead are those of its full payload.
+func TestStripData(t *testing.T) {
+	ring := mustKeyring(t, configTestKey, strings.Repeat("o", 32))
+	small := sourceSecret()
+	big := sourceSecret()
+	big.Data["blob"] = bytes.Repeat([]byte{1}, cacheDataLimit+1)
+	want := map[string][]byte{}
+	for _, id := range ring.IDs() {
+		want[id], _ = ring.HashFor(id, big.Namespace, big.Name, payloadOf(big))
+	}
+	size := cachedDataSize(big)
+
+	stripData(small, ring, ring.IDs())
+	if isStripped(small) || small.Data == nil {
+		t.Error("a small Secret was stripped")
+	}
+	stripData(big, ring, ring.IDs())
+	if !isStripped(big) || big.Data != nil {
+		t.Fatal("a large Secret kept its data")
+	}
+	if got := cachedDataSize(big); got != size {
+		t.Errorf("cachedDataSize = %d; want %d", got, size)
+	}
+	for id, h := range want {
+		if got, ok := cachedHash(big, ring, id); !ok || !bytes.Equal(got, h) {
+			t.Errorf("cachedHash(%s) = %x, %v; want the full payload's hash", id, got, ok)
+		}
+	}
+	if _, ok := cachedHash(big, ring, "0000000000000000"); ok {
+		t.Error("cachedHash of a key id not kept: ok")
+	}
+	// The cache's marks never reach a payload.
+	for k := range payloadOf(big).Annotations {
+		if strings.HasPrefix(k, managedPrefix) {
+			t.Errorf("payload carries the cache's annotation %s", k)
+		}
+	}
+}
