@@ -148,15 +148,8 @@ func TestPlantedHugeRowIsNeverTransferred(t *testing.T) {
 	testenv.SkipShort(t)
 	bin := buildBinary(t)
 	e := newSyncEnv(t)
-	leaderAddr, followerAddr := e.config(true).MetricsAddr, e.config(true).MetricsAddr
-	common := []string{"DSN=" + e.dsn, "ENCRYPTION_KEY=" + testKey, "TICK_SECONDS=1", "POLL_SECONDS=0.1",
-		"CLUSTER_NAME=cluster-a", "NAMESPACES=" + e.ns, "GOMEMLIMIT=256MiB"}
-	var leaderOut, followerOut syncBuffer
-	leaderProc := startBinary(t, bin, append([]string{"LEADER=1", "KUBECONFIG=" + e.leader.Kubeconfig, "POD_NAMESPACE=" + e.sysA,
-		"POD_NAME=leader-0", "METRICS_ADDR=" + leaderAddr}, common...), &leaderOut)
-	followerProc := startBinary(t, bin, append([]string{"KUBECONFIG=" + e.follower.Kubeconfig, "POD_NAMESPACE=" + e.sysB,
-		"POD_NAME=follower-0", "METRICS_ADDR=" + followerAddr}, common...), &followerOut)
-	leader, follower := &daemon{metrics: leaderAddr}, &daemon{metrics: followerAddr}
+	bins := e.startBinaries(t, bin, 1)
+	leader, follower, leaderProc, followerProc := bins.leader, bins.follower, bins.leaderProc, bins.followerProc
 	mustCreate(t, e.secrets(e.leader), labelled("small", map[string]string{"k": secretValue}))
 	e.waitSynced("small")
 	leader.waitMetric(t, fullOK, 2)

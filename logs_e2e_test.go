@@ -45,6 +45,29 @@ func startBinary(t *testing.T, bin string, env []string, out *syncBuffer) *os.Pr
 	return cmd.Process
 }
 
+// binaryPair is the real binary running as leader and follower of e, with
+// the Deployment's memory limit (GOMEMLIMIT=256MiB).
+type binaryPair struct {
+	leader, follower         *daemon // their metrics
+	leaderProc, followerProc *os.Process
+	leaderOut, followerOut   *syncBuffer
+}
+
+// startBinaries starts bin as leader and follower of e with TICK_SECONDS
+// tick, until the test ends.
+func (e *syncEnv) startBinaries(t *testing.T, bin string, tick int) binaryPair {
+	t.Helper()
+	p := binaryPair{leader: &daemon{metrics: e.config(true).MetricsAddr}, follower: &daemon{metrics: e.config(true).MetricsAddr},
+		leaderOut: &syncBuffer{}, followerOut: &syncBuffer{}}
+	common := []string{"DSN=" + e.dsn, "ENCRYPTION_KEY=" + testKey, fmt.Sprintf("TICK_SECONDS=%d", tick), "POLL_SECONDS=0.1",
+		"CLUSTER_NAME=cluster-a", "NAMESPACES=" + e.ns, "GOMEMLIMIT=256MiB"}
+	p.leaderProc = startBinary(t, bin, append([]string{"LEADER=1", "KUBECONFIG=" + e.leader.Kubeconfig, "POD_NAMESPACE=" + e.sysA,
+		"POD_NAME=leader-0", "METRICS_ADDR=" + p.leader.metrics}, common...), p.leaderOut)
+	p.followerProc = startBinary(t, bin, append([]string{"KUBECONFIG=" + e.follower.Kubeconfig, "POD_NAMESPACE=" + e.sysB,
+		"POD_NAME=follower-0", "METRICS_ADDR=" + p.follower.metrics}, common...), p.followerOut)
+	return p
+}
+
 // TestDebugLogsHoldNoSecrets runs the real binary as leader (JSON logs) and
 // follower (PRETTY text logs), both with DEBUG=1, over a scenario that goes
 // through every path that logs (create, update, delete, a tampered row, a

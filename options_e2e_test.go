@@ -118,14 +118,7 @@ func TestManyLargeSecretsFitTheMemoryLimit(t *testing.T) {
 	const n, limit = 200, 256 << 20
 	bin := buildBinary(t)
 	e := newSyncEnv(t)
-	leaderAddr, followerAddr := e.config(true).MetricsAddr, e.config(true).MetricsAddr
-	common := []string{"DSN=" + e.dsn, "ENCRYPTION_KEY=" + testKey, "TICK_SECONDS=5", "POLL_SECONDS=0.1",
-		"CLUSTER_NAME=cluster-a", "NAMESPACES=" + e.ns, "GOMEMLIMIT=256MiB"}
-	var leaderOut, followerOut syncBuffer
-	leaderProc := startBinary(t, bin, append([]string{"LEADER=1", "KUBECONFIG=" + e.leader.Kubeconfig, "POD_NAMESPACE=" + e.sysA,
-		"POD_NAME=leader-0", "METRICS_ADDR=" + leaderAddr}, common...), &leaderOut)
-	followerProc := startBinary(t, bin, append([]string{"KUBECONFIG=" + e.follower.Kubeconfig, "POD_NAMESPACE=" + e.sysB,
-		"POD_NAME=follower-0", "METRICS_ADDR=" + followerAddr}, common...), &followerOut)
+	bins := e.startBinaries(t, bin, 5)
 	src := e.secrets(e.leader)
 	blob := bytes.Repeat([]byte{0x5a}, 1<<20-256)
 	for i := range n {
@@ -133,7 +126,7 @@ func TestManyLargeSecretsFitTheMemoryLimit(t *testing.T) {
 		s.Data["blob"] = blob
 		mustCreate(t, src, s)
 	}
-	follower := &daemon{metrics: followerAddr}
+	follower := bins.follower
 	eventually(t, 3*time.Minute, func() error {
 		created := follower.metric(t, `kube_secret_sync_rows_applied_total{action="created"}`)
 		if created < n {
@@ -147,8 +140,8 @@ func TestManyLargeSecretsFitTheMemoryLimit(t *testing.T) {
 	mustModify(t, e.secrets(e.follower), "big-011", func(s *corev1.Secret) { s.Data["blob"] = []byte("edited by hand") })
 	e.waitSynced("big-007")
 	e.waitSynced("big-011")
-	(&daemon{metrics: leaderAddr}).waitMetric(t, fullOK, 2)
-	for who, p := range map[string]*os.Process{"leader": leaderProc, "follower": followerProc} {
+	bins.leader.waitMetric(t, fullOK, 2)
+	for who, p := range map[string]*os.Process{"leader": bins.leaderProc, "follower": bins.followerProc} {
 		peak := peakRSS(t, p.Pid)
 		t.Logf("%s peak RSS %.0f MiB", who, float64(peak)/(1<<20))
 		if peak > limit {
