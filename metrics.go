@@ -55,7 +55,7 @@ func newMetrics() *metrics {
 	}, []string{"action"})
 	m.rowErrors = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "kube_secret_sync_row_errors_total",
-		Help: "Attempts to sync a row that failed, by reason (wrong_key, tampered, rollback, unmanaged, api, invalid); a full pass retries failed rows.",
+		Help: "Attempts to sync a row that failed, by reason: follower wrong_key, tampered, invalid, rollback, unmanaged, api; leader invalid (a Secret it cannot seal), credentials (a token Secret it never syncs) and tampered, wrong_key, invalid (a damaged row it rewrites).",
 	}, []string{"reason"})
 	m.conflicts = prometheus.NewCounter(prometheus.CounterOpts{
 		Name: "kube_secret_sync_unmanaged_conflicts_total",
