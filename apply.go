@@ -43,63 +43,58 @@ type rowApplier struct {
 	// row changes: a conflict with an unmanaged Secret, a retained
 	// tombstone, a row that cannot be opened, a refused rollback. A full
 	// pass skips such a row without an API request or a decryption. A
-	// conflict is looked at again every conflictRecheck full passes, since
-	// its unmanaged Secret may have been deleted meanwhile (one that gets
-	// the managed label shows up in the cache of copies at once).
+	// conflict also ends when its unmanaged Secret changes or goes, which
+	// a watch on that name reports (conflicts.go), or when it is handed
+	// over (it shows up in the cache of copies).
 	settledMu sync.Mutex
 	settled   map[ObjectKey]settlement
-	passes    int // full passes so far
+	conflicts *conflictWatches
 }
-
-// conflictRecheck is how many full passes a conflict stays settled.
-const conflictRecheck = 15
 
 // settlement is a row version whose outcome stands (rowApplier.settled).
 type settlement struct {
-	version   int64
-	conflict  bool
-	recheckAt int // the full pass from which a conflict is tried again
+	version  int64
+	conflict bool
 }
 
 func newRowApplier(d loopDeps) *rowApplier {
 	return &rowApplier{
 		cfg: d.cfg, keys: d.keys, log: d.log, client: d.client, metrics: d.metrics, recorder: d.recorder,
-		writer:   &secretWriter{client: d.client, createNamespaces: d.cfg.CreateNamespaces, log: d.log},
-		reported: map[ObjectKey]int64{},
-		settled:  map[ObjectKey]settlement{},
+		writer:    &secretWriter{client: d.client, createNamespaces: d.cfg.CreateNamespaces, log: d.log},
+		reported:  map[ObjectKey]int64{},
+		settled:   map[ObjectKey]settlement{},
+		conflicts: newConflictWatches(d.client),
 	}
 }
 
-// newPass counts a full pass, for the recheck of conflicts.
-func (a *rowApplier) newPass() {
-	a.settledMu.Lock()
-	defer a.settledMu.Unlock()
-	a.passes++
-}
-
-// settle records that r's outcome stands until the row changes.
+// settle records that r's outcome stands until the row changes (or, for a
+// conflict, until the unmanaged Secret does).
 func (a *rowApplier) settle(r *Row, conflict bool) {
 	a.settledMu.Lock()
-	defer a.settledMu.Unlock()
-	s := settlement{version: r.Version, conflict: conflict}
+	a.settled[r.ObjectKey] = settlement{version: r.Version, conflict: conflict}
+	a.settledMu.Unlock()
 	if conflict {
-		s.recheckAt = a.passes + conflictRecheck
+		a.conflicts.watch(r.ObjectKey, a.unsettleConflict)
 	}
-	a.settled[r.ObjectKey] = s
+}
+
+// unsettleConflict ends the settled conflict of key: the next full pass
+// tries its row again.
+func (a *rowApplier) unsettleConflict(key ObjectKey) {
+	a.settledMu.Lock()
+	defer a.settledMu.Unlock()
+	if a.settled[key].conflict {
+		delete(a.settled, key)
+	}
 }
 
 // isSettled reports whether a full pass may skip r: its version was
-// settled, and, for a conflict, no managed copy has appeared since and it
-// is not time to look again.
+// settled, and, for a conflict, no managed copy has appeared since.
 func (a *rowApplier) isSettled(r *Row, existing *corev1.Secret) bool {
 	a.settledMu.Lock()
 	defer a.settledMu.Unlock()
 	s, ok := a.settled[r.ObjectKey]
-	if !ok || s.version != r.Version {
-		delete(a.settled, r.ObjectKey)
-		return false
-	}
-	if s.conflict && (existing != nil || a.passes >= s.recheckAt) {
+	if !ok || s.version != r.Version || s.conflict && existing != nil {
 		delete(a.settled, r.ObjectKey)
 		return false
 	}
@@ -215,6 +210,7 @@ func (a *rowApplier) row(ctx context.Context, r *Row, existing *corev1.Secret) {
 		a.metrics.rowErrors.WithLabelValues("api").Inc()
 		log.WithError(err).Error("row not applied; will retry")
 	default:
+		a.conflicts.stop(r.ObjectKey) // if there was one, it is over
 		if action == "retained" {
 			a.settle(r, false)
 		}

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/client-go/kubernetes/fake"
 )
 
 // sealedRow is a row as a leader with ring writes it for p at version.
@@ -146,10 +147,11 @@ func TestOpenRowAndRejectReason(t *testing.T) {
 }
 
 // TestSettled: a settled row version is skipped by full passes until the
-// row changes; a conflict only until a managed copy appears or the
-// recheck comes round.
+// row changes; a conflict only until a managed copy appears or its
+// unmanaged Secret changes.
 func TestSettled(t *testing.T) {
-	a := &rowApplier{settled: map[ObjectKey]settlement{}}
+	a := &rowApplier{settled: map[ObjectKey]settlement{}, conflicts: newConflictWatches(fake.NewClientset())}
+	a.conflicts.start(t.Context())
 	key := ObjectKey{"web", "tls"}
 	v5, v6 := &Row{ObjectKey: key, Version: 5}, &Row{ObjectKey: key, Version: 6}
 	copyOf := &corev1.Secret{}
@@ -161,6 +163,10 @@ func TestSettled(t *testing.T) {
 	if !a.isSettled(v5, nil) || !a.isSettled(v5, copyOf) {
 		t.Error("a settled version is not skipped")
 	}
+	a.unsettleConflict(key)
+	if !a.isSettled(v5, nil) {
+		t.Error("a change of an unmanaged Secret ended a settlement that is no conflict")
+	}
 	if a.isSettled(v6, nil) {
 		t.Error("a new version of a settled row is skipped")
 	}
@@ -169,21 +175,22 @@ func TestSettled(t *testing.T) {
 	}
 
 	a.settle(v5, true)
-	if !a.isSettled(v5, nil) {
+	if !a.isSettled(v5, nil) || !a.isSettled(v5, nil) {
 		t.Error("a conflict is not settled")
+	}
+	if a.conflicts.watched() != 1 {
+		t.Errorf("%d names watched; want the conflict's", a.conflicts.watched())
 	}
 	if a.isSettled(v5, copyOf) {
 		t.Error("a conflict is still settled although a managed copy appeared")
 	}
 	a.settle(v5, true)
-	for range conflictRecheck - 1 {
-		a.newPass()
-	}
-	if !a.isSettled(v5, nil) {
-		t.Error("a conflict is rechecked too early")
-	}
-	a.newPass()
+	a.unsettleConflict(key)
 	if a.isSettled(v5, nil) {
-		t.Errorf("a conflict is not rechecked after %d full passes", conflictRecheck)
+		t.Error("a conflict is still settled after its unmanaged Secret changed")
+	}
+	a.conflicts.stop(key)
+	if a.conflicts.watched() != 0 {
+		t.Errorf("%d names watched after stop", a.conflicts.watched())
 	}
 }

@@ -62,6 +62,7 @@ func (f *followerLoop) startWatch(ctx context.Context) (err error) {
 }
 
 func (f *followerLoop) run(ctx context.Context) error {
+	f.apply.conflicts.start(ctx)
 	if err := f.startWatch(ctx); err != nil {
 		return shutdownOr(ctx, err)
 	}
@@ -170,7 +171,6 @@ func (f *followerLoop) saveCursor(ctx context.Context, before Cursor) error {
 // watched cache) and applies what differs. A copy that is already equal to
 // its row (same version, same keyed hash) is not even decrypted.
 func (f *followerLoop) reconcileFull(ctx context.Context) (idle bool, err error) {
-	f.apply.newPass()
 	// The watched cache may lag the API server by a moment: a copy seen
 	// stale is applied against its cached state, and an update that loses
 	// the race fails with a conflict and is retried by the next pass.
