@@ -7,12 +7,14 @@
 //
 // The files of this package each hold one concern: main.go wires the
 // daemon; config.go reads the environment; crypto.go and hash.go are the
-// wire format and its keys (standard library only); db.go and migrate.go
-// the database; loop.go what both roles share, with leader.go (and
-// verify.go, its check of the stored rows) and follower.go one role each; apply.go what a follower does with one row,
-// secrets.go what a synced Secret is and writer.go the API calls that
-// write it; election.go the Lease; rotate.go re-encryption. Tests in
-// *_e2e_test.go run against real servers and are skipped by -short.
+// wire format and its keys (standard library only); db.go, pull.go and
+// migrate.go the database; loop.go what both roles share, with leader.go
+// (and verify.go, its check of the stored rows) and follower.go one role
+// each; apply.go what a follower does with one row (and conflicts.go the
+// names it must leave alone); secrets.go what a synced Secret is and
+// writer.go the API calls that write it; cache.go the watched Secrets;
+// election.go the Lease; rotate.go re-encryption. Tests in *_e2e_test.go
+// run against real servers and are skipped by -short.
 package main
 
 import (
