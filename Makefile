@@ -24,7 +24,7 @@ build:
 
 ## test: every test, integration tests included, against real servers.
 test:
-	@$(WITH_ASSETS) go test -race -count=1 -timeout 30m ./...
+	@$(WITH_ASSETS) export KSS_CERT_MANAGER="$$(hack/cert-manager.sh)"; go test -race -count=1 -timeout 30m ./...
 
 ## test-short: the unit tests only; -short skips every *_e2e_test.go test
 ## and starts no server.
@@ -51,6 +51,7 @@ lint:
 	@out=$$(gofmt -l . ); if [[ -n "$$out" ]]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	go vet ./...
 	cd hack/kube-assets && go mod verify >/dev/null
+	cd hack/cert-manager && go mod verify >/dev/null && go vet .
 
 ## demo: PostgreSQL + two clusters, the real binary as leader and follower.
 demo: build

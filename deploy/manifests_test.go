@@ -884,24 +884,7 @@ func mustEnsureNamespace(tb testing.TB, c *testenv.Cluster, name string) {
 // there is no kubectl.
 func mustKubectl(tb testing.TB, kubeconfig string, args ...string) (stdout, stderr string) {
 	tb.Helper()
-	kubectl, err := testenv.Kubectl()
-	if err != nil {
-		testenv.Missing(tb, err)
-	}
-	if kubeconfig != "" {
-		// A private discovery cache: each cluster is new, and the user's
-		// ~/.kube stays untouched.
-		args = append([]string{"--kubeconfig", kubeconfig, "--cache-dir", tb.TempDir()}, args...)
-	}
-	ctx, cancel := context.WithTimeout(tb.Context(), 2*time.Minute)
-	defer cancel()
-	var outBuf, errBuf bytes.Buffer
-	cmd := exec.CommandContext(ctx, kubectl, args...)
-	cmd.Stdout, cmd.Stderr = &outBuf, &errBuf
-	if err := cmd.Run(); err != nil {
-		tb.Fatalf("kubectl %s: %v\n%s%s", strings.Join(args, " "), err, outBuf.String(), errBuf.String())
-	}
-	return outBuf.String(), errBuf.String()
+	return testenv.MustKubectl(tb, kubeconfig, args...)
 }
 
 // manifest is one object of a YAML stream, kept as JSON.

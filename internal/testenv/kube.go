@@ -7,6 +7,7 @@ import (
 	"crypto/x509"
 	"encoding/hex"
 	"encoding/pem"
+	"errors"
 	"fmt"
 	"net/http"
 	"os"
@@ -49,6 +50,20 @@ func Kubectl() (string, error) {
 		}
 	}
 	return exec.LookPath("kubectl")
+}
+
+// ErrNoCertManager: KSS_CERT_MANAGER does not name the controllers that
+// hack/cert-manager.sh builds.
+var ErrNoCertManager = errors.New("cert-manager controllers not found: set KSS_CERT_MANAGER to the output of hack/cert-manager.sh")
+
+// CertManagerBinary returns the cert-manager controllers' binary that
+// hack/cert-manager.sh built (KSS_CERT_MANAGER).
+func CertManagerBinary() (string, error) {
+	bin := os.Getenv("KSS_CERT_MANAGER")
+	if bin == "" || !isExecutable(bin) {
+		return "", ErrNoCertManager
+	}
+	return bin, nil
 }
 
 func isExecutable(path string) bool {

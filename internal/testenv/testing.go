@@ -1,11 +1,13 @@
 package testenv
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
 	"fmt"
 	"os"
+	"os/exec"
 	"strings"
 	"sync"
 	"testing"
@@ -178,4 +180,29 @@ func MustConnect(tb testing.TB, dsn string) *pgx.Conn {
 	}
 	tb.Cleanup(func() { conn.Close(context.Background()) })
 	return conn
+}
+
+// MustKubectl runs kubectl (Kubectl) against the cluster of kubeconfig
+// (none: the command needs no cluster) and returns its output; a failure
+// fails tb.
+func MustKubectl(tb testing.TB, kubeconfig string, args ...string) (stdout, stderr string) {
+	tb.Helper()
+	kubectl, err := Kubectl()
+	if err != nil {
+		Missing(tb, err)
+	}
+	if kubeconfig != "" {
+		// A private discovery cache: each cluster is new, and the user's
+		// ~/.kube stays untouched.
+		args = append([]string{"--kubeconfig", kubeconfig, "--cache-dir", tb.TempDir()}, args...)
+	}
+	ctx, cancel := context.WithTimeout(tb.Context(), 2*time.Minute)
+	defer cancel()
+	var outBuf, errBuf bytes.Buffer
+	cmd := exec.CommandContext(ctx, kubectl, args...)
+	cmd.Stdout, cmd.Stderr = &outBuf, &errBuf
+	if err := cmd.Run(); err != nil {
+		tb.Fatalf("kubectl %s: %v\n%s%s", strings.Join(args, " "), err, outBuf.String(), errBuf.String())
+	}
+	return outBuf.String(), errBuf.String()
 }

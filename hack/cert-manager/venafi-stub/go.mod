@@ -1,0 +1,3 @@
+module github.com/Venafi/vcert/v5
+
+go 1.24
