@@ -32,6 +32,9 @@ func TestForgedVersionDelaysOnlyItsRow(t *testing.T) {
 	src := e.secrets(e.leader)
 	mustCreate(t, src, labelled("forged", map[string]string{"k": secretValue}))
 	e.waitSynced("forged")
+	// The fresh follower's first full pass (the copy may be written before
+	// that pass is over and counted); with this tick there is no other.
+	follower.waitMetric(t, fullOK, 1)
 	passes := follower.metric(t, fullOK)
 
 	// Above versionCeiling, so that the leader's next writes stay below it
