@@ -316,13 +316,11 @@ func (a *rowApplier) firstReport(r *Row) bool {
 // that `kubectl get events -n <namespace>` shows it). The message carries
 // the reason and the error, which hold sizes and key ids, never data.
 func (a *rowApplier) recordRejected(r *Row, reason string, err error) {
-	ref := &corev1.ObjectReference{APIVersion: "v1", Kind: "Secret", Namespace: r.Namespace, Name: r.Name}
+	var copyOf *corev1.Secret
 	if a.copies != nil {
-		if s := a.copies.get(r.ObjectKey); s != nil {
-			ref.UID, ref.ResourceVersion = s.UID, s.ResourceVersion
-		}
+		copyOf = a.copies.get(r.ObjectKey)
 	}
-	a.recorder.Eventf(ref, corev1.EventTypeWarning, "RowRejected",
+	a.recorder.Eventf(secretRef(r.ObjectKey, copyOf), corev1.EventTypeWarning, "RowRejected",
 		"kube-secret-sync did not apply database row version %d (%s): %v", r.Version, reason, err)
 }
 
@@ -334,7 +332,6 @@ func (a *rowApplier) recordConflict(ctx context.Context, key ObjectKey) {
 	if err != nil {
 		return
 	}
-	ref := &corev1.ObjectReference{APIVersion: "v1", Kind: "Secret", Namespace: s.Namespace, Name: s.Name, UID: s.UID, ResourceVersion: s.ResourceVersion}
-	a.recorder.Eventf(ref, corev1.EventTypeWarning, "NotManaged",
+	a.recorder.Eventf(secretRef(key, s), corev1.EventTypeWarning, "NotManaged",
 		"kube-secret-sync did not overwrite this Secret: it exists without the %s=true label", managedLabel)
 }

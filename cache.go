@@ -108,10 +108,7 @@ const (
 // than cacheDataLimit, keeping its size and the keyed hash of its payload
 // under each key id in ids.
 func stripData(s *corev1.Secret, keys *Keyring, ids []string) {
-	size := 0
-	for _, v := range s.Data {
-		size += len(v)
-	}
+	size := dataSize(s.Data)
 	if size <= cacheDataLimit || keys == nil {
 		return
 	}
@@ -154,11 +151,7 @@ func cachedDataSize(s *corev1.Secret) int {
 	if n, err := strconv.Atoi(s.Annotations[cachedSizeAnnotation]); err == nil {
 		return n
 	}
-	size := 0
-	for _, v := range s.Data {
-		size += len(v)
-	}
-	return size
+	return dataSize(s.Data)
 }
 
 // get returns the Secret key, or nil when it does not exist, does not

@@ -367,11 +367,7 @@ func (l *leaderLoop) event(key ObjectKey, eventType, reason, format string, args
 	if l.recorder == nil {
 		return
 	}
-	ref := &corev1.ObjectReference{APIVersion: "v1", Kind: "Secret", Namespace: key.Namespace, Name: key.Name}
-	if s := l.sources.get(key); s != nil {
-		ref.UID, ref.ResourceVersion = s.UID, s.ResourceVersion
-	}
-	l.recorder.Eventf(ref, eventType, reason, format, args...)
+	l.recorder.Eventf(secretRef(key, l.sources.get(key)), eventType, reason, format, args...)
 }
 
 // sealable drops the changes whose Secret cannot be sealed faithfully (a

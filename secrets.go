@@ -134,6 +134,26 @@ func desiredCopy(key ObjectKey, p *Payload, version int64, source string) *corev
 	return s
 }
 
+// secretRef is what an Event about the Secret key names: the Secret by
+// reference (with s's UID and resourceVersion when it exists, s may be
+// nil), so that its data never goes near the Event recorder.
+func secretRef(key ObjectKey, s *corev1.Secret) *corev1.ObjectReference {
+	ref := &corev1.ObjectReference{APIVersion: "v1", Kind: "Secret", Namespace: key.Namespace, Name: key.Name}
+	if s != nil {
+		ref.UID, ref.ResourceVersion = s.UID, s.ResourceVersion
+	}
+	return ref
+}
+
+// dataSize is the size of a Secret's data in bytes.
+func dataSize(data map[string][]byte) int {
+	n := 0
+	for _, v := range data {
+		n += len(v)
+	}
+	return n
+}
+
 // isManaged reports whether this follower may change or delete s.
 func isManaged(s *corev1.Secret) bool { return s.Labels[managedLabel] == "true" }
 

@@ -71,8 +71,9 @@ func (l *leaderLoop) verify(ctx context.Context) error {
 			switch {
 			case !l.owns(r):
 			case r.Size > MaxCiphertextSize:
-				// No correct writer makes one, and it is never transferred.
-				l.damaged(r, fmt.Errorf("%w: %d bytes, limit %d", ErrTooLarge, r.Size, MaxCiphertextSize))
+				// No correct writer makes one, and it is never transferred:
+				// verifyRow refuses it by its size alone.
+				l.damaged(r, verifyRow(l.keys, r))
 			default:
 				bytesLeft -= r.Size
 				todo = append(todo, r)
