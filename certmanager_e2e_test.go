@@ -12,7 +12,6 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -43,21 +42,8 @@ func startCertManager(t *testing.T, c *testenv.Cluster, clusterNS string) {
 		"crd/issuers.cert-manager.io", "crd/clusterissuers.cert-manager.io")
 
 	var out syncBuffer
-	cmd := exec.Command(bin, "--kubeconfig", c.Kubeconfig, "--cluster-resource-namespace", clusterNS)
-	cmd.Stdout, cmd.Stderr = &out, &out
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan error, 1)
-	go func() { done <- cmd.Wait() }()
+	startBinary(t, bin, nil, &out, "--kubeconfig", c.Kubeconfig, "--cluster-resource-namespace", clusterNS)
 	t.Cleanup(func() {
-		_ = cmd.Process.Signal(syscall.SIGTERM)
-		select {
-		case <-done:
-		case <-time.After(20 * time.Second):
-			_ = cmd.Process.Kill()
-		}
 		if t.Failed() {
 			t.Logf("cert-manager controllers:\n%s", tail(out.String(), 8000))
 		}

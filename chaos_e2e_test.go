@@ -13,7 +13,6 @@ package main
 // replays a run.
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"math/rand/v2"
@@ -239,7 +238,7 @@ func (e *syncEnv) converged(t *testing.T) error {
 			diffs = append(diffs, d.Name+": copy without a labelled source")
 		case d.Type != s.Type:
 			diffs = append(diffs, fmt.Sprintf("%s: type %s; want %s", d.Name, d.Type, s.Type))
-		case !mapsEqualBytes(d.Data, s.Data):
+		case !dataEqual(d.Data, s.Data):
 			diffs = append(diffs, d.Name+": data differs")
 		}
 	}
@@ -253,18 +252,6 @@ func (e *syncEnv) converged(t *testing.T) error {
 		return fmt.Errorf("%d differences, e.g. %s", len(diffs), strings.Join(diffs[:min(5, len(diffs))], "; "))
 	}
 	return nil
-}
-
-func mapsEqualBytes(a, b map[string][]byte) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for k, v := range a {
-		if w, ok := b[k]; !ok || !bytes.Equal(v, w) {
-			return false
-		}
-	}
-	return true
 }
 
 func chaosDuration(t *testing.T) time.Duration {

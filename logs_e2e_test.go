@@ -16,12 +16,12 @@ import (
 	"github.com/kube-secret-sync/kube-secret-sync/internal/testenv"
 )
 
-// startBinary runs the real binary with env (and PATH only) until the test
-// ends, when it gets SIGTERM; stdout and stderr both go to out. It returns
-// the process.
-func startBinary(t *testing.T, bin string, env []string, out *syncBuffer) *os.Process {
+// startBinary runs bin with args and env (and PATH only) until the test
+// ends, when it gets SIGTERM and must exit 0; stdout and stderr both go to
+// out. It returns the process.
+func startBinary(t *testing.T, bin string, env []string, out *syncBuffer, args ...string) *os.Process {
 	t.Helper()
-	cmd := exec.Command(bin)
+	cmd := exec.Command(bin, args...)
 	cmd.Env = append([]string{"PATH=" + os.Getenv("PATH")}, env...)
 	cmd.Stdout, cmd.Stderr = out, out
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}

@@ -12,6 +12,8 @@ import (
 	"testing"
 	"time"
 
+	utilptr "k8s.io/utils/ptr"
+
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
@@ -112,7 +114,7 @@ func TestShutdownReleasesTheLeaseLast(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if h := ptrValue(l.Spec.HolderIdentity); h != "follower-a" {
+		if h := utilptr.Deref(l.Spec.HolderIdentity, ""); h != "follower-a" {
 			t.Fatalf("Lease holder %q while follower-a is mid-step; want follower-a until its step is done", h)
 		}
 		time.Sleep(20 * time.Millisecond) // polling a state that must not change
@@ -128,7 +130,7 @@ func TestShutdownReleasesTheLeaseLast(t *testing.T) {
 		if err != nil {
 			return err
 		}
-		if h := ptrValue(l.Spec.HolderIdentity); h == "follower-a" {
+		if h := utilptr.Deref(l.Spec.HolderIdentity, ""); h == "follower-a" {
 			return fmt.Errorf("Lease still held by %s after it stopped", h)
 		}
 		return nil
@@ -137,14 +139,6 @@ func TestShutdownReleasesTheLeaseLast(t *testing.T) {
 	if got := mustGet(t, e.secrets(e.follower), "recreated"); string(got.Data["k"]) != "new-"+secretValue {
 		t.Errorf("copy after the shutdown holds %q; want the new value", got.Data["k"])
 	}
-}
-
-func ptrValue[T any](p *T) T {
-	var zero T
-	if p == nil {
-		return zero
-	}
-	return *p
 }
 
 // TestSecondSignalExitsAtOnce: the first SIGTERM asks for a clean stop,
