@@ -15,6 +15,12 @@ WITH_ASSETS = set -euo pipefail; \
 	export KSS_KUBE_ASSETS="$$(hack/kube-assets.sh)"; \
 	export KSS_PG_BIN="$$(hack/postgres.sh)";
 
+# Also exports the real peers that the cert-manager tests run: the
+# cert-manager controllers and Pebble (Let's Encrypt's test ACME server).
+WITH_PEERS = $(WITH_ASSETS) \
+	export KSS_CERT_MANAGER="$$(hack/cert-manager.sh)"; \
+	export KSS_PEBBLE="$$(hack/pebble.sh)";
+
 .PHONY: all build test test-short fuzz soak lint demo devenv bench bench-smoke bench-micro img image assets clean
 
 all: lint build
@@ -24,7 +30,7 @@ build:
 
 ## test: every test, integration tests included, against real servers.
 test:
-	@$(WITH_ASSETS) export KSS_CERT_MANAGER="$$(hack/cert-manager.sh)"; go test -race -count=1 -timeout 30m ./...
+	@$(WITH_PEERS) go test -race -count=1 -timeout 30m ./...
 
 ## test-short: the unit tests only; -short skips every *_e2e_test.go test
 ## and starts no server.
@@ -83,8 +89,10 @@ bench-smoke: build
 bench-micro:
 	@$(WITH_ASSETS) go test -run '^$$' -bench . -benchmem -count 1 -timeout 30m ./...
 
+## assets: build or install every server and peer the tests use, and print
+## the variables that point the tests at them.
 assets:
-	@$(WITH_ASSETS) echo "KSS_KUBE_ASSETS=$$KSS_KUBE_ASSETS"; echo "KSS_PG_BIN=$$KSS_PG_BIN"
+	@$(WITH_PEERS) for v in KSS_KUBE_ASSETS KSS_PG_BIN KSS_CERT_MANAGER KSS_PEBBLE; do echo "$$v=$${!v}"; done
 
 ## img: regenerate img/architecture.png from img/architecture.dot.
 img:

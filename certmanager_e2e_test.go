@@ -22,8 +22,9 @@ import (
 
 // startCertManager installs cert-manager's CRDs into c and runs its
 // controllers there until the test ends, with their ClusterIssuers'
-// Secrets in namespace clusterNS.
-func startCertManager(t *testing.T, c *testenv.Cluster, clusterNS string) {
+// Secrets in namespace clusterNS and the further arguments args (see
+// hack/cert-manager/main.go).
+func startCertManager(t *testing.T, c *testenv.Cluster, clusterNS string, args ...string) {
 	t.Helper()
 	bin, err := testenv.CertManagerBinary()
 	if err != nil {
@@ -42,7 +43,7 @@ func startCertManager(t *testing.T, c *testenv.Cluster, clusterNS string) {
 		"crd/issuers.cert-manager.io", "crd/clusterissuers.cert-manager.io")
 
 	var out syncBuffer
-	startBinary(t, bin, nil, &out, "--kubeconfig", c.Kubeconfig, "--cluster-resource-namespace", clusterNS)
+	startBinary(t, bin, nil, &out, append([]string{"--kubeconfig", c.Kubeconfig, "--cluster-resource-namespace", clusterNS}, args...)...)
 	t.Cleanup(func() {
 		if t.Failed() {
 			t.Logf("cert-manager controllers:\n%s", tail(out.String(), 8000))

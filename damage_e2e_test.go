@@ -9,6 +9,7 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/utils/ptr"
 
 	"github.com/kube-secret-sync/kube-secret-sync/internal/testenv"
 )
@@ -102,7 +103,7 @@ func TestLeaderHealsDamagedRows(t *testing.T) {
 	}
 	for name := range damage {
 		e.waitSynced(name)
-		if err := verifyRow(mustConfigKeyring(t, e.config(true)), ptr(e.readRow(name))); err != nil {
+		if err := verifyRow(mustConfigKeyring(t, e.config(true)), ptr.To(e.readRow(name))); err != nil {
 			t.Errorf("row %s after healing: %v", name, err)
 		}
 	}

@@ -401,8 +401,6 @@ func (e *syncEnv) waitGone(name string) {
 	})
 }
 
-func ptr[T any](v T) *T { return &v }
-
 // syncBuffer is a goroutine-safe log sink.
 type syncBuffer struct {
 	mu  sync.Mutex

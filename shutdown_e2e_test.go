@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"k8s.io/utils/ptr"
 	utilptr "k8s.io/utils/ptr"
 
 	corev1 "k8s.io/api/core/v1"
@@ -65,7 +66,7 @@ func TestShutdownReleasesTheLeaseLast(t *testing.T) {
 	src := e.secrets(e.leader)
 	immutable := func(value string) *corev1.Secret {
 		s := labelled("recreated", map[string]string{"k": value})
-		s.Immutable = ptr(true)
+		s.Immutable = ptr.To(true)
 		return s
 	}
 	mustCreate(t, src, immutable(secretValue))

@@ -10,6 +10,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/utils/ptr"
 )
 
 func TestSyncLifecycle(t *testing.T) {
@@ -64,7 +65,7 @@ func TestSyncLifecycle(t *testing.T) {
 	})
 	t.Run("immutable", func(t *testing.T) {
 		im := labelled("frozen", map[string]string{"v": "1"})
-		im.Immutable = ptr(true)
+		im.Immutable = ptr.To(true)
 		mustCreate(t, src, im)
 		e.waitSynced("frozen")
 		// An immutable Secret changes only by recreation.
@@ -72,7 +73,7 @@ func TestSyncLifecycle(t *testing.T) {
 			t.Fatal(err)
 		}
 		im2 := labelled("frozen", map[string]string{"v": "2"})
-		im2.Immutable = ptr(true)
+		im2.Immutable = ptr.To(true)
 		mustCreate(t, src, im2)
 		if got := e.waitSynced("frozen"); string(got.Data["v"]) != "2" {
 			t.Errorf("frozen v = %q; want 2", got.Data["v"])

@@ -20,6 +20,7 @@ import (
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/client-go/kubernetes/fake"
 	k8stesting "k8s.io/client-go/testing"
+	"k8s.io/utils/ptr"
 )
 
 func newTestWriter(objs ...runtime.Object) (*secretWriter, *fake.Clientset) {
@@ -108,7 +109,7 @@ func TestWriterApply(t *testing.T) {
 		Data:       map[string][]byte{"mine": []byte("keep")},
 	}
 	immutable := live(writerCopy(3, "old"))
-	immutable.Immutable = ptr(true)
+	immutable.Immutable = ptr.To(true)
 	retyped := live(writerCopy(3, "new"))
 	retyped.Type = corev1.SecretTypeOpaque
 
@@ -208,7 +209,7 @@ func TestWriterApply(t *testing.T) {
 func TestWriterApplyDetails(t *testing.T) {
 	t.Run("recreate deletes the very copy it compared", func(t *testing.T) {
 		existing := live(writerCopy(3, "old"))
-		existing.Immutable = ptr(true)
+		existing.Immutable = ptr.To(true)
 		w, client := newTestWriter(webNamespace(), existing)
 		if _, err := w.apply(t.Context(), writerCopy(4, "new"), existing); err != nil {
 			t.Fatal(err)
@@ -242,7 +243,7 @@ func TestWriterApplyDetails(t *testing.T) {
 	})
 	t.Run("name taken between delete and create: never taken over", func(t *testing.T) {
 		existing := live(writerCopy(3, "old"))
-		existing.Immutable = ptr(true)
+		existing.Immutable = ptr.To(true)
 		w, client := newTestWriter(webNamespace(), existing)
 		client.PrependReactor("create", "secrets", func(k8stesting.Action) (bool, runtime.Object, error) {
 			return true, nil, apierrors.NewAlreadyExists(schema.GroupResource{Resource: "secrets"}, "tls")

@@ -4,7 +4,7 @@
 # directory outside the repository, and prints the binary's path.
 #
 # The directory name is derived from hack/cert-manager/go.mod, go.sum and
-# main.go, so an unchanged pin is reused (a cold build takes a few minutes
+# Go files, so an unchanged pin is reused (a cold build takes a few minutes
 # on 2 cores). The build goes to a temporary file renamed into place, so an
 # interrupted build never leaves a half-written binary behind.
 #
@@ -15,7 +15,7 @@ set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 mod="$here/cert-manager"
 cache_root=${KSS_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/kube-secret-sync}
-key=$(cat "$mod/go.mod" "$mod/go.sum" "$mod/main.go" | sha256sum | cut -c1-16)
+key=$(cat "$mod/go.mod" "$mod/go.sum" "$mod"/*.go | sha256sum | cut -c1-16)
 dest="$cache_root/cert-manager-$key/cert-manager-controller"
 
 if [[ -x "$dest" ]]; then

@@ -6,7 +6,12 @@
 // controllers itself from public packages, with every option set by hand
 // (the defaults package imports the Venafi issuer, which is left out).
 //
+// With --http01-solver-pods it also runs the HTTP-01 solver Pods that
+// cert-manager creates, standing in for the kubelet (see solverpods.go).
+//
 // Usage: cert-manager-controller --kubeconfig FILE [--cluster-resource-namespace NS]
+//
+//	[--acme-http01-solver-nameservers HOST:PORT] [--http01-solver-pods IP]
 package main
 
 import (
@@ -47,16 +52,17 @@ func main() {
 	kubeconfig := flag.String("kubeconfig", "", "kubeconfig of the cluster")
 	clusterNS := flag.String("cluster-resource-namespace", "cert-manager", "namespace of the ClusterIssuers' Secrets")
 	solverNameservers := flag.String("acme-http01-solver-nameservers", "", "host:port of a DNS server for the HTTP-01 self-check")
+	solverPods := flag.String("http01-solver-pods", "", "run the HTTP-01 solver Pods in process and publish them in EndpointSlices at this IPv4 address of the machine")
 	flag.Parse()
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	if err := run(ctx, *kubeconfig, *clusterNS, *solverNameservers); err != nil {
+	if err := run(ctx, *kubeconfig, *clusterNS, *solverNameservers, *solverPods); err != nil {
 		fmt.Fprintln(os.Stderr, "cert-manager-controller:", err)
 		os.Exit(1)
 	}
 }
 
-func run(ctx context.Context, kubeconfig, clusterNS, solverNameservers string) error {
+func run(ctx context.Context, kubeconfig, clusterNS, solverNameservers, solverPods string) error {
 	opts := controller.ContextOptions{
 		Kubeconfig:         kubeconfig,
 		KubernetesAPIQPS:   50,
@@ -108,6 +114,9 @@ func run(ctx context.Context, kubeconfig, clusterNS, solverNameservers string) e
 	built.HTTP01ResourceMetadataInformersFactory.Start(ctx.Done())
 	fmt.Fprintf(os.Stderr, "cert-manager-controller: running %v\n", names)
 	var wg sync.WaitGroup
+	if solverPods != "" {
+		wg.Go(func() { newSolverPods(built.Client, solverPods).run(ctx) })
+	}
 	errs := make(chan error, len(ctrls))
 	for i, c := range ctrls {
 		wg.Go(func() {

@@ -35,6 +35,7 @@ type process struct {
 	name string
 	args []string // bin and arguments, for restart
 	cred *syscall.Credential
+	env  []string // beyond the test's own environment
 	cmd  *exec.Cmd
 	log  *tailBuffer
 	done chan struct{}
@@ -42,6 +43,11 @@ type process struct {
 }
 
 func startProcess(name string, cred *syscall.Credential, dir string, bin string, args ...string) (*process, error) {
+	return startProcessEnv(name, nil, cred, dir, bin, args...)
+}
+
+// startProcessEnv is startProcess with env added to the environment.
+func startProcessEnv(name string, env []string, cred *syscall.Credential, dir string, bin string, args ...string) (*process, error) {
 	// `go test -short` runs unit tests only; a test that gets here under
 	// -short lacks its SkipShort, which must fail loudly, not slow the
 	// unit suite down.
@@ -50,7 +56,7 @@ func startProcess(name string, cred *syscall.Credential, dir string, bin string,
 	}
 	cmd := exec.Command(bin, args...)
 	cmd.Dir = dir
-	cmd.Env = append(os.Environ(), "GOMAXPROCS=2")
+	cmd.Env = append(append(os.Environ(), "GOMAXPROCS=2"), env...)
 	log := &tailBuffer{max: 64 << 10}
 	cmd.Stdout = log
 	cmd.Stderr = log
@@ -62,7 +68,7 @@ func startProcess(name string, cred *syscall.Credential, dir string, bin string,
 	if err := cmd.Start(); err != nil {
 		return nil, fmt.Errorf("start %s: %w", name, err)
 	}
-	p := &process{name: name, args: append([]string{bin}, args...), cred: cred, cmd: cmd, log: log, done: make(chan struct{})}
+	p := &process{name: name, args: append([]string{bin}, args...), cred: cred, env: env, cmd: cmd, log: log, done: make(chan struct{})}
 	go func() {
 		p.err = cmd.Wait()
 		close(p.done)
@@ -72,7 +78,7 @@ func startProcess(name string, cred *syscall.Credential, dir string, bin string,
 
 // restart starts the same command again after stop.
 func (p *process) restart() (*process, error) {
-	return startProcess(p.name, p.cred, p.cmd.Dir, p.args[0], p.args[1:]...)
+	return startProcessEnv(p.name, p.env, p.cred, p.cmd.Dir, p.args[0], p.args[1:]...)
 }
 
 // exited reports whether the process has ended, with its output tail.
