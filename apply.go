@@ -49,6 +49,11 @@ type rowApplier struct {
 	settledMu sync.Mutex
 	settled   map[ObjectKey]settlement
 	conflicts *conflictWatches
+
+	// skipSource, if set, is a cluster whose rows are not applied: a
+	// standby leader's own, written when it was the writer, whose Secrets
+	// here are their sources.
+	skipSource string
 }
 
 // settlement is a row version whose outcome stands (rowApplier.settled).
@@ -89,12 +94,13 @@ func (a *rowApplier) unsettleConflict(key ObjectKey) {
 }
 
 // isSettled reports whether a full pass may skip r: its version was
-// settled, and, for a conflict, no managed copy has appeared since.
+// settled, and, for a conflict, no managed copy has appeared since (a
+// standby caches unmanaged labelled Secrets too).
 func (a *rowApplier) isSettled(r *Row, existing *corev1.Secret) bool {
 	a.settledMu.Lock()
 	defer a.settledMu.Unlock()
 	s, ok := a.settled[r.ObjectKey]
-	if !ok || s.version != r.Version || s.conflict && existing != nil {
+	if !ok || s.version != r.Version || s.conflict && existing != nil && isManaged(existing) {
 		delete(a.settled, r.ObjectKey)
 		return false
 	}
@@ -131,12 +137,18 @@ func (a *rowApplier) all(ctx context.Context, rows []*Row, existing func(*Row) *
 	wg.Wait()
 }
 
+// skips reports whether r is not this cluster's to apply: a namespace not
+// synced here, or a standby's own row.
+func (a *rowApplier) skips(r *Row) bool {
+	return !a.cfg.namespaceAllowed(r.Namespace) || (a.skipSource != "" && r.SourceCluster == a.skipSource)
+}
+
 // row decrypts one row and applies it. Errors are reported here (log,
 // metric, Event) and not returned: one bad row must not stop the others,
 // and the next full pass retries it.
 func (a *rowApplier) row(ctx context.Context, r *Row, existing *corev1.Secret) {
 	log := a.log.WithFields(logrus.Fields{"namespace": r.Namespace, "name": r.Name, "version": r.Version, "source": r.SourceCluster})
-	if !a.cfg.namespaceAllowed(r.Namespace) {
+	if a.skips(r) {
 		return
 	}
 	p, err := openRow(a.keys, r)
@@ -230,7 +242,7 @@ func (a *rowApplier) write(ctx context.Context, r *Row, p *Payload, existing *co
 		if a.cfg.DeletePolicy == deletePolicyRetain {
 			return "retained", nil
 		}
-		deleted, err := a.writer.remove(ctx, r.ObjectKey, r.Version, existing)
+		deleted, err := a.writer.remove(ctx, r.ObjectKey, r.Version, existing, copyFor(r, p))
 		if deleted {
 			return "deleted", err
 		}

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes/fake"
 )
 
@@ -154,7 +155,7 @@ func TestSettled(t *testing.T) {
 	a.conflicts.start(t.Context())
 	key := ObjectKey{"web", "tls"}
 	v5, v6 := &Row{ObjectKey: key, Version: 5}, &Row{ObjectKey: key, Version: 6}
-	copyOf := &corev1.Secret{}
+	copyOf := &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Labels: map[string]string{managedLabel: "true"}}}
 
 	if a.isSettled(v5, nil) {
 		t.Fatal("a row never settled is settled")
@@ -180,6 +181,9 @@ func TestSettled(t *testing.T) {
 	}
 	if a.conflicts.watched() != 1 {
 		t.Errorf("%d names watched; want the conflict's", a.conflicts.watched())
+	}
+	if !a.isSettled(v5, &corev1.Secret{}) {
+		t.Error("a conflict is not settled while its unmanaged Secret (a standby caches them) stays")
 	}
 	if a.isSettled(v5, copyOf) {
 		t.Error("a conflict is still settled although a managed copy appeared")

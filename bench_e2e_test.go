@@ -105,7 +105,7 @@ func BenchmarkLeaderIdlePass(b *testing.B) {
 	cfg := e.config(true)
 	e.mustCreateMany("s", benchSecrets)
 	store := e.mustStore(cfg)
-	l := newLeaderLoop(e.deps(cfg, store, e.leader.Clientset))
+	l := newLeaderLoop(e.deps(cfg, store, e.leader.Clientset), claimFor(b, store, cfg.ClusterName))
 	if err := l.startWatch(b.Context()); err != nil {
 		b.Fatal(err)
 	}
@@ -140,7 +140,7 @@ func BenchmarkFollowerIdlePass(b *testing.B) {
 	e.mustCreateMany("s", benchSecrets)
 	lcfg := e.config(true)
 	store := e.mustStore(lcfg)
-	l := newLeaderLoop(e.deps(lcfg, store, e.leader.Clientset))
+	l := newLeaderLoop(e.deps(lcfg, store, e.leader.Clientset), claimFor(b, store, lcfg.ClusterName))
 	if err := l.startWatch(b.Context()); err != nil {
 		b.Fatal(err)
 	}
@@ -221,11 +221,12 @@ func BenchmarkWrite(b *testing.B) {
 	payload := &Payload{}
 	var rows, n int
 	b.SetBytes(int64(writeChunk * len(ct)))
+	claim := claimFor(b, s, dbTestCluster)
 	for b.Loop() {
 		for i := range changes {
 			changes[i] = Change{ObjectKey: keys[(n*writeChunk+i)%len(keys)], Hash: hashOf(uint64(n)), Payload: payload}
 		}
-		if _, err := s.Write(b.Context(), dbTestCluster, "kid", changes, seal); err != nil {
+		if _, err := s.Write(b.Context(), claim, "kid", changes, seal); err != nil {
 			b.Fatal(err)
 		}
 		rows += len(changes)

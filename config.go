@@ -41,6 +41,7 @@ type Config struct {
 	KubeQPS           float32  `envconfig:"KUBE_QPS" default:"100" desc:"Kubernetes API client queries per second"`
 	KubeBurst         int      `envconfig:"KUBE_BURST" default:"200" desc:"Kubernetes API client burst"`
 	ApplyWorkers      int      `envconfig:"APPLY_WORKERS" default:"8" desc:"follower: Secrets applied concurrently"`
+	WriterClaim       float64  `envconfig:"WRITER_CLAIM_SECONDS" default:"30" desc:"leader: seconds the database's writer claim lasts unless renewed (every third of it); a standby leader takes over once it has expired, at once when released"`
 	DeleteGuard       int      `envconfig:"DELETE_GUARD_PERCENT" default:"50" desc:"leader: a pass that would delete more than this share (percent) of the synced Secrets, and more than 10, deletes none and waits; 100 allows any"`
 	PgNotify          bool     `envconfig:"PG_NOTIFY" default:"true" desc:"PostgreSQL only: LISTEN/NOTIFY wake-up hint, so that followers pull at once; the poll remains the fallback"`
 	Kubeconfig        string   `envconfig:"KUBECONFIG" desc:"kubeconfig file when running outside a cluster (default: in-cluster config)"`
@@ -63,6 +64,9 @@ func (c *Config) IsLeader() bool { return on(c.Leader) }
 
 // Tick is the interval of the full reconcile.
 func (c *Config) Tick() time.Duration { return time.Duration(c.TickSeconds) * time.Second }
+
+// ClaimTTL is how long the writer claim lasts unless renewed.
+func (c *Config) ClaimTTL() time.Duration { return time.Duration(c.WriterClaim * float64(time.Second)) }
 
 // Poll is the follower's interval between incremental pulls.
 func (c *Config) Poll() time.Duration { return time.Duration(c.PollSeconds * float64(time.Second)) }
@@ -118,6 +122,9 @@ func (c *Config) validate() error {
 		return fmt.Errorf("invalid TICK_SECONDS: must be between 1 and %d, got %d", maxTickSeconds, c.TickSeconds)
 	}
 	// Written so that NaN, which fails every comparison, is refused too.
+	if !(c.WriterClaim >= 1 && c.WriterClaim <= 600) {
+		return fmt.Errorf("invalid WRITER_CLAIM_SECONDS: must be between 1 and 600, got %g", c.WriterClaim)
+	}
 	if !(c.PollSeconds >= 0.05 && c.PollSeconds <= float64(c.TickSeconds)) {
 		return fmt.Errorf("invalid POLL_SECONDS: must be between 0.05 and TICK_SECONDS (%d), got %g", c.TickSeconds, c.PollSeconds)
 	}

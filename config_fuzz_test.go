@@ -34,7 +34,7 @@ var configErrorForm = regexp.MustCompile(`^(?:invalid ([A-Z][A-Z0-9_]*): \S.*|([
 var fuzzConfigVars = []string{
 	"DSN", "ENCRYPTION_KEY", "PREVIOUS_ENCRYPTION_KEYS", "LEADER", "TICK_SECONDS", "POLL_SECONDS", "DEBUG", "PRETTY",
 	"CLUSTER_NAME", "LABEL_SELECTOR", "NAMESPACES", "EXCLUDE_NAMESPACES", "DELETE_POLICY", "CREATE_NAMESPACES",
-	"KUBE_QPS", "KUBE_BURST", "APPLY_WORKERS", "DELETE_GUARD_PERCENT", "PG_NOTIFY", "KUBECONFIG", "METRICS_ADDR", "LEADER_ELECTION", "LEASE_NAME",
+	"KUBE_QPS", "KUBE_BURST", "APPLY_WORKERS", "WRITER_CLAIM_SECONDS", "DELETE_GUARD_PERCENT", "PG_NOTIFY", "KUBECONFIG", "METRICS_ADDR", "LEADER_ELECTION", "LEASE_NAME",
 	"POD_NAMESPACE", "POD_NAME",
 }
 
@@ -128,6 +128,8 @@ func fuzzLoadConfigSeeds() []fuzzSeed {
 		seed("workers-bad", pw, "DSN", url, "ENCRYPTION_KEY", key, "APPLY_WORKERS", "0", "PG_NOTIFY", "1"),
 		seed("delete-guard", pw, "DSN", url, "ENCRYPTION_KEY", key, "DELETE_GUARD_PERCENT", "100"),
 		seed("delete-guard-bad", pw, "DSN", url, "ENCRYPTION_KEY", key, "DELETE_GUARD_PERCENT", "0"),
+		seed("writer-claim", pw, "DSN", url, "ENCRYPTION_KEY", key, "LEADER", "1", "WRITER_CLAIM_SECONDS", "2.5"),
+		seed("writer-claim-bad", pw, "DSN", url, "ENCRYPTION_KEY", key, "LEADER", "1", "WRITER_CLAIM_SECONDS", "0"),
 		seed("qps-inf", pw, "DSN", url, "ENCRYPTION_KEY", key, "KUBE_QPS", "Inf", "KUBE_BURST", "2147483648"),
 		seed("metrics-disabled", pw, "DSN", url, "ENCRYPTION_KEY", key, "METRICS_ADDR", ""),
 		seed("metrics-bad", pw, "DSN", url, "ENCRYPTION_KEY", key, "METRICS_ADDR", "localhost"),
@@ -153,13 +155,13 @@ func FuzzLoadConfig(f *testing.F) {
 	// The seeds committed under testdata/fuzz/FuzzLoadConfig are the corpus.
 	f.Fuzz(func(t *testing.T, password, dsn, key, previousKeys, leader, tick, poll, debug, pretty,
 		cluster, selector, namespaces, exclude, deletePolicy, createNamespaces,
-		qps, burst, applyWorkers, deleteGuard, pgNotify, kubeconfig, metricsAddr, leaderElection, leaseName, podNamespace, podName string) {
+		qps, burst, applyWorkers, writerClaim, deleteGuard, pgNotify, kubeconfig, metricsAddr, leaderElection, leaseName, podNamespace, podName string) {
 		if strings.ContainsRune(password, 0) {
 			return // no environment can hold it
 		}
 		values := []string{dsn, key, previousKeys, leader, tick, poll, debug, pretty,
 			cluster, selector, namespaces, exclude, deletePolicy, createNamespaces,
-			qps, burst, applyWorkers, deleteGuard, pgNotify, kubeconfig, metricsAddr, leaderElection, leaseName, podNamespace, podName}
+			qps, burst, applyWorkers, writerClaim, deleteGuard, pgNotify, kubeconfig, metricsAddr, leaderElection, leaseName, podNamespace, podName}
 		env := fuzzEnv(password, values)
 		setConfigEnv(t, env)
 		c, err := loadConfig()

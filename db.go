@@ -54,6 +54,7 @@ type RowState struct {
 	Tombstone     bool
 	SourceCluster string
 	KeyID         string
+	Version       int64
 	// Damaged is set by the leader's verification: the row does not say
 	// what the leader wrote, and must be rewritten whatever its hash says.
 	Damaged bool
@@ -148,8 +149,8 @@ func (s *Store) inTx(ctx context.Context, fn func(pgx.Tx) error) error {
 }
 
 const upsertSQL = `
-INSERT INTO kss_secrets (namespace, name, ciphertext, key_id, hash, tombstone, version, source_cluster, created_at, updated_at)
-SELECT u.namespace, u.name, u.ciphertext, $4, u.hash, u.tombstone, $6, $7, now(), now()
+INSERT INTO kss_secrets (namespace, name, ciphertext, key_id, hash, tombstone, version, source_cluster, writer_epoch, created_at, updated_at)
+SELECT u.namespace, u.name, u.ciphertext, $4, u.hash, u.tombstone, $6, $7, $9, now(), now()
 FROM unnest($1::TEXT[], $2::TEXT[], $3::BYTEA[], $5::BYTEA[], $8::BOOL[]) AS u (namespace, name, ciphertext, hash, tombstone)
 ON CONFLICT (namespace, name) DO UPDATE SET
     ciphertext = excluded.ciphertext,
@@ -158,6 +159,7 @@ ON CONFLICT (namespace, name) DO UPDATE SET
     tombstone = excluded.tombstone,
     version = excluded.version,
     source_cluster = excluded.source_cluster,
+    writer_epoch = excluded.writer_epoch,
     updated_at = excluded.updated_at`
 
 // bumpVersionSQL takes the version of a writing transaction: above the
@@ -182,16 +184,20 @@ const (
 WHERE kss_secrets.hash <> excluded.hash OR kss_secrets.tombstone <> excluded.tombstone OR kss_secrets.key_id <> excluded.key_id`
 )
 
-// Write stores changes, writeChunk rows per transaction. Each transaction
-// first bumps the version counter and then seals its rows under that
-// version, so the version bound into a ciphertext is the one its row
-// carries. A row whose stored hash already equals the change's is left as
+// Write stores changes, writeChunk rows per transaction, as written by
+// claim's holder in claim's epoch. Each transaction first checks that
+// claim is still held (errFenced otherwise, see fenceSQL), then bumps the
+// version counter and seals its rows under that version, so the version
+// bound into a ciphertext is the one its row carries. A row whose stored hash already equals the change's is left as
 // it is (a second leader, or a retry after a lost acknowledgement), unless
 // the change forces it. It returns the last version written.
-func (s *Store) Write(ctx context.Context, cluster, keyID string, changes []Change, seal SealFunc) (int64, error) {
+func (s *Store) Write(ctx context.Context, claim Claim, keyID string, changes []Change, seal SealFunc) (int64, error) {
 	var last int64
 	for _, chunk := range writeChunks(changes) {
 		err := s.inTx(ctx, func(tx pgx.Tx) error {
+			if err := fence(ctx, tx, claim); err != nil {
+				return err
+			}
 			var version int64
 			err := tx.QueryRow(ctx, bumpVersionSQL, versionCeiling).Scan(&version)
 			if err != nil {
@@ -216,7 +222,7 @@ func (s *Store) Write(ctx context.Context, cluster, keyID string, changes []Chan
 				if force {
 					stmt = rewriteSQL
 				}
-				if _, err := tx.Exec(ctx, stmt, u.namespaces, u.names, u.ciphertexts, keyID, u.hashes, version, cluster, u.tombstones); err != nil {
+				if _, err := tx.Exec(ctx, stmt, u.namespaces, u.names, u.ciphertexts, keyID, u.hashes, version, claim.Holder, u.tombstones, claim.Epoch); err != nil {
 					return fmt.Errorf("upsert: %w", err)
 				}
 			}
@@ -268,14 +274,14 @@ func (u *upsertRows) add(c *Change, ciphertext []byte) {
 
 // States returns the hash, tombstone flag, source and key id of every row.
 func (s *Store) States(ctx context.Context) (map[ObjectKey]RowState, error) {
-	rows, err := s.pool.Query(ctx, `SELECT namespace, name, hash, tombstone, source_cluster, key_id FROM kss_secrets`)
+	rows, err := s.pool.Query(ctx, `SELECT namespace, name, hash, tombstone, source_cluster, key_id, version FROM kss_secrets`)
 	if err != nil {
 		return nil, fmt.Errorf("read row states: %w", err)
 	}
 	states := make(map[ObjectKey]RowState)
 	var k ObjectKey
 	var st RowState
-	_, err = pgx.ForEachRow(rows, []any{&k.Namespace, &k.Name, &st.Hash, &st.Tombstone, &st.SourceCluster, &st.KeyID}, func() error {
+	_, err = pgx.ForEachRow(rows, []any{&k.Namespace, &k.Name, &st.Hash, &st.Tombstone, &st.SourceCluster, &st.KeyID, &st.Version}, func() error {
 		states[k] = st
 		st.Hash = nil // Scan into a fresh slice next time.
 		return nil
@@ -358,7 +364,8 @@ func (s *Store) Reseal(ctx context.Context, keyID string, rows []Row, reseal Res
 		}
 		tag, err := tx.Exec(ctx, `
 UPDATE kss_secrets AS s
-SET ciphertext = u.ciphertext, key_id = $6, hash = u.hash, version = $7, updated_at = now()
+SET ciphertext = u.ciphertext, key_id = $6, hash = u.hash, version = $7, updated_at = now(),
+    writer_epoch = (SELECT epoch FROM kss_writer WHERE id = 1)
 FROM unnest($1::TEXT[], $2::TEXT[], $3::BIGINT[], $4::BYTEA[], $5::BYTEA[]) AS u (namespace, name, version, ciphertext, hash)
 WHERE s.namespace = u.namespace AND s.name = u.name AND s.version = u.version`,
 			namespaces, names, versions, ciphertexts, hashes, keyID, version)

@@ -36,6 +36,7 @@ func TestWriteConcurrent(t *testing.T) {
 
 	versions := make([][]int64, writers)
 	errs := make([]error, writers)
+	claim := claimFor(t, s, dbTestCluster)
 	var wg sync.WaitGroup
 	for g := range writers {
 		wg.Go(func() {
@@ -45,7 +46,7 @@ func TestWriteConcurrent(t *testing.T) {
 					change("own", fmt.Sprintf("w%d-%02d", g, i), uint64(g*1000+i)),
 					change("hot", fmt.Sprintf("h%d", i%3), uint64(g*1000+i)),
 				}
-				v, err := s.Write(ctx, fmt.Sprintf("writer-%d", g), "kid", changes, labelSeal)
+				v, err := s.Write(ctx, claim, "kid", changes, labelSeal)
 				if err != nil {
 					errs[g] = fmt.Errorf("write %d: %w", i, err)
 					return
@@ -171,13 +172,13 @@ func TestWriteCommitOrder(t *testing.T) {
 	aDone, bDone := make(chan result, 1), make(chan result, 1)
 
 	go func() {
-		v, err := s.Write(ctx, dbTestCluster, "kid", []Change{change("ns", "a", 1)}, blockingSeal(aSealing, aRelease))
+		v, err := s.Write(ctx, claimFor(t, s, dbTestCluster), "kid", []Change{change("ns", "a", 1)}, blockingSeal(aSealing, aRelease))
 		aDone <- result{v, err}
 	}()
 	aVersion := receive(t, aSealing, 30*time.Second, "A to take its version")
 
 	go func() {
-		v, err := s.Write(ctx, dbTestCluster, "kid", []Change{change("ns", "b", 2)}, blockingSeal(bSealing, bRelease))
+		v, err := s.Write(ctx, claimFor(t, s, dbTestCluster), "kid", []Change{change("ns", "b", 2)}, blockingSeal(bSealing, bRelease))
 		bDone <- result{v, err}
 	}()
 	// B is queued behind A on the version counter's row.
@@ -337,7 +338,7 @@ func TestWriteRetriesSerializationFailure(t *testing.T) {
 	}
 	done := make(chan error, 1)
 	go func() {
-		_, err := s.Write(ctx, dbTestCluster, "kid", []Change{change("ns", "a", 2)}, seal)
+		_, err := s.Write(ctx, claimFor(t, s, dbTestCluster), "kid", []Change{change("ns", "a", 2)}, seal)
 		done <- err
 	}()
 	first := receive(t, sealing, 30*time.Second, "the Write to take its version")

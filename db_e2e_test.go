@@ -45,10 +45,24 @@ func mustMigratedStore(tb testing.TB) *Store {
 	return s
 }
 
+// claimFor gives holder the writer claim, whoever held it: the tests of
+// the write path write as several clusters in turn.
+func claimFor(tb testing.TB, s *Store, holder string) Claim {
+	tb.Helper()
+	c := Claim{Holder: holder}
+	err := s.pool.QueryRow(tb.Context(), `
+UPDATE kss_writer SET holder = $1, epoch = epoch + 1, expires_at = now() + INTERVAL '1 hour'
+WHERE id = 1 RETURNING epoch`, holder).Scan(&c.Epoch)
+	if err != nil {
+		tb.Fatalf("claim for %s: %v", holder, err)
+	}
+	return c
+}
+
 // mustWrite writes changes as dbTestCluster and returns the version.
 func mustWrite(tb testing.TB, s *Store, changes []Change, seal SealFunc) int64 {
 	tb.Helper()
-	v, err := s.Write(tb.Context(), dbTestCluster, "kid", changes, seal)
+	v, err := s.Write(tb.Context(), claimFor(tb, s, dbTestCluster), "kid", changes, seal)
 	if err != nil {
 		tb.Fatalf("Write(%d changes): %v", len(changes), err)
 	}
@@ -155,7 +169,7 @@ func TestWritePull(t *testing.T) {
 		seal := func(v int64, c *Change) ([]byte, error) {
 			return keys.Seal(crand.Reader, Binding{c.Namespace, c.Name, v, cluster}, c.Payload)
 		}
-		v, err := s.Write(ctx, cluster, keys.ID(), changes, seal)
+		v, err := s.Write(ctx, claimFor(t, s, cluster), keys.ID(), changes, seal)
 		if err != nil {
 			t.Fatalf("Write: %v", err)
 		}
@@ -311,7 +325,7 @@ func TestWriteSkipsUnchanged(t *testing.T) {
 
 	// A second leader writing equal content leaves the row, and its
 	// binding to the first leader's version and cluster, as it is.
-	if _, err := s.Write(ctx, "leader-us", "kid", []Change{change(key.Namespace, key.Name, 1)}, labelSeal); err != nil {
+	if _, err := s.Write(ctx, claimFor(t, s, "leader-us"), "kid", []Change{change(key.Namespace, key.Name, 1)}, labelSeal); err != nil {
 		t.Fatal(err)
 	}
 	if got := row(); got.Version != first.Version || got.SourceCluster != dbTestCluster {
@@ -331,7 +345,7 @@ func TestWriteSkipsUnchanged(t *testing.T) {
 	}
 	for _, tt := range tests {
 		before := row()
-		v, err := s.Write(ctx, dbTestCluster, tt.keyID, []Change{tt.c}, labelSeal)
+		v, err := s.Write(ctx, claimFor(t, s, dbTestCluster), tt.keyID, []Change{tt.c}, labelSeal)
 		if err != nil {
 			t.Fatalf("%s: Write: %v", tt.name, err)
 		}
@@ -403,7 +417,7 @@ func TestStates(t *testing.T) {
 		t.Errorf("States(empty) = %v, %v; want an empty map", got, err)
 	}
 	mustWrite(t, s, []Change{change("a", "x", 1), change("a", "y", 2), change("b", "x", 3)}, labelSeal)
-	if _, err := s.Write(ctx, "leader-us", "kid", []Change{change("c", "z", 4)}, labelSeal); err != nil {
+	if _, err := s.Write(ctx, claimFor(t, s, "leader-us"), "kid", []Change{change("c", "z", 4)}, labelSeal); err != nil {
 		t.Fatal(err)
 	}
 	tomb := change("a", "y", 5)
@@ -439,7 +453,7 @@ func TestMaxVersion(t *testing.T) {
 	for i := range 3 {
 		mustWrite(t, s, []Change{change("ns", "s", uint64(i))}, labelSeal)
 	}
-	if v, err := s.Write(t.Context(), dbTestCluster, "kid", nil, labelSeal); err != nil || v != 0 {
+	if v, err := s.Write(t.Context(), claimFor(t, s, dbTestCluster), "kid", nil, labelSeal); err != nil || v != 0 {
 		t.Errorf("Write(no changes) = %d, %v; want 0, nil", v, err)
 	}
 	if got := mustMaxVersion(t, s); got != 3 {

@@ -41,6 +41,13 @@ type followerLoop struct {
 	cursor Cursor
 	// wake is signalled by the PostgreSQL wake-up hint (PG_NOTIFY).
 	wake chan struct{}
+
+	// standby: this is a leader on standby (failover.go). It skips the
+	// rows it wrote itself and may adopt labelled Secrets (standbyAdopts).
+	standby bool
+	// promoted, closed when a standby took the writer claim, makes the
+	// loop run one last full pass, the catch-up, and return.
+	promoted <-chan struct{}
 }
 
 func newFollowerLoop(d loopDeps) *followerLoop {
@@ -53,15 +60,24 @@ func newFollowerLoop(d loopDeps) *followerLoop {
 	}
 }
 
-// startWatch fills the cache of managed copies.
+// startWatch fills the cache of managed copies. A standby's holds the
+// labelled Secrets instead: its copies, which carry the label as their
+// sources do, and its former sources, which it may adopt.
 func (f *followerLoop) startWatch(ctx context.Context) (err error) {
-	managed := labels.SelectorFromSet(labels.Set{managedLabel: "true"})
-	f.copies, err = startSecretCache(ctx, f.client, f.cfg, managed, nil, f.keys, f.keys.IDs())
+	watched := labels.SelectorFromSet(labels.Set{managedLabel: "true"})
+	if f.standby {
+		watched = f.cfg.selector
+	}
+	f.copies, err = startSecretCache(ctx, f.client, f.cfg, watched, nil, f.keys, f.keys.IDs())
 	f.apply.copies = f.copies
 	return err
 }
 
 func (f *followerLoop) run(ctx context.Context) error {
+	if f.standby {
+		f.apply.skipSource = f.cfg.ClusterName
+		f.apply.writer.adopt = standbyAdopts(f.cfg)
+	}
 	f.apply.conflicts.start(ctx)
 	if err := f.startWatch(ctx); err != nil {
 		return shutdownOr(ctx, err)
@@ -88,11 +104,17 @@ func (f *followerLoop) run(ctx context.Context) error {
 		select {
 		case <-ctx.Done():
 			return nil
+		case <-f.promoted:
+			return nil // nothing to catch up with
 		case <-time.After(f.cfg.Poll()):
 		}
 	}
 	f.metrics.cursor.Set(float64(f.cursor.Version))
-	f.log.WithFields(logrus.Fields{"cluster": f.cfg.ClusterName, "cursor": f.cursor.Version, "wake_up_hint": f.cfg.PgNotify}).Info("follower: pulling rows")
+	role := "follower: pulling rows"
+	if f.standby {
+		role = "standby leader: pulling the writer's rows"
+	}
+	f.log.WithFields(logrus.Fields{"cluster": f.cfg.ClusterName, "cursor": f.cursor.Version, "wake_up_hint": f.cfg.PgNotify}).Info(role)
 	if f.cfg.PgNotify {
 		go listenForHints(ctx, f.cfg.DSN, f.log, f.wake)
 	}
@@ -117,6 +139,11 @@ func (f *followerLoop) run(ctx context.Context) error {
 		select {
 		case <-ctx.Done():
 			return nil
+		case <-f.promoted:
+			// Nothing is written meanwhile (the claim is this cluster's):
+			// one full pass brings every copy to the database's version.
+			_ = f.passes.run(ctx, "full", f.reconcileFull)
+			return nil
 		case <-tick.C:
 			full = true
 		case <-poll.C:
@@ -140,7 +167,7 @@ func (f *followerLoop) pull(ctx context.Context) (idle bool, err error) {
 		}
 		page := make([]*Row, 0, len(rows))
 		for i := range rows {
-			if r := &rows[i]; !inSync(r, f.copies.get(r.ObjectKey), f.keys) {
+			if r := &rows[i]; !f.apply.skips(r) && !inSync(r, f.copies.get(r.ObjectKey), f.keys) {
 				page = append(page, r)
 			}
 		}
@@ -233,7 +260,7 @@ func (f *followerLoop) applyOutOfSync(ctx context.Context, rows []Row, copies ma
 	var todo []*Row
 	for i := range rows {
 		r := &rows[i]
-		if f.cfg.namespaceAllowed(r.Namespace) && !inSync(r, copies[r.ObjectKey], f.keys) && !f.apply.isSettled(r, copies[r.ObjectKey]) {
+		if !f.apply.skips(r) && !inSync(r, copies[r.ObjectKey], f.keys) && !f.apply.isSettled(r, copies[r.ObjectKey]) {
 			todo = append(todo, r)
 		}
 	}

@@ -18,6 +18,7 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
@@ -178,6 +179,7 @@ var grantsWant = map[string]map[string][]string{
 		"kss_secrets":           {"SELECT", "INSERT", "UPDATE"},
 		"kss_version":           {"SELECT", "UPDATE"},
 		"kss_schema_migrations": {"SELECT"},
+		"kss_writer":            {"SELECT", "UPDATE"},
 	},
 	"kss_follower": {
 		"kss_secrets":           {"SELECT"},
@@ -201,7 +203,20 @@ func grantsWork(ctx context.Context, role string, s *Store, round int) error {
 		tomb := change("ns", "gone", uint64(round))
 		tomb.Payload = &Payload{Deleted: true}
 		changes := []Change{change("ns", "kept", uint64(round)), change("ns", fmt.Sprintf("new-%d", round), 1), tomb}
-		if _, err := s.Write(ctx, "cluster-a", "kid", changes, labelSeal); err != nil {
+		claim, ok, err := s.TakeClaim(ctx, "cluster-a", time.Minute, true)
+		if err != nil {
+			return err
+		}
+		if !ok {
+			return errors.New("the writer claim is held by another cluster")
+		}
+		if err := s.RenewClaim(ctx, claim, time.Minute); err != nil {
+			return err
+		}
+		if _, err := s.Write(ctx, claim, "kid", changes, labelSeal); err != nil {
+			return err
+		}
+		if err := s.ReleaseClaim(ctx, claim); err != nil {
 			return err
 		}
 		rows, err := s.RowsNotUnder(ctx, "kid2", ObjectKey{}, 10)

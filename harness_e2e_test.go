@@ -102,6 +102,7 @@ func (e *syncEnv) config(leader bool) *Config {
 		KubeBurst:        200,
 		ApplyWorkers:     8,
 		DeleteGuard:      50,
+		WriterClaim:      3,
 		LeaderElection:   true,
 		LeaseName:        "kube-secret-sync",
 		Kubeconfig:       e.leader.Kubeconfig,

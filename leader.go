@@ -9,6 +9,7 @@ import (
 	"crypto/hmac"
 	"crypto/rand"
 	"encoding/base64"
+	"errors"
 	"fmt"
 	"io"
 	"slices"
@@ -31,6 +32,8 @@ import (
 // becomes a tombstone.
 type leaderLoop struct {
 	loopDeps
+	// claim is the writer claim under which every write is made (fenced).
+	claim  Claim
 	passes passRunner
 	rand   io.Reader
 	now    func() time.Time
@@ -53,14 +56,20 @@ type leaderLoop struct {
 	// credentials holds the UID of each labelled Secret of a type that is
 	// never synced, so that each is reported once.
 	credentials map[ObjectKey]types.UID
+	// foreign holds the live rows written by another cluster that this
+	// leader does not take over (it has no Secret for them, or a copy not
+	// yet at the row's version), so that each is reported once.
+	foreign map[ObjectKey]int64
 	// hint: send the PostgreSQL wake-up hint after each write (PG_NOTIFY,
 	// until the database turns out not to support it).
 	hint bool
 }
 
-func newLeaderLoop(d loopDeps) *leaderLoop {
+func newLeaderLoop(d loopDeps, claim Claim) *leaderLoop {
 	return &leaderLoop{
 		loopDeps:    d,
+		claim:       claim,
+		foreign:     map[ObjectKey]int64{},
 		passes:      newPassRunner(d),
 		rand:        rand.Reader,
 		now:         time.Now,
@@ -120,6 +129,9 @@ func (l *leaderLoop) run(ctx context.Context) error {
 			// On error the keys go back to the dirty set.
 			err = l.passes.run(ctx, "incremental", l.reconcileDirty)
 		}
+		if errors.Is(err, errFenced) {
+			return err
+		}
 		// While failing (database down), wait for the retry timer rather
 		// than retrying on every watch event.
 		var retry <-chan time.Time
@@ -170,7 +182,35 @@ func (l *leaderLoop) reconcileFull(ctx context.Context) (idle bool, err error) {
 		keys = append(keys, k)
 	}
 	l.log.WithFields(logrus.Fields{"secrets": len(keys) - len(states), "rows": len(states)}).Debug("full pass")
-	return false, l.sync(ctx, "full", keys)
+	if err := l.sync(ctx, "full", keys); err != nil {
+		return false, err
+	}
+	l.reportForeign()
+	return false, nil
+}
+
+// reportForeign reports, once each, the live rows of other clusters that
+// this leader leaves as they are (see rowChanges), and counts them in the
+// foreign_rows metric.
+func (l *leaderLoop) reportForeign() {
+	now := map[ObjectKey]int64{}
+	for k, row := range l.known {
+		if row.Tombstone || row.SourceCluster == l.claim.Holder {
+			continue
+		}
+		now[k] = row.Version
+		if l.foreign[k] == row.Version {
+			continue
+		}
+		reason := "this cluster has no Secret of that name (not labelled, or not applied here while on standby)"
+		if s := l.sources.get(k); s != nil {
+			reason = fmt.Sprintf("this cluster's copy is at version %d, older than the row's: it is taken over once its copy is current", appliedVersion(s))
+		}
+		l.log.WithFields(logrus.Fields{"namespace": k.Namespace, "name": k.Name, "version": row.Version, "source": row.SourceCluster}).
+			Warn("row of another cluster kept as it is, never deleted from here: " + reason)
+	}
+	l.foreign = now
+	l.metrics.foreignRows.Set(float64(len(now)))
 }
 
 // reconcileDirty writes the Secrets that changed since the last pass.
@@ -198,7 +238,7 @@ func (l *leaderLoop) reconcileDirty(ctx context.Context) (idle bool, err error) 
 
 // sync writes the rows of keys whose content differs from what is stored.
 func (l *leaderLoop) sync(ctx context.Context, kind string, keys []ObjectKey) error {
-	cluster := l.cfg.ClusterName
+	cluster := l.claim.Holder
 	changes := l.guardDeletes(kind, rowChanges(keys, l.source, l.known, l.keys, cluster, l.now()))
 	seal := func(version int64, c *Change) ([]byte, error) {
 		b := Binding{Namespace: c.Namespace, Name: c.Name, Version: version, SourceCluster: cluster}
@@ -218,13 +258,13 @@ func (l *leaderLoop) sync(ctx context.Context, kind string, keys []ObjectKey) er
 		if len(chunk) == 0 {
 			continue
 		}
-		if version, err = l.store.Write(ctx, cluster, l.keys.ID(), chunk, seal); err != nil {
+		if version, err = l.store.Write(ctx, l.claim, l.keys.ID(), chunk, seal); err != nil {
 			return fmt.Errorf("write %d rows to the database: %w", len(chunk), err)
 		}
 		written += len(chunk)
 		for i := range chunk {
 			c := &chunk[i]
-			l.known[c.ObjectKey] = RowState{Hash: c.Hash, Tombstone: c.Payload.Deleted, SourceCluster: cluster, KeyID: l.keys.ID()}
+			l.known[c.ObjectKey] = RowState{Hash: c.Hash, Tombstone: c.Payload.Deleted, SourceCluster: cluster, KeyID: l.keys.ID(), Version: c.Version}
 			l.log.WithFields(logrus.Fields{
 				"namespace": c.Namespace, "name": c.Name, "tombstone": c.Payload.Deleted, "version": c.Version,
 			}).Info("stored")
@@ -422,13 +462,18 @@ func rowChanges(keys []ObjectKey, source func(ObjectKey) *corev1.Secret, stored 
 			// A Secret cached without its data has its hash kept instead;
 			// its data is fetched only if it is written (leaderLoop.fetch).
 			h, _ := cachedHash(s, ring, ring.ID())
-			// A row another name wrote is taken over (this leader was
-			// renamed, or promoted), so that deleting the Secret later
-			// reaches the followers.
 			if ok && !row.Tombstone && !row.Damaged && row.SourceCluster == cluster && hmac.Equal(row.Hash, h) {
 				continue
 			}
+			// A row another cluster wrote is taken over (this leader took
+			// the writer claim over, or was renamed), so that deleting the
+			// Secret later reaches the followers; but never from a copy
+			// that is not yet at the row's version, which would write
+			// older content over the newer row.
 			takeover := ok && row.SourceCluster != cluster
+			if takeover && isManaged(s) && appliedVersion(s) < row.Version {
+				continue
+			}
 			c := Change{ObjectKey: key, Hash: h, Payload: p, Force: row.Damaged || takeover}
 			if isStripped(s) {
 				c.Stripped = true

@@ -32,7 +32,7 @@ func runRole(ctx context.Context, d loopDeps) error {
 	d.metrics.setRunning(true)
 	defer d.metrics.setRunning(false)
 	if d.cfg.IsLeader() {
-		return newLeaderLoop(d).run(ctx)
+		return runLeader(ctx, d)
 	}
 	return newFollowerLoop(d).run(ctx)
 }

@@ -29,6 +29,10 @@ type metrics struct {
 	active        prometheus.Gauge
 	lastSuccess   prometheus.Gauge
 	deletesHeld   prometheus.Gauge
+	writer        prometheus.Gauge
+	writerEpoch   prometheus.Gauge
+	claimRenewals prometheus.Counter
+	foreignRows   prometheus.Gauge
 
 	// heartbeat is the Unix time of the last loop iteration, for /healthz.
 	heartbeat atomic.Int64
@@ -86,8 +90,24 @@ func newMetrics() *metrics {
 		Name: "kube_secret_sync_deletes_held",
 		Help: "Leader: deletes (tombstones) held back because there were more than DELETE_GUARD_PERCENT allows; 0 when none.",
 	})
+	m.writer = prometheus.NewGauge(prometheus.GaugeOpts{
+		Name: "kube_secret_sync_writer",
+		Help: "Leader (LEADER=1): 1 while this cluster holds the database's writer claim and writes, 0 while it is on standby and follows the writer's rows.",
+	})
+	m.writerEpoch = prometheus.NewGauge(prometheus.GaugeOpts{
+		Name: "kube_secret_sync_writer_epoch",
+		Help: "Leader: the epoch of the writer claim this cluster holds, or last saw held.",
+	})
+	m.claimRenewals = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "kube_secret_sync_claim_renewals_total",
+		Help: "Leader: renewals of the writer claim (the only database write of an idle leader).",
+	})
+	m.foreignRows = prometheus.NewGauge(prometheus.GaugeOpts{
+		Name: "kube_secret_sync_foreign_rows",
+		Help: "Leader: live rows written by another cluster that this writer holds no Secret for (or no copy at the row's version): kept as they are, never deleted.",
+	})
 	for _, c := range []prometheus.Collector{m.rowsWritten, m.rowsApplied, m.rowErrors, m.conflicts, m.reconciles,
-		m.reconcileTime, m.cursor, m.active, m.lastSuccess, m.deletesHeld,
+		m.reconcileTime, m.cursor, m.active, m.lastSuccess, m.deletesHeld, m.writer, m.writerEpoch, m.claimRenewals, m.foreignRows,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{})} {
 		f(c)
 	}

@@ -44,7 +44,7 @@ func TestMigrate(t *testing.T) {
 	if err := s.Migrate(ctx, "replica-a"); err != nil {
 		t.Fatalf("Migrate(empty database) = %v; want nil", err)
 	}
-	wantTables := []string{"kss_migration_lock", "kss_schema_migrations", "kss_secrets", "kss_version"}
+	wantTables := []string{"kss_migration_lock", "kss_schema_migrations", "kss_secrets", "kss_version", "kss_writer"}
 	if got := queryStrings(t, s, tablesSQL); !slices.Equal(got, wantTables) {
 		t.Errorf("tables after Migrate = %v; want %v", got, wantTables)
 	}
@@ -235,7 +235,7 @@ func TestMigrateReadOnlyUser(t *testing.T) {
 		t.Errorf("Pull as a read-only user = %d rows, %v; want the leader's row", len(rows), err)
 	}
 	// And it really is read-only.
-	_, err = reader.Write(ctx, "follower", "kid", []Change{change("ns", "b", 2)}, labelSeal)
+	_, err = reader.Write(ctx, claimFor(t, admin, "follower"), "kid", []Change{change("ns", "b", 2)}, labelSeal)
 	var pgErr *pgconn.PgError
 	if !errors.As(err, &pgErr) || pgErr.Code != "42501" {
 		t.Errorf("Write as a read-only user = %v; want SQLSTATE 42501 insufficient_privilege", err)

@@ -158,15 +158,18 @@ func TestNamespacedInstall(t *testing.T) {
 	e.waitGone("tls")
 
 	// The database may also hold rows of namespaces this follower does not
-	// list, for example from a cluster-wide leader elsewhere. Here another
-	// leader (with the administrator's credentials) writes one; the
-	// namespaced follower must pass over it without an API call, and keep
-	// applying the rows after it.
-	other := e.config(true)
-	other.ClusterName, other.PodName = "other-leader", "other-leader-0"
-	other.PodNamespace = testenv.Namespace(t, e.leader)
-	other.Namespaces = []string{unlisted}
-	e.start(other)
+	// list, for example from a cluster-wide leader elsewhere. Here one is
+	// written under the writer's claim (with the administrator's
+	// credentials); the namespaced follower must pass over it without an
+	// API call, and keep applying the rows after it.
+	store := mustOpenStore(t, e.dsn)
+	claim, err := store.ReadClaim(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := store.Write(t.Context(), claim.Claim, "kid", []Change{change(unlisted, "stray", 1)}, labelSeal); err != nil {
+		t.Fatal(err)
+	}
 	eventually(t, syncTimeout, func() error {
 		if rowsOfUnlisted() == 0 {
 			return fmt.Errorf("no row for %s/stray yet", unlisted)

@@ -40,6 +40,9 @@ type secretWriter struct {
 	client           kubernetes.Interface
 	createNamespaces bool
 	log              *logrus.Entry
+	// adopt, if set, reports whether an unmanaged Secret may be taken
+	// over as the copy desired (a standby leader's rule, see standbyAdopts).
+	adopt func(existing, desired *corev1.Secret) bool
 
 	// namespaces known to exist (or just created), so that concurrent
 	// creates into a new namespace create it once, up front, instead of
@@ -68,7 +71,7 @@ func (w *secretWriter) apply(ctx context.Context, desired *corev1.Secret, existi
 		}
 		existing = got
 	}
-	if !isManaged(existing) {
+	if !isManaged(existing) && !w.adopts(existing, desired) {
 		return planNone, &errUnmanaged{key}
 	}
 	if row, applied := appliedVersion(desired), appliedVersion(existing); row < applied {
@@ -106,6 +109,17 @@ func (w *secretWriter) apply(ctx context.Context, desired *corev1.Secret, existi
 		}
 		return p, err
 	}
+}
+
+// adopts reports whether the unmanaged Secret existing is taken over as
+// the copy desired, and says so.
+func (w *secretWriter) adopts(existing, desired *corev1.Secret) bool {
+	if w.adopt == nil || !w.adopt(existing, desired) {
+		return false
+	}
+	w.log.WithFields(logrus.Fields{"namespace": existing.Namespace, "name": existing.Name}).
+		Info("standby: this cluster's labelled Secret becomes a managed copy of the writer's row")
+	return true
 }
 
 // recreateTimeout bounds the create that completes a recreation.
@@ -180,12 +194,16 @@ func (w *secretWriter) ensureNamespace(ctx context.Context, name string) error {
 // current copy from the watched cache of managed copies: without one there
 // is nothing of ours to delete (a copy created a moment ago and not yet
 // cached is deleted by the next full pass, which sees it).
-func (w *secretWriter) remove(ctx context.Context, key ObjectKey, version int64, existing *corev1.Secret) (bool, error) {
+//
+// A standby (adopt set), whose cache holds the labelled Secrets, also
+// deletes one that is no copy when the tombstone is newer (standbyAdopts):
+// tomb is the tombstone as a desired copy, for that comparison.
+func (w *secretWriter) remove(ctx context.Context, key ObjectKey, version int64, existing, tomb *corev1.Secret) (bool, error) {
 	secrets := w.client.CoreV1().Secrets(key.Namespace)
 	if existing == nil {
 		return false, nil
 	}
-	if !isManaged(existing) {
+	if !isManaged(existing) && !w.adopts(existing, tomb) {
 		return false, &errUnmanaged{key}
 	}
 	if applied := appliedVersion(existing); version < applied {

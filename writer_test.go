@@ -334,7 +334,7 @@ func TestWriterRemove(t *testing.T) {
 				objs = append(objs, tt.existing)
 			}
 			w, client := newTestWriter(objs...)
-			deleted, err := w.remove(t.Context(), ObjectKey{"web", "tls"}, tt.version, tt.existing)
+			deleted, err := w.remove(t.Context(), ObjectKey{"web", "tls"}, tt.version, tt.existing, nil)
 			checkWriterErr(t, "remove", err, tt.wantErr)
 			if deleted != tt.deleted {
 				t.Errorf("remove() deleted = %v; want %v", deleted, tt.deleted)

@@ -22,6 +22,9 @@
 --             UPDATE kss_version SET version = version + 1 …     UPDATE, SELECT on kss_version
 --               RETURNING version
 --             SELECT name FROM kss_schema_migrations             SELECT on kss_schema_migrations
+--             UPDATE kss_writer SET holder, epoch, expires_at …   UPDATE, SELECT on kss_writer
+--               (take, renew and release the writer claim; every
+--               write transaction reads it: failover.go)
 --   follower  SELECT … FROM kss_secrets (pull, full pass)        SELECT on kss_secrets
 --             SELECT version FROM kss_version                    SELECT on kss_version
 --             SELECT name FROM kss_schema_migrations             SELECT on kss_schema_migrations
@@ -88,5 +91,6 @@ GRANT USAGE ON SCHEMA public TO kss_leader, kss_follower;
 GRANT SELECT, INSERT, UPDATE ON TABLE kss_secrets TO kss_leader;
 GRANT SELECT, UPDATE ON TABLE kss_version TO kss_leader;
 GRANT SELECT ON TABLE kss_schema_migrations TO kss_leader;
+GRANT SELECT, UPDATE ON TABLE kss_writer TO kss_leader;
 
 GRANT SELECT ON TABLE kss_secrets, kss_version, kss_schema_migrations TO kss_follower;
