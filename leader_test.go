@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"fmt"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -64,6 +65,10 @@ func TestRowChanges(t *testing.T) {
 			map[ObjectKey]RowState{key("s"): row(hashOfSecret(old, v1), false, cluster, old)}, []want{{"s", false}}},
 		{"Secret gone: tombstone", []string{"s"}, nil,
 			map[ObjectKey]RowState{key("s"): row(hashOfSecret(ring, v1), false, cluster, ring)}, []want{{"s", true}}},
+		{"managed copy at the row's version, row of the previous writer: taken over", []string{"s"}, []*corev1.Secret{managedCopy(v1, 7)},
+			map[ObjectKey]RowState{key("s"): {Hash: hashOfSecret(ring, v1), SourceCluster: "cluster-b", KeyID: ring.ID(), Version: 7}}, []want{{"s", false}}},
+		{"managed copy behind the row of the previous writer: never written over it", []string{"s"}, []*corev1.Secret{managedCopy(v1, 6)},
+			map[ObjectKey]RowState{key("s"): {Hash: hashOfSecret(ring, v1), SourceCluster: "cluster-b", KeyID: ring.ID(), Version: 7}}, nil},
 		{"Secret gone, row of another leader: not ours to delete", []string{"s"}, nil,
 			map[ObjectKey]RowState{key("s"): row(hashOfSecret(ring, v1), false, "cluster-b", ring)}, nil},
 		{"Secret gone, already a tombstone", []string{"s"}, nil,
@@ -182,4 +187,19 @@ func stripped(ring *Keyring, s *corev1.Secret) *corev1.Secret {
 	s = s.DeepCopy()
 	stripData(s, ring, []string{ring.ID()})
 	return s
+}
+
+// managedCopy is s as a follower's (or standby's) copy written from
+// version.
+func managedCopy(s *corev1.Secret, version int64) *corev1.Secret {
+	c := s.DeepCopy()
+	if c.Labels == nil {
+		c.Labels = map[string]string{}
+	}
+	if c.Annotations == nil {
+		c.Annotations = map[string]string{}
+	}
+	c.Labels[managedLabel] = "true"
+	c.Annotations[versionAnnotation] = strconv.FormatInt(version, 10)
+	return c
 }
