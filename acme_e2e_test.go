@@ -20,6 +20,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -137,10 +138,10 @@ func TestCertManagerACMEThroughFollower(t *testing.T) {
 		return r.Host == host && strings.HasPrefix(r.Path, "/.well-known/acme-challenge/") &&
 			strings.HasPrefix(r.UserAgent, "LetsEncrypt-Pebble-VA") && r.Status == http.StatusOK
 	}
-	if !seen(followerIngress.requests(), func(r routedRequest) bool { return challenge(r) && r.Backend == e.ns+"/acme-leader" }) {
+	if !slices.ContainsFunc(followerIngress.requests(), func(r routedRequest) bool { return challenge(r) && r.Backend == e.ns+"/acme-leader" }) {
 		t.Errorf("cluster b did not forward Pebble's validation to the leader; it served %+v", followerIngress.requests())
 	}
-	if !seen(leaderIngress.requests(), func(r routedRequest) bool {
+	if !slices.ContainsFunc(leaderIngress.requests(), func(r routedRequest) bool {
 		return challenge(r) && strings.HasPrefix(r.Backend, e.ns+"/cm-acme-http-solver-")
 	}) {
 		t.Errorf("cluster a's solver did not answer Pebble's validation; a served %+v", leaderIngress.requests())
@@ -178,15 +179,6 @@ func TestCertManagerACMEThroughFollower(t *testing.T) {
 		t.Errorf("cluster b served a certificate other than the one cert-manager issued in a")
 	}
 	t.Logf("cluster b serves %s with %q, issued by %q", host, resp.TLS.PeerCertificates[0].Subject, resp.TLS.PeerCertificates[0].Issuer)
-}
-
-func seen(rs []routedRequest, match func(routedRequest) bool) bool {
-	for _, r := range rs {
-		if match(r) {
-			return true
-		}
-	}
-	return false
 }
 
 // serveApp runs the application of the examples' Ingress (Service "web",

@@ -66,9 +66,7 @@ const fenceSQL = `SELECT epoch FROM kss_writer WHERE id = 1 AND holder = $1 AND 
 // TakeClaim takes the claim for holder for ttl, if it is free, or, with
 // retake, already holder's. ok is false when it is held.
 func (s *Store) TakeClaim(ctx context.Context, holder string, ttl time.Duration, retake bool) (c Claim, ok bool, err error) {
-	err = s.inTx(ctx, func(tx pgx.Tx) error {
-		return tx.QueryRow(ctx, takeClaimSQL, holder, ttl.Seconds(), retake).Scan(&c.Epoch)
-	})
+	c.Epoch, err = s.updateClaim(ctx, takeClaimSQL, holder, ttl.Seconds(), retake)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return Claim{}, false, nil
 	}
@@ -82,10 +80,7 @@ func (s *Store) TakeClaim(ctx context.Context, holder string, ttl time.Duration,
 // RenewClaim extends c by ttl from the database's now, or returns
 // errFenced if c is no longer held.
 func (s *Store) RenewClaim(ctx context.Context, c Claim, ttl time.Duration) error {
-	err := s.inTx(ctx, func(tx pgx.Tx) error {
-		var epoch int64
-		return tx.QueryRow(ctx, renewClaimSQL, c.Holder, c.Epoch, ttl.Seconds()).Scan(&epoch)
-	})
+	_, err := s.updateClaim(ctx, renewClaimSQL, c.Holder, c.Epoch, ttl.Seconds())
 	if errors.Is(err, pgx.ErrNoRows) {
 		return errFenced
 	}
@@ -98,14 +93,19 @@ func (s *Store) RenewClaim(ctx context.Context, c Claim, ttl time.Duration) erro
 // ReleaseClaim gives c up, so that a standby may take it at once. Releasing
 // a claim no longer held does nothing.
 func (s *Store) ReleaseClaim(ctx context.Context, c Claim) error {
-	err := s.inTx(ctx, func(tx pgx.Tx) error {
-		var epoch int64
-		return tx.QueryRow(ctx, releaseClaimSQL, c.Holder, c.Epoch).Scan(&epoch)
-	})
+	_, err := s.updateClaim(ctx, releaseClaimSQL, c.Holder, c.Epoch)
 	if err != nil && !errors.Is(err, pgx.ErrNoRows) {
 		return fmt.Errorf("release the writer claim: %w", err)
 	}
 	return nil
+}
+
+// updateClaim runs one of the claim's UPDATE … RETURNING epoch statements
+// in a transaction of its own; pgx.ErrNoRows says its condition did not
+// hold.
+func (s *Store) updateClaim(ctx context.Context, sql string, args ...any) (epoch int64, err error) {
+	err = s.inTx(ctx, func(tx pgx.Tx) error { return tx.QueryRow(ctx, sql, args...).Scan(&epoch) })
+	return epoch, err
 }
 
 // ReadClaim returns the claim as stored.

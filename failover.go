@@ -31,10 +31,8 @@ func runLeader(ctx context.Context, d loopDeps) error {
 		if retake {
 			// At start, a free claim is taken before anything else: a sole
 			// leader writes at once, and needs no follower permissions.
-			if c, ok, _ := takeIfFree(ctx, d); ok {
+			if _, c, ok, _ := tryTake(ctx, d, true); ok {
 				held = holdClaim(ctx, d, c)
-				d.metrics.writer.Set(1)
-				d.log.WithField("epoch", c.Epoch).Info("holding the writer claim: writing")
 			}
 		}
 		if held == nil {
@@ -43,6 +41,8 @@ func runLeader(ctx context.Context, d loopDeps) error {
 			}
 		}
 		retake = false
+		d.metrics.writer.Set(1)
+		d.log.WithField("epoch", held.claim.Epoch).Info("holding the writer claim: writing")
 		err = newLeaderLoop(d, held.claim).run(held.ctx)
 		held.stop()
 		if ctx.Err() != nil {
@@ -87,18 +87,19 @@ func standBy(ctx context.Context, d loopDeps, retake bool) (*heldClaim, error) {
 	if held == nil {
 		return nil, err
 	}
-	d.metrics.writer.Set(1)
-	d.log.WithField("epoch", held.claim.Epoch).Info("holding the writer claim: writing")
 	return held, nil
 }
 
-// takeIfFree takes the claim if it is free or this cluster's.
-func takeIfFree(ctx context.Context, d loopDeps) (Claim, bool, error) {
+// tryTake reads the claim and takes it if it is free (or, with retake,
+// this cluster's). It returns the claim as read, for the caller's report.
+func tryTake(ctx context.Context, d loopDeps, retake bool) (ClaimState, Claim, bool, error) {
+	me := d.cfg.ClusterName
 	st, err := d.store.ReadClaim(ctx)
-	if err != nil || !(st.Free() || st.Holder == d.cfg.ClusterName) {
-		return Claim{}, false, err
+	if err != nil || !(st.Free() || (retake && st.Holder == me)) {
+		return st, Claim{}, false, err
 	}
-	return d.store.TakeClaim(ctx, d.cfg.ClusterName, d.cfg.ClaimTTL(), true)
+	c, ok, err := d.store.TakeClaim(ctx, me, d.cfg.ClaimTTL(), retake)
+	return st, c, ok, err
 }
 
 // claimPoll is how often a standby reads the claim: a tenth of its
@@ -110,17 +111,14 @@ func claimPoll(ttl time.Duration) time.Duration {
 // waitForClaim polls the claim until it is free (or, with retake, held
 // under this cluster's name) and takes it. ok is false when ctx ends.
 func waitForClaim(ctx context.Context, d loopDeps, retake bool) (c Claim, ok bool) {
-	me, ttl := d.cfg.ClusterName, d.cfg.ClaimTTL()
-	t := time.NewTicker(claimPoll(ttl))
+	t := time.NewTicker(claimPoll(d.cfg.ClaimTTL()))
 	defer t.Stop()
 	var seen Claim
 	failing := false
 	for {
-		st, err := d.store.ReadClaim(ctx)
-		if err == nil && (st.Free() || (retake && st.Holder == me)) {
-			if c, ok, err = d.store.TakeClaim(ctx, me, ttl, retake); ok {
-				return c, true
-			}
+		st, c, ok, err := tryTake(ctx, d, retake)
+		if ok {
+			return c, true
 		}
 		switch {
 		case ctx.Err() != nil:

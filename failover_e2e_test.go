@@ -8,6 +8,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"maps"
 	"os"
 	"os/exec"
 	"syscall"
@@ -25,13 +26,14 @@ import (
 type failoverEnv struct {
 	*syncEnv
 	sb *testenv.Cluster
+	db *Store // the test's own connections, for reading the claim and rows
 }
 
 func newFailoverEnv(t *testing.T) *failoverEnv {
 	e := newSyncEnv(t)
 	sb := testenv.Clusters(t, 3)[2]
 	t.Cleanup(func() { testenv.DeleteNamespace(t, sb, e.ns) })
-	return &failoverEnv{syncEnv: e, sb: sb}
+	return &failoverEnv{syncEnv: e, sb: sb, db: mustOpenStore(t, e.dsn)}
 }
 
 // leaderOn is a leader's configuration for cluster c under name.
@@ -102,10 +104,7 @@ func (p *proc) kill() {
 // first daemon has migrated the database.
 func (e *failoverEnv) claimHolder() ClaimState {
 	e.t.Helper()
-	var c ClaimState
-	conn := testenv.MustConnect(e.t, e.dsn)
-	err := conn.QueryRow(e.t.Context(), `SELECT holder, epoch, expires_at, now() FROM kss_writer WHERE id = 1`).
-		Scan(&c.Holder, &c.Epoch, &c.ExpiresAt, &c.Now)
+	c, err := e.db.ReadClaim(e.t.Context())
 	var pgErr *pgconn.PgError
 	if errors.As(err, &pgErr) && pgErr.Code == "42P01" {
 		return ClaimState{}
@@ -132,8 +131,7 @@ func (e *failoverEnv) waitWriter(name string, timeout time.Duration) ClaimState 
 // rowSnapshot is every row's version, source and ciphertext.
 func (e *failoverEnv) rowSnapshot() map[string]string {
 	e.t.Helper()
-	conn := testenv.MustConnect(e.t, e.dsn)
-	rows, err := conn.Query(e.t.Context(), `SELECT namespace || '/' || name, version, source_cluster, writer_epoch, ciphertext FROM kss_secrets`)
+	rows, err := e.db.pool.Query(e.t.Context(), `SELECT namespace || '/' || name, version, source_cluster, writer_epoch, ciphertext FROM kss_secrets`)
 	if err != nil {
 		e.t.Fatal(err)
 	}
@@ -159,8 +157,7 @@ func (e *failoverEnv) rowSnapshot() map[string]string {
 // writers committed in one epoch, and none after a later epoch began.
 func (e *failoverEnv) checkEpochs() {
 	e.t.Helper()
-	conn := testenv.MustConnect(e.t, e.dsn)
-	rows, err := conn.Query(e.t.Context(), `SELECT version, writer_epoch, source_cluster FROM kss_secrets ORDER BY version`)
+	rows, err := e.db.pool.Query(e.t.Context(), `SELECT version, writer_epoch, source_cluster FROM kss_secrets ORDER BY version`)
 	if err != nil {
 		e.t.Fatal(err)
 	}
@@ -273,7 +270,7 @@ func TestStandbyTakesOverAfterSIGKILL(t *testing.T) {
 	back := startProc(t, bin, a)
 	backMetrics := &daemon{metrics: a.MetricsAddr}
 	backMetrics.waitMetric(t, `kube_secret_sync_reconciles_total{kind="full",result="ok"}`, 3)
-	if after := e.rowSnapshot(); !mapsEqual(before, after) {
+	if after := e.rowSnapshot(); !maps.Equal(before, after) {
 		t.Errorf("the old leader, back as a standby, changed rows:\nbefore %v\nafter  %v", before, after)
 	}
 	if v := backMetrics.metric(t, "kube_secret_sync_writer"); v != 0 {
@@ -286,18 +283,6 @@ func TestStandbyTakesOverAfterSIGKILL(t *testing.T) {
 	e.waitCopy(e.leader, "changed", "k", "from-sb")
 	e.waitGoneIn(e.leader, "deleted")
 	e.checkEpochs()
-}
-
-func mapsEqual(a, b map[string]string) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for k, v := range a {
-		if b[k] != v {
-			return false
-		}
-	}
-	return true
 }
 
 // TestLeadersStartedTogetherOneWrites: two leaders started at the same
@@ -380,7 +365,7 @@ func TestPausedWriterIsFenced(t *testing.T) {
 		return nil
 	})
 	resumed.waitMetric(t, `kube_secret_sync_reconciles_total{kind="full",result="ok"}`, resumed.metric(t, `kube_secret_sync_reconciles_total{kind="full",result="ok"}`)+2)
-	if after := e.rowSnapshot(); !mapsEqual(before, after) {
+	if after := e.rowSnapshot(); !maps.Equal(before, after) {
 		t.Errorf("the resumed writer changed rows:\nbefore %v\nafter  %v", before, after)
 	}
 	e.waitCopy(e.follower, "s", "k", "v1")
