@@ -43,7 +43,9 @@ func runLeader(ctx context.Context, d loopDeps) error {
 		retake = false
 		d.metrics.writer.Set(1)
 		d.log.WithField("epoch", held.claim.Epoch).Info("holding the writer claim: writing")
-		err = newLeaderLoop(d, held.claim).run(held.ctx)
+		l := newLeaderLoop(d, held.claim)
+		l.inherited = held.inherited
+		err = l.run(held.ctx)
 		held.stop()
 		if ctx.Err() != nil {
 			return nil
@@ -87,6 +89,7 @@ func standBy(ctx context.Context, d loopDeps, retake bool) (*heldClaim, error) {
 	if held == nil {
 		return nil, err
 	}
+	held.inherited = f.inherited
 	return held, nil
 }
 
@@ -153,6 +156,9 @@ type heldClaim struct {
 	claim Claim
 	ctx   context.Context
 	stop  func()
+	// inherited: the copies a standby held when it took the claim
+	// (followerLoop.inherited), nil for a claim taken at start.
+	inherited map[ObjectKey]int64
 }
 
 // holdClaim renews c every third of its lifetime until ctx ends or the

@@ -371,3 +371,55 @@ func TestPausedWriterIsFenced(t *testing.T) {
 	e.waitCopy(e.follower, "s", "k", "v1")
 	e.checkEpochs()
 }
+
+// TestTakeoverOwnsTheCopiesItHeld: a copy that the standby's cluster held
+// at the row's version when it took the claim is the new writer's from
+// then on, even if it is deleted before the new writer's first full pass
+// (between the catch-up and the start of its watch): the delete
+// propagates, as a tombstone of the new writer.
+func TestTakeoverOwnsTheCopiesItHeld(t *testing.T) {
+	testenv.SkipShort(t)
+	e := newFailoverEnv(t)
+	a, sb := e.leaderOn(e.leader, "cluster-a"), e.leaderOn(e.sb, "cluster-sb")
+	for _, n := range []string{"kept", "deleted-at-takeover"} {
+		mustCreate(t, e.secrets(e.leader), labelled(n, map[string]string{"k": "from-a"}))
+	}
+	writer := e.start(a)
+	e.waitWriter("cluster-a", syncTimeout)
+
+	// The standby, in process, so that the test acts between its catch-up
+	// and its first pass as the writer.
+	d := e.deps(sb, e.db, e.sb.Clientset)
+	type result struct {
+		held *heldClaim
+		err  error
+	}
+	promoted := make(chan result, 1)
+	go func() { h, err := standBy(t.Context(), d, false); promoted <- result{h, err} }()
+	for _, n := range []string{"kept", "deleted-at-takeover"} {
+		e.waitCopy(e.sb, n, "k", "from-a")
+	}
+	writer.stop(t) // releases the claim
+	r := receive(t, promoted, 2*time.Minute, "the standby's takeover")
+	if r.held == nil {
+		t.Fatalf("standBy returned no claim: %v", r.err)
+	}
+	defer r.held.stop()
+	if err := e.secrets(e.sb).Delete(t.Context(), "deleted-at-takeover", metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	l := newLeaderLoop(d, r.held.claim)
+	l.inherited = r.held.inherited
+	if err := l.startWatch(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := l.reconcileFull(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	if row := e.readRow("deleted-at-takeover"); !row.Tombstone || row.SourceCluster != "cluster-sb" {
+		t.Errorf("row of the Secret deleted at takeover: tombstone %v from %q; want a tombstone from cluster-sb", row.Tombstone, row.SourceCluster)
+	}
+	if row := e.readRow("kept"); row.Tombstone || row.SourceCluster != "cluster-sb" {
+		t.Errorf("row of the kept Secret: tombstone %v from %q; want it live, taken over by cluster-sb", row.Tombstone, row.SourceCluster)
+	}
+}

@@ -48,6 +48,9 @@ type followerLoop struct {
 	// promoted, closed when a standby took the writer claim, makes the
 	// loop run one last full pass, the catch-up, and return.
 	promoted <-chan struct{}
+	// inherited is, after the catch-up, the version of each managed copy
+	// that this standby's cluster holds: the rows the new writer owns.
+	inherited map[ObjectKey]int64
 }
 
 func newFollowerLoop(d loopDeps) *followerLoop {
@@ -143,6 +146,12 @@ func (f *followerLoop) run(ctx context.Context) error {
 			// Nothing is written meanwhile (the claim is this cluster's):
 			// one full pass brings every copy to the database's version.
 			_ = f.passes.run(ctx, "full", f.reconcileFull)
+			f.inherited = map[ObjectKey]int64{}
+			for _, s := range f.copies.list() {
+				if isManaged(s) {
+					f.inherited[ObjectKey{s.Namespace, s.Name}] = appliedVersion(s)
+				}
+			}
 			return nil
 		case <-tick.C:
 			full = true

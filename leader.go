@@ -60,6 +60,11 @@ type leaderLoop struct {
 	// leader does not take over (it has no Secret for them, or a copy not
 	// yet at the row's version), so that each is reported once.
 	foreign map[ObjectKey]int64
+	// inherited holds the version of each copy that this cluster held,
+	// as a standby, when it took the writer claim over: those rows are
+	// this writer's, so deleting such a copy before the first full pass
+	// took its row over still propagates (see owns).
+	inherited map[ObjectKey]int64
 	// hint: send the PostgreSQL wake-up hint after each write (PG_NOTIFY,
 	// until the database turns out not to support it).
 	hint bool
@@ -239,7 +244,7 @@ func (l *leaderLoop) reconcileDirty(ctx context.Context) (idle bool, err error) 
 // sync writes the rows of keys whose content differs from what is stored.
 func (l *leaderLoop) sync(ctx context.Context, kind string, keys []ObjectKey) error {
 	cluster := l.claim.Holder
-	changes := l.guardDeletes(kind, rowChanges(keys, l.source, l.known, l.keys, cluster, l.now()))
+	changes := l.guardDeletes(kind, rowChanges(keys, l.source, l.known, l.keys, l.owner(), l.now()))
 	seal := func(version int64, c *Change) ([]byte, error) {
 		b := Binding{Namespace: c.Namespace, Name: c.Name, Version: version, SourceCluster: cluster}
 		return l.keys.Seal(l.rand, b, c.Payload)
@@ -347,8 +352,9 @@ func (l *leaderLoop) guardDeletes(kind string, changes []Change) []Change {
 		}
 	}
 	if deletes > 0 {
-		for _, row := range l.known {
-			if row.SourceCluster == l.cfg.ClusterName && !row.Tombstone {
+		o := l.owner()
+		for k, row := range l.known {
+			if o.owns(k, row) && !row.Tombstone {
 				live++
 			}
 		}
@@ -441,15 +447,35 @@ func (l *leaderLoop) sealable(changes []Change) []Change {
 	})
 }
 
+// owner is whom a pass writes for: the writer's cluster, and the rows it
+// inherited when it took the claim over (leaderLoop.inherited).
+type owner struct {
+	cluster   string
+	inherited map[ObjectKey]int64
+}
+
+func (l *leaderLoop) owner() owner { return owner{l.claim.Holder, l.inherited} }
+
+// owns reports whether the row of key is the writer's to tombstone: one
+// it wrote, or one it inherited, still at the version that its cluster's
+// copy had then.
+func (o owner) owns(key ObjectKey, row RowState) bool {
+	if row.SourceCluster == o.cluster {
+		return true
+	}
+	v, ok := o.inherited[key]
+	return ok && v == row.Version
+}
+
 // rowChanges decides the rows the leader writes for keys (duplicates
 // allowed, in any order): a Secret (as source returns it, nil when it is
 // gone or not labelled) whose keyed hash differs from its stored row, or a
-// tombstone, stamped now, for a row this cluster wrote whose Secret is
+// tombstone, stamped now, for a row this writer owns whose Secret is
 // gone. A row found damaged is rewritten (forced) either way. After ENCRYPTION_KEY changes, every hash differs and every
 // tombstone is under an old key, so the first full pass rewrites all of
 // this cluster's rows under the new key. The changes come sorted by
 // namespace and name.
-func rowChanges(keys []ObjectKey, source func(ObjectKey) *corev1.Secret, stored map[ObjectKey]RowState, ring *Keyring, cluster string, now time.Time) []Change {
+func rowChanges(keys []ObjectKey, source func(ObjectKey) *corev1.Secret, stored map[ObjectKey]RowState, ring *Keyring, o owner, now time.Time) []Change {
 	slices.SortFunc(keys, func(a, b ObjectKey) int {
 		return cmp.Or(cmp.Compare(a.Namespace, b.Namespace), cmp.Compare(a.Name, b.Name))
 	})
@@ -462,7 +488,7 @@ func rowChanges(keys []ObjectKey, source func(ObjectKey) *corev1.Secret, stored 
 			// A Secret cached without its data has its hash kept instead;
 			// its data is fetched only if it is written (leaderLoop.fetch).
 			h, _ := cachedHash(s, ring, ring.ID())
-			if ok && !row.Tombstone && !row.Damaged && row.SourceCluster == cluster && hmac.Equal(row.Hash, h) {
+			if ok && !row.Tombstone && !row.Damaged && row.SourceCluster == o.cluster && hmac.Equal(row.Hash, h) {
 				continue
 			}
 			// A row another cluster wrote is taken over (this leader took
@@ -470,7 +496,7 @@ func rowChanges(keys []ObjectKey, source func(ObjectKey) *corev1.Secret, stored 
 			// Secret later reaches the followers; but never from a copy
 			// that is not yet at the row's version, which would write
 			// older content over the newer row.
-			takeover := ok && row.SourceCluster != cluster
+			takeover := ok && row.SourceCluster != o.cluster
 			if takeover && isManaged(s) && appliedVersion(s) < row.Version {
 				continue
 			}
@@ -482,9 +508,9 @@ func rowChanges(keys []ObjectKey, source func(ObjectKey) *corev1.Secret, stored 
 			out = append(out, c)
 			continue
 		}
-		// Only this cluster's rows: a second leader's Secrets are not ours
-		// to delete.
-		if ok && row.SourceCluster == cluster && (!row.Tombstone || row.KeyID != ring.ID() || row.Damaged) {
+		// Only the writer's rows: a row of another cluster whose Secret
+		// this cluster never had is not ours to delete.
+		if ok && o.owns(key, row) && (!row.Tombstone || row.KeyID != ring.ID() || row.Damaged) {
 			p := &Payload{Deleted: true, UpdatedAt: now.UTC()}
 			out = append(out, Change{ObjectKey: key, Hash: ring.Hash(key.Namespace, key.Name, p), Payload: p, Force: row.Damaged})
 		}

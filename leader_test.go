@@ -3,6 +3,8 @@ package main
 import (
 	"bytes"
 	"fmt"
+	"maps"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -101,7 +103,7 @@ func TestRowChanges(t *testing.T) {
 				keys = append(keys, key(n))
 			}
 			source := func(k ObjectKey) *corev1.Secret { return sources[k] }
-			got := rowChanges(keys, source, tt.stored, ring, cluster, now)
+			got := rowChanges(keys, source, tt.stored, ring, owner{cluster: cluster}, now)
 			var names []want
 			for _, c := range got {
 				names = append(names, want{c.Name, c.Payload.Deleted})
@@ -135,6 +137,26 @@ func TestRowChanges(t *testing.T) {
 	}
 }
 
+// TestRowChangesAfterTakeover: a writer that took the claim over owns the
+// rows whose copies its cluster held at takeover, at the version they had
+// then: such a copy deleted is tombstoned, but a row changed since is not
+// its to delete.
+func TestRowChangesAfterTakeover(t *testing.T) {
+	ring := mustKeyring(t, configTestKey)
+	now := time.Date(2026, 12, 1, 0, 0, 0, 0, time.UTC)
+	gone := func(ObjectKey) *corev1.Secret { return nil }
+	o := owner{cluster: "cluster-sb", inherited: map[ObjectKey]int64{{"ns", "held"}: 7, {"ns", "changed"}: 7}}
+	stored := map[ObjectKey]RowState{
+		{"ns", "held"}:    {SourceCluster: "cluster-a", KeyID: ring.ID(), Version: 7},
+		{"ns", "changed"}: {SourceCluster: "cluster-a", KeyID: ring.ID(), Version: 8},
+		{"ns", "never"}:   {SourceCluster: "cluster-a", KeyID: ring.ID(), Version: 7},
+	}
+	got := rowChanges(slices.Collect(maps.Keys(stored)), gone, stored, ring, o, now)
+	if len(got) != 1 || got[0].Name != "held" || !got[0].Payload.Deleted {
+		t.Errorf("rowChanges = %v; want only a tombstone for ns/held", got)
+	}
+}
+
 // TestRowChangesIdempotent: writing what rowChanges returns and asking
 // again gives nothing to write, which is what keeps an idle tick free.
 func TestRowChangesIdempotent(t *testing.T) {
@@ -146,14 +168,14 @@ func TestRowChangesIdempotent(t *testing.T) {
 	stored := map[ObjectKey]RowState{{"ns", "gone"}: {SourceCluster: "c", KeyID: ring.ID()}}
 	keys := []ObjectKey{{"ns", "a"}, {"ns", "gone"}}
 	source := func(k ObjectKey) *corev1.Secret { return sources[k] }
-	first := rowChanges(keys, source, stored, ring, "c", now)
+	first := rowChanges(keys, source, stored, ring, owner{cluster: "c"}, now)
 	if len(first) != 2 {
 		t.Fatalf("first pass: %d changes; want 2", len(first))
 	}
 	for _, c := range first {
 		stored[c.ObjectKey] = RowState{Hash: c.Hash, Tombstone: c.Payload.Deleted, SourceCluster: "c", KeyID: ring.ID()}
 	}
-	if again := rowChanges(keys, source, stored, ring, "c", now.Add(time.Hour)); len(again) != 0 {
+	if again := rowChanges(keys, source, stored, ring, owner{cluster: "c"}, now.Add(time.Hour)); len(again) != 0 {
 		t.Errorf("second pass: %d changes; want none", len(again))
 	}
 }
