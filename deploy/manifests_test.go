@@ -61,14 +61,23 @@ type overlay struct {
 	// namespaces are what a namespaced overlay syncs (its NAMESPACES, and
 	// where its Roles are); nil for a cluster-wide overlay.
 	namespaces []string
+	// failover: a leader of a failover setup, which follows the writer's
+	// rows while on standby.
+	failover bool
 }
+
+// writes reports whether the overlay's daemon writes Secrets: a follower,
+// or a leader that may be on standby.
+func (o overlay) writes() bool { return !o.leader || o.failover }
 
 // overlays are the deployable kustomizations, by role.
 var overlays = []overlay{
-	{"leader", "overlays/leader", true, nil},
-	{"follower", "overlays/follower", false, nil},
-	{"leader-namespaced", "overlays/leader-namespaced", true, []string{"web", "api"}},
-	{"follower-namespaced", "overlays/follower-namespaced", false, []string{"web", "api"}},
+	{"leader", "overlays/leader", true, nil, false},
+	{"follower", "overlays/follower", false, nil, false},
+	{"leader-namespaced", "overlays/leader-namespaced", true, []string{"web", "api"}, false},
+	{"follower-namespaced", "overlays/follower-namespaced", false, []string{"web", "api"}, false},
+	{"failover-leader", "overlays/failover-leader", true, nil, true},
+	{"failover-leader-namespaced", "overlays/failover-leader-namespaced", true, []string{"web", "api"}, true},
 }
 
 // namespacesExample declares the application namespaces of the examples and
@@ -114,7 +123,7 @@ func expectedAccess(o overlay) []access {
 	if o.namespaces != nil {
 		return namespacedAccess(o)
 	}
-	return clusterWideAccess(o.leader)
+	return clusterWideAccess(!o.writes())
 }
 
 // leaseAccess: leader election on its own Lease only, in every overlay.
@@ -127,10 +136,10 @@ var leaseAccess = []access{
 	{"create", "coordination.k8s.io", "leases", otherNamespace, "", false},
 }
 
-// cursorAccess: the follower's cursor ConfigMap and no other; the leader has
-// none.
-func cursorAccess(leader bool) []access {
-	if leader {
+// cursorAccess: the follower's cursor ConfigMap and no other; a read-only
+// leader has none.
+func cursorAccess(readOnly bool) []access {
+	if readOnly {
 		return []access{
 			{"get", "", "configmaps", namespace, "kube-secret-sync-state", false},
 			{"create", "", "configmaps", namespace, "", false},
@@ -145,9 +154,10 @@ func cursorAccess(leader bool) []access {
 	}
 }
 
-// clusterWideAccess is least privilege for the cluster-wide overlays.
-func clusterWideAccess(leader bool) []access {
-	both := slices.Concat(leaseAccess, cursorAccess(leader), []access{
+// clusterWideAccess is least privilege for the cluster-wide overlays: a
+// read-only leader's, or a follower's (also a failover leader's).
+func clusterWideAccess(readOnly bool) []access {
+	both := slices.Concat(leaseAccess, cursorAccess(readOnly), []access{
 		// Events, also about Secrets in application namespaces.
 		{"create", "", "events", otherNamespace, "", true},
 		{"patch", "", "events", otherNamespace, "", true},
@@ -162,7 +172,7 @@ func clusterWideAccess(leader bool) []access {
 		{"deletecollection", "", "secrets", otherNamespace, "", false},
 		{"patch", "rbac.authorization.k8s.io", "clusterroles", "", "kube-secret-sync-leader", false},
 	})
-	if leader {
+	if readOnly {
 		return append(both,
 			access{"list", "", "secrets", "", "", true},
 			access{"watch", "", "secrets", "", "", true},
@@ -192,7 +202,7 @@ func clusterWideAccess(leader bool) []access {
 // Events in the listed namespaces only (Events in its own namespace too),
 // nothing on Namespaces, and nothing cluster-wide.
 func namespacedAccess(o overlay) []access {
-	want := slices.Concat(leaseAccess, cursorAccess(o.leader), []access{
+	want := slices.Concat(leaseAccess, cursorAccess(!o.writes()), []access{
 		{"create", "", "events", namespace, "", true},
 		{"patch", "events.k8s.io", "events", namespace, "", true},
 		// No Events in other namespaces, nor across all of them.
@@ -235,7 +245,7 @@ func namespacedAccess(o overlay) []access {
 		// The leader reads only through its watch and never writes; the
 		// follower writes its copies.
 		for _, verb := range []string{"get", "create", "update", "delete"} {
-			want = append(want, access{verb, "", "secrets", ns, "www-example-com-tls", !o.leader})
+			want = append(want, access{verb, "", "secrets", ns, "www-example-com-tls", o.writes()})
 		}
 	}
 	return want
@@ -449,7 +459,7 @@ func checkDeployment(t *testing.T, d *appsv1.Deployment, o overlay) {
 	if got, want := env["NAMESPACES"].Value, strings.Join(o.namespaces, ","); got != want {
 		t.Errorf("env NAMESPACES = %q; want %q", got, want)
 	}
-	if got := env["CREATE_NAMESPACES"].Value; o.namespaces != nil && !o.leader && got != "false" {
+	if got := env["CREATE_NAMESPACES"].Value; o.namespaces != nil && o.writes() && got != "false" {
 		t.Errorf("env CREATE_NAMESPACES = %q; want \"false\" (no permission on Namespaces)", got)
 	}
 	if env["CLUSTER_NAME"].Value == "" {
