@@ -384,3 +384,26 @@ func (s *Store) MaxVersion(ctx context.Context) (int64, error) {
 	err := s.pool.QueryRow(ctx, `SELECT version FROM kss_version WHERE id = 1`).Scan(&v)
 	return v, err
 }
+
+// Lag is how far a cursor is behind the database.
+type Lag struct {
+	MaxVersion int64         // the counter: the last committed write
+	Rows       int64         // rows changed after the cursor
+	Oldest     time.Duration // how long ago the oldest of them changed, by the database's clock
+}
+
+// Lag reads how far the cursor version after is behind (the status
+// subcommand); after 0 counts every row.
+func (s *Store) Lag(ctx context.Context, after int64) (Lag, error) {
+	var l Lag
+	var oldest float64
+	err := s.pool.QueryRow(ctx, `
+SELECT (SELECT version FROM kss_version WHERE id = 1), count(*),
+       COALESCE(EXTRACT(EPOCH FROM now() - min(updated_at)), 0)::FLOAT8
+FROM kss_secrets WHERE version > $1`, after).Scan(&l.MaxVersion, &l.Rows, &oldest)
+	if err != nil {
+		return Lag{}, fmt.Errorf("read the database's version: %w", err)
+	}
+	l.Oldest = time.Duration(oldest * float64(time.Second))
+	return l, nil
+}

@@ -11,6 +11,7 @@ import (
 	"maps"
 	"os"
 	"os/exec"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -235,6 +236,11 @@ func TestStandbyTakesOverAfterSIGKILL(t *testing.T) {
 	standby.waitMetric(t, "kube_secret_sync_writer_epoch", 1)
 	if v := standby.metric(t, "kube_secret_sync_writer"); v != 0 {
 		t.Errorf("standby: kube_secret_sync_writer = %v; want 0", v)
+	}
+	// status says so too.
+	stdout, stderr, code := runBinary(t, bin, sb.env(), "status")
+	if code != statusOK || !strings.Contains(stdout, "leader (standby)") || !strings.Contains(stdout, "cluster-a, epoch 1") || !strings.Contains(stdout, "cursor:") {
+		t.Errorf("standby's status: exit %d; want 0, role leader (standby), the writer cluster-a and its cursor:\n%s%s", code, stdout, stderr)
 	}
 
 	writer.kill()

@@ -185,6 +185,7 @@ var grantsWant = map[string]map[string][]string{
 		"kss_secrets":           {"SELECT"},
 		"kss_version":           {"SELECT"},
 		"kss_schema_migrations": {"SELECT"},
+		"kss_writer":            {"SELECT"},
 	},
 }
 
@@ -249,7 +250,12 @@ func grantsWork(ctx context.Context, role string, s *Store, round int) error {
 	if len(rows) == 0 {
 		return errors.New("the follower read no rows")
 	}
-	return nil
+	// The status subcommand.
+	if _, err := s.ReadClaim(ctx); err != nil {
+		return err
+	}
+	_, err = s.Lag(ctx, 0)
+	return err
 }
 
 func isPermissionDenied(err error) bool {

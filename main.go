@@ -41,6 +41,9 @@ import (
 var version = "dev"
 
 func main() {
+	if len(os.Args) > 1 && os.Args[1] == "status" {
+		os.Exit(runStatus(os.Args[2:], os.Stdout, os.Stderr))
+	}
 	subcommand := ""
 	for _, arg := range os.Args[1:] {
 		switch arg {

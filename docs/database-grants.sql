@@ -94,3 +94,5 @@ GRANT SELECT ON TABLE kss_schema_migrations TO kss_leader;
 GRANT SELECT, UPDATE ON TABLE kss_writer TO kss_leader;
 
 GRANT SELECT ON TABLE kss_secrets, kss_version, kss_schema_migrations TO kss_follower;
+-- The writer claim, for `kube-secret-sync status` (who writes, until when).
+GRANT SELECT ON TABLE kss_writer TO kss_follower;
