@@ -3,6 +3,7 @@ package main
 import (
 	"errors"
 	"fmt"
+	"math"
 	"net"
 	"net/http"
 	"os"
@@ -38,9 +39,9 @@ type Config struct {
 	DeletePolicy      string   `envconfig:"DELETE_POLICY" default:"delete" desc:"follower: delete or retain the copy when the source is deleted or unlabelled"`
 	CreateNamespaces  bool     `envconfig:"CREATE_NAMESPACES" default:"true" desc:"follower: create a missing namespace"`
 	PollSeconds       float64  `envconfig:"POLL_SECONDS" default:"1" desc:"follower: seconds between pulls of changed rows (at most TICK_SECONDS)"`
-	KubeQPS           float32  `envconfig:"KUBE_QPS" default:"100" desc:"Kubernetes API client queries per second"`
-	KubeBurst         int      `envconfig:"KUBE_BURST" default:"200" desc:"Kubernetes API client burst"`
-	ApplyWorkers      int      `envconfig:"APPLY_WORKERS" default:"8" desc:"follower: Secrets applied concurrently"`
+	KubeQPS           float32  `envconfig:"KUBE_QPS" default:"0" desc:"Kubernetes API client rate limit, queries per second: 0 for none when the API server has API Priority and Fairness (it protects itself, and 429s are retried after its Retry-After), else 100; -1 for none; a positive value for that limit"`
+	KubeBurst         int      `envconfig:"KUBE_BURST" default:"0" desc:"Kubernetes API client burst, with a client rate limit: 0 for twice KUBE_QPS (200 when KUBE_QPS is 0)"`
+	ApplyWorkers      int      `envconfig:"APPLY_WORKERS" default:"32" desc:"follower: Secrets applied concurrently"`
 	WriterClaim       float64  `envconfig:"WRITER_CLAIM_SECONDS" default:"30" desc:"leader: seconds the database's writer claim lasts unless renewed (every third of it); a standby leader takes over once it has expired, at once when released"`
 	DeleteGuard       int      `envconfig:"DELETE_GUARD_PERCENT" default:"50" desc:"leader: a pass that would delete more than this share (percent) of the synced Secrets, and more than 10, deletes none and waits; 100 allows any"`
 	PgNotify          bool     `envconfig:"PG_NOTIFY" default:"true" desc:"PostgreSQL only: LISTEN/NOTIFY wake-up hint, so that followers pull at once; the poll remains the fallback"`
@@ -151,11 +152,11 @@ func (c *Config) validate() error {
 	default:
 		return fmt.Errorf("invalid DELETE_POLICY: must be %q or %q, got %q", deletePolicyDelete, deletePolicyRetain, c.DeletePolicy)
 	}
-	if !(c.KubeQPS > 0) { // NaN included
-		return errors.New("invalid KUBE_QPS: must be positive")
+	if !(c.KubeQPS > 0 && !math.IsInf(float64(c.KubeQPS), 1) || c.KubeQPS == 0 || c.KubeQPS == -1) { // NaN included
+		return fmt.Errorf("invalid KUBE_QPS: must be 0 (automatic), -1 (no limit) or a positive number, got %g", c.KubeQPS)
 	}
-	if c.KubeBurst < 1 {
-		return errors.New("invalid KUBE_BURST: must be at least 1")
+	if c.KubeBurst < 0 {
+		return fmt.Errorf("invalid KUBE_BURST: must be 0 (automatic) or positive, got %d", c.KubeBurst)
 	}
 	if c.ApplyWorkers < 1 || c.ApplyWorkers > maxApplyWorkers {
 		return fmt.Errorf("invalid APPLY_WORKERS: must be between 1 and %d, got %d", maxApplyWorkers, c.ApplyWorkers)
@@ -290,6 +291,6 @@ func usage() {
 
 // passTimeout bounds one reconcile pass, so that a hung call cannot stall
 // the loop forever. It is far longer than a tick: a first pass over a large
-// fleet is limited by KUBE_QPS (1000 creates at 20/s take 50 s), and cutting
+// fleet may be limited by KUBE_QPS (1000 creates at 20/s take 50 s), and cutting
 // it short would only make the next pass redo the work.
 func (c *Config) passTimeout() time.Duration { return max(5*c.Tick(), 5*time.Minute) }

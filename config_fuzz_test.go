@@ -5,6 +5,7 @@ package main
 // so they must never carry a secret.
 
 import (
+	"math"
 	"net"
 	"regexp"
 	"slices"
@@ -123,7 +124,8 @@ func fuzzLoadConfigSeeds() []fuzzSeed {
 		seed("namespaces-bad", pw, "DSN", url, "ENCRYPTION_KEY", key, "NAMESPACES", "web,Bad_NS\n", "EXCLUDE_NAMESPACES", ",,"),
 		seed("delete-policy-bad", pw, "DSN", url, "ENCRYPTION_KEY", key, "DELETE_POLICY", "nuke\x1b[2J"),
 		seed("bool-bad", pw, "DSN", url, "ENCRYPTION_KEY", key, "CREATE_NAMESPACES", "maybe", "LEADER_ELECTION", "yes"),
-		seed("qps-bad", pw, "DSN", url, "ENCRYPTION_KEY", key, "KUBE_QPS", "NaN", "KUBE_BURST", "0"),
+		seed("qps-bad", pw, "DSN", url, "ENCRYPTION_KEY", key, "KUBE_QPS", "NaN", "KUBE_BURST", "-1"),
+		seed("qps-off", pw, "DSN", url, "ENCRYPTION_KEY", key, "KUBE_QPS", "-1", "KUBE_BURST", "0"),
 		seed("workers", pw, "DSN", url, "ENCRYPTION_KEY", key, "APPLY_WORKERS", "64", "PG_NOTIFY", "false"),
 		seed("workers-bad", pw, "DSN", url, "ENCRYPTION_KEY", key, "APPLY_WORKERS", "0", "PG_NOTIFY", "1"),
 		seed("delete-guard", pw, "DSN", url, "ENCRYPTION_KEY", key, "DELETE_GUARD_PERCENT", "100"),
@@ -270,7 +272,7 @@ func checkLoadedConfig(t *testing.T, env map[string]string, c *Config) {
 	if c.DeletePolicy != deletePolicyDelete && c.DeletePolicy != deletePolicyRetain {
 		t.Fatalf("accepted DELETE_POLICY %q", c.DeletePolicy)
 	}
-	if !(c.KubeQPS > 0) || c.KubeBurst < 1 {
+	if !(c.KubeQPS > 0 && !math.IsInf(float64(c.KubeQPS), 1) || c.KubeQPS == 0 || c.KubeQPS == -1) || c.KubeBurst < 0 {
 		t.Fatalf("accepted KUBE_QPS %v, KUBE_BURST %d", c.KubeQPS, c.KubeBurst)
 	}
 	if c.MetricsAddr != "" {

@@ -98,8 +98,8 @@ func (e *syncEnv) config(leader bool) *Config {
 		Namespaces:       []string{e.ns},
 		DeletePolicy:     deletePolicyDelete,
 		CreateNamespaces: true,
-		KubeQPS:          100,
-		KubeBurst:        200,
+		KubeQPS:          0, // the default: none, as the API server has API Priority and Fairness
+		KubeBurst:        0,
 		ApplyWorkers:     8,
 		DeleteGuard:      50,
 		WriterClaim:      3,

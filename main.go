@@ -115,7 +115,6 @@ func restConfig(cfg *Config) (*rest.Config, error) {
 	if err != nil {
 		return nil, fmt.Errorf("kubernetes client configuration: %w", err)
 	}
-	rc.QPS, rc.Burst = cfg.KubeQPS, cfg.KubeBurst
 	rc.UserAgent = "kube-secret-sync/" + version
 	// Protobuf is several times cheaper to decode than JSON for the large
 	// Secret lists of informers and full passes.
@@ -137,10 +136,6 @@ func run(ctx context.Context, cfg *Config, log *logrus.Entry) error {
 	if err != nil {
 		return err
 	}
-	client, err := kubernetes.NewForConfig(rc)
-	if err != nil {
-		return err
-	}
 	m := newMetrics()
 	if cfg.MetricsAddr != "" {
 		ln, err := net.Listen("tcp", cfg.MetricsAddr)
@@ -152,6 +147,11 @@ func run(ctx context.Context, cfg *Config, log *logrus.Entry) error {
 				log.WithError(err).Error("metrics server failed")
 			}
 		}()
+	}
+	setClientLimits(ctx, rc, cfg, log)
+	client, err := kubernetes.NewForConfig(rc)
+	if err != nil {
+		return err
 	}
 	store, err := openMigrated(ctx, cfg, log)
 	if err != nil || store == nil {

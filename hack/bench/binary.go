@@ -10,9 +10,8 @@ import (
 	"time"
 )
 
-// settings are the defaults the binary under test prints in --help. The
-// bare writer copies the follower's client settings from here, so that it
-// is compared with the binary as built, not with what this file believes.
+// settings are the defaults the binary under test prints in --help, so
+// that the phases follow the binary as built, not what this file believes.
 type settings struct {
 	version  string
 	defaults map[string]string // variable -> default, for variables that have one
@@ -53,7 +52,7 @@ func readSettings(ctx context.Context, binary string) (settings, error) {
 		return settings{}, fmt.Errorf("%s --version: %w", binary, err)
 	}
 	s.version = strings.TrimSpace(string(version))
-	for _, name := range []string{"KUBE_QPS", "KUBE_BURST", "TICK_SECONDS", "POLL_SECONDS"} {
+	for _, name := range []string{"TICK_SECONDS", "POLL_SECONDS"} {
 		if _, ok := s.defaults[name]; !ok {
 			return settings{}, fmt.Errorf("%s --help lists no default for %s; the bench needs it", binary, name)
 		}
@@ -75,41 +74,6 @@ func (s settings) int(name string) (int, error) {
 		return 0, fmt.Errorf("--help: default of %s: %w", name, err)
 	}
 	return v, nil
-}
-
-// followerClient is what the bare writer copies from the follower.
-type followerClient struct {
-	qps     float64
-	burst   int
-	workers int
-}
-
-// followerClient reads the follower's client settings. A binary that does
-// not list APPLY_WORKERS (one older than concurrent applies) is refused
-// unless assumeWorkers > 0 says what to assume instead.
-func (s settings) followerClient(assumeWorkers int) (followerClient, error) {
-	var c followerClient
-	var err error
-	if c.qps, err = s.float("KUBE_QPS"); err != nil {
-		return c, err
-	}
-	if c.burst, err = s.int("KUBE_BURST"); err != nil {
-		return c, err
-	}
-	switch {
-	case s.listed["APPLY_WORKERS"]:
-		if c.workers, err = s.int("APPLY_WORKERS"); err != nil {
-			return c, err
-		}
-	case assumeWorkers > 0:
-		c.workers = assumeWorkers
-	default:
-		return c, fmt.Errorf("the binary's --help lists no APPLY_WORKERS, so the bare writer cannot copy the follower's concurrency: rebuild it (make build), or pass --assume-apply-workers for an older binary")
-	}
-	if c.qps <= 0 || c.burst < 1 || c.workers < 1 {
-		return c, fmt.Errorf("--help: implausible follower client settings %+v", c)
-	}
-	return c, nil
 }
 
 // hasHint reports whether the binary has the PostgreSQL wake-up hint switch.

@@ -29,6 +29,7 @@ type daemon struct {
 	n       int // the workload's size
 	podName string
 	metrics string // host:port of /metrics and /readyz
+	logPath string
 }
 
 // start starts binary as d, with its log in logDir and exactly vars on top
@@ -36,9 +37,9 @@ type daemon struct {
 // TICK_SECONDS in the caller's shell cannot change the measurement. Errors
 // name the daemon by role and phase.
 func (d *daemon) start(binary, logDir string, vars map[string]string) error {
-	logPath := filepath.Join(logDir, fmt.Sprintf("n%d-%s-%s.log", d.n, d.phase, d.role))
+	d.logPath = filepath.Join(logDir, fmt.Sprintf("n%d-%s-%s.log", d.n, d.phase, d.role))
 	var err error
-	d.Daemon, err = testenv.StartDaemon(fmt.Sprintf("%s (%s)", d.role, d.phase), binary, logPath, vars)
+	d.Daemon, err = testenv.StartDaemon(fmt.Sprintf("%s (%s)", d.role, d.phase), binary, d.logPath, vars)
 	return err
 }
 

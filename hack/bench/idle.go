@@ -71,7 +71,8 @@ func takeDBSnapshot(ctx context.Context, db *pgx.Conn) (dbSnapshot, error) {
 
 // dbChange is the difference of two snapshots.
 type dbChange struct {
-	tupleWrites   int64            // sum over every table
+	tupleWrites   int64            // sum over every table but kss_writer
+	claimWrites   int64            // kss_writer: the writer claim's renewals, not row writes
 	byTable       map[string]int64 // tables with writes
 	versionBumps  int64            // kss_version after - before
 	rowsChanged   int              // kss_secrets rows added, removed or different
@@ -83,7 +84,11 @@ func (after dbSnapshot) diff(before dbSnapshot) dbChange {
 	for t, n := range after.tupleWrites {
 		if d := n - before.tupleWrites[t]; d != 0 {
 			c.byTable[t] = d
-			c.tupleWrites += d
+			if t == "kss_writer" {
+				c.claimWrites += d
+			} else {
+				c.tupleWrites += d
+			}
 		}
 	}
 	note := func(k key) {
@@ -117,7 +122,7 @@ func (c dbChange) String() string {
 		tables = append(tables, fmt.Sprintf("%s %d", t, n))
 	}
 	sort.Strings(tables)
-	s := fmt.Sprintf("pg_stat row writes %d", c.tupleWrites)
+	s := fmt.Sprintf("pg_stat row writes %d, claim renewals %d", c.tupleWrites, c.claimWrites)
 	if len(tables) > 0 {
 		s += " (" + strings.Join(tables, ", ") + ")"
 	}

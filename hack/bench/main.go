@@ -2,8 +2,8 @@
 // `make bench`). For each workload size N it starts PostgreSQL and two
 // Kubernetes API servers (cluster-a, cluster-b), runs the real binary as
 // leader against cluster-a and as follower against cluster-b, and measures:
-// the initial sync of N labelled Secrets against a bare client-go writer
-// with the follower's own client settings, the database and API writes of
+// the initial sync of N labelled Secrets against the API server's own write
+// rate (an unthrottled client-go writer), the database and API writes of
 // idle full reconciles, the propagation latency of single updates (with
 // and without the PostgreSQL wake-up hint), the daemons' peak memory and
 // CPU time, and what 10,000 unlabelled Secrets cost the leader's memory.
@@ -44,9 +44,7 @@ type options struct {
 	updateTimeout  time.Duration
 	out            string
 	keepLogs       bool
-	unthrottled    bool
 	createWorkers  int
-	assumeWorkers  int
 }
 
 func main() {
@@ -55,7 +53,6 @@ func main() {
 	flag.StringVar(&o.binary, "binary", "bin/kube-secret-sync", "the kube-secret-sync binary to run as leader and follower")
 	flag.IntVar(&o.namespaces, "namespaces", 100, "namespaces the Secrets of a workload are spread over")
 	flag.StringVar(&o.latencySizes, "latency-sizes", "all", `sizes that get the latency phases: "all", "min" (the smallest of --sizes), "none", or a list`)
-	flag.BoolVar(&o.unthrottled, "unthrottled", true, "also time an unthrottled writer (the API server's own write rate), for reference")
 	flag.IntVar(&o.latencyUpdates, "latency-updates", 200, "single-Secret updates per latency phase")
 	flag.IntVar(&o.unlabelled, "unlabelled", 10000, "unlabelled Secrets created for the leader memory check at the largest size (0: skip)")
 	flag.IntVar(&o.idleTick, "idle-tick", 2, "TICK_SECONDS of the daemons in the idle phase")
@@ -64,8 +61,7 @@ func main() {
 	flag.DurationVar(&o.updateTimeout, "update-timeout", 30*time.Second, "longest wait for one update to reach cluster-b")
 	flag.StringVar(&o.out, "out", "bench/results.json", `JSON output file ("" for none)`)
 	flag.BoolVar(&o.keepLogs, "keep-logs", false, "keep the daemons' logs (always kept after a failure)")
-	flag.IntVar(&o.createWorkers, "create-workers", 32, "concurrent creates of the (untimed) set-up in cluster-a")
-	flag.IntVar(&o.assumeWorkers, "assume-apply-workers", 0, "for a binary whose --help lists no APPLY_WORKERS: the bare writer's concurrency (recorded in the output)")
+	flag.IntVar(&o.createWorkers, "create-workers", 32, "concurrent creates of the (untimed) set-up in cluster-a and of the unthrottled writer")
 	smoke := flag.Bool("smoke", false, "a quick check that everything works: N = 200, 20 updates, 500 unlabelled, 2 idle ticks; writes no JSON unless --out is given")
 	flag.Parse()
 	if *smoke {
@@ -105,7 +101,6 @@ type bench struct {
 	opts     options
 	binary   string // absolute path
 	settings settings
-	client   followerClient
 	hint     bool    // the binary has PG_NOTIFY
 	poll     float64 // POLL_SECONDS default
 	tick     int     // TICK_SECONDS default
@@ -164,9 +159,6 @@ func (b *bench) run(ctx context.Context) (*report, error) {
 	if b.settings, err = readSettings(ctx, b.binary); err != nil {
 		return nil, err
 	}
-	if b.client, err = b.settings.followerClient(b.opts.assumeWorkers); err != nil {
-		return nil, err
-	}
 	if b.poll, err = b.settings.float("POLL_SECONDS"); err != nil {
 		return nil, err
 	}
@@ -196,9 +188,6 @@ func (b *bench) run(ctx context.Context) (*report, error) {
 	}
 	rep.Method = b.method()
 	rep.Notes = append(rep.Notes, fmt.Sprintf("%d cores shared by PostgreSQL, two etcd + kube-apiserver pairs, both daemons and the bench itself; other work may run on this machine too: load average %s at the start", runtime.NumCPU(), loadavg()))
-	if !b.settings.listed["APPLY_WORKERS"] {
-		rep.Notes = append(rep.Notes, fmt.Sprintf("the binary lists no APPLY_WORKERS; the bare writer assumed %d (--assume-apply-workers)", b.client.workers))
-	}
 	if !b.hint {
 		rep.Notes = append(rep.Notes, "the binary lists no PG_NOTIFY: its default latency is already the latency without a hint, so the PG_NOTIFY=0 phase was skipped")
 	}
@@ -246,9 +235,9 @@ func (b *bench) method() []string {
 	m := []string{
 		fmt.Sprintf("Workload: N TLS-like Secrets (tls.crt with ten DNS names, tls.key, ca.crt: a valid ECDSA P-256 key pair and issuer, all fresh; about 2 KiB each) over %d namespaces; a fresh PostgreSQL, fresh clusters, namespaces and daemon processes per N.", o.namespaces),
 		"initial sync: the N labelled Secrets exist in cluster-a before the daemons start (binary defaults); timed from starting the leader and follower processes until a watch on cluster-b has seen all N copies with equal type and data.",
-		fmt.Sprintf("bare writer: the bench itself creates the same N Secrets and %d namespaces in fresh namespaces of cluster-b, before the daemons run, with %d concurrent calls through one client at QPS %g, burst %d (APPLY_WORKERS, KUBE_QPS, KUBE_BURST as read from the binary's --help), protobuf like the daemon. ratio = initial sync / bare writer.", o.namespaces, b.client.workers, b.client.qps, b.client.burst),
-		fmt.Sprintf("unthrottled writer (reference, not a target): the same again into another fresh namespace set of cluster-b, after the initial sync with no daemon running, with %d concurrent calls and no client rate limit: the API server's own write rate here.", o.createWorkers),
-		fmt.Sprintf("idle: daemons restarted with TICK_SECONDS=%d (set for this phase only); after each finished 2 full passes, %d ticks without change (+2 s for PostgreSQL's statistics flush). DB row writes: n_tup_ins+n_tup_upd+n_tup_del of every table (pg_stat_user_tables), cross-checked against the kss_secrets rows and kss_version; API writes: apiserver_request_total with verb POST/PUT/PATCH/DELETE/APPLY on secrets, configmaps and namespaces, both API servers (Lease renewals and Events are not sync work and not counted).", o.idleTick, o.idleTicks),
+		fmt.Sprintf("unthrottled writer: the bench itself creates the same N Secrets and %d namespaces in fresh namespaces of cluster-b, after the initial sync with no daemon running, with %d concurrent calls through one client without a client-side rate limit, protobuf like the daemon: the API server's own write rate here, the real limit. ratio = initial sync / unthrottled writer.", o.namespaces, o.createWorkers),
+		"429s and errors in the initial sync: apiserver_request_total with code 429 on both API servers (API Priority and Fairness rejecting a request; client-go retries it after Retry-After), and the daemons' error-level log lines, from their start until the sync completed.",
+		fmt.Sprintf("idle: daemons restarted with TICK_SECONDS=%d (set for this phase only); after each finished 2 full passes, %d ticks without change (+2 s for PostgreSQL's statistics flush). DB row writes: n_tup_ins+n_tup_upd+n_tup_del of every table but kss_writer (pg_stat_user_tables), cross-checked against the kss_secrets rows and kss_version; the writer claim's renewals (kss_writer) are counted apart; API writes: apiserver_request_total with verb POST/PUT/PATCH/DELETE/APPLY on secrets, configmaps and namespaces, both API servers (Lease renewals and Events are not sync work and not counted).", o.idleTick, o.idleTicks),
 		fmt.Sprintf("latency: %d single-Secret updates (merge patch of tls.crt in cluster-a), one at a time, each timed from just before the call until a watch on cluster-b sees the new data; a random pause of 0–POLL_SECONDS (%gs) between updates; binary defaults; then the same with both daemons restarted with PG_NOTIFY=0.", o.latencyUpdates, b.poll),
 		"RSS = VmHWM (peak) and CPU = utime+stime of the daemon processes that ran the initial sync, the default-settings latency phase and the memory check, read just before their SIGTERM; *_all_runs_mib is the peak over every process of that role in the workload.",
 	}

@@ -43,17 +43,6 @@ It is configured by environment variables only:
 	if s.listed["It"] || s.listed["Usage"] {
 		t.Errorf("parseHelp listed prose: %v", s.listed)
 	}
-	c, err := s.followerClient(0)
-	if err != nil || c != (followerClient{qps: 100, burst: 200, workers: 8}) {
-		t.Errorf("followerClient(0) = %+v, %v; want {100 200 8}", c, err)
-	}
-	delete(s.listed, "APPLY_WORKERS")
-	if _, err := s.followerClient(0); err == nil {
-		t.Error("followerClient(0) without APPLY_WORKERS: no error")
-	}
-	if c, err := s.followerClient(3); err != nil || c.workers != 3 {
-		t.Errorf("followerClient(3) without APPLY_WORKERS = %+v, %v; want 3 workers", c, err)
-	}
 }
 
 func TestCountWrites(t *testing.T) {

@@ -46,8 +46,7 @@ type workload struct {
 // run measures the workload. Phase failures are recorded in the result;
 // a failed initial sync ends the workload early.
 func (w *workload) run(ctx context.Context) *result {
-	w.res = &result{N: w.n, Namespaces: w.opts.namespaces,
-		BareWriterWorkers: w.client.workers, BareWriterQPS: w.client.qps, BareWriterBurst: w.client.burst}
+	w.res = &result{N: w.n, Namespaces: w.opts.namespaces}
 	fail := func(what string, err error) {
 		w.failed = true
 		w.res.Errors = append(w.res.Errors, fmt.Sprintf("%s: %v", what, err))
@@ -57,9 +56,6 @@ func (w *workload) run(ctx context.Context) *result {
 	if err := w.setUp(ctx); err != nil {
 		fail("set-up", err)
 		return w.res
-	}
-	if err := w.bareWriter(ctx); err != nil {
-		fail("bare writer", err)
 	}
 	leader, follower, err := w.initialSync(ctx)
 	if err != nil {
@@ -85,10 +81,10 @@ func (w *workload) run(ctx context.Context) *result {
 	if ctx.Err() != nil {
 		return w.res
 	}
-	if w.opts.unthrottled {
-		if err := w.unthrottledWriter(ctx); err != nil {
-			fail("unthrottled writer", err)
-		}
+	if err := w.unthrottledWriter(ctx); err != nil {
+		fail("unthrottled writer", err)
+	} else if w.res.InitialSyncS != nil {
+		w.res.Ratio = round(*w.res.InitialSyncS / *w.res.UnthrottledWriteS, 2)
 	}
 	if err := w.idlePhase(ctx); err != nil {
 		fail("idle", err)
@@ -167,35 +163,14 @@ func (w *workload) sourceCopies(writer string) ([]string, []*corev1.Secret) {
 	return namespaces, secrets
 }
 
-// bareWriter creates the same Secrets in fresh namespaces of cluster-b the
-// way the follower could at best: its concurrency, its client limits.
-func (w *workload) bareWriter(ctx context.Context) error {
-	c, err := newClient(w.b.Config, float32(w.client.qps), w.client.burst, "kss-bench-bare-writer")
-	if err != nil {
-		return err
-	}
-	namespaces, secrets := w.sourceCopies("bare")
-	w.logf("N=%d: bare writer: %d Secrets + %d namespaces into %s, %d workers, QPS %g, burst %d",
-		w.n, w.n, len(namespaces), testenv.ClusterB, w.client.workers, w.client.qps, w.client.burst)
-	start := time.Now()
-	err = createAll(ctx, c, w.client.workers, namespaces, secrets, func(done int) {
-		w.logf("N=%d: bare writer: %d/%d", w.n, done, w.n)
-	})
-	took := time.Since(start)
-	if err != nil {
-		return err
-	}
-	w.res.BareWriteS = round(took.Seconds(), 2)
-	w.logf("N=%d: bare writer: done in %s (%.0f Secrets/s)", w.n, secs(took), float64(w.n)/took.Seconds())
-	return nil
-}
-
-// unthrottledWriter is the bare writer without the follower's limits: as
-// many concurrent calls as the set-up uses and no client rate limit. It
-// shows the API server's own write rate on this machine, and so whether the
-// follower's client settings or the server bound the initial sync. It runs
-// while no daemon does.
+// unthrottledWriter creates the same Secrets in fresh namespaces of
+// cluster-b with as many concurrent calls as the set-up uses and no client
+// rate limit: the API server's own write rate on this machine, the real
+// limit of the initial sync. It runs while no daemon does.
 func (w *workload) unthrottledWriter(ctx context.Context) error {
+	if ctx.Err() != nil {
+		return ctx.Err()
+	}
 	c, err := newClient(w.b.Config, 1e6, 1e6, "kss-bench-unthrottled-writer")
 	if err != nil {
 		return err
@@ -429,6 +404,10 @@ func (w *workload) close() {
 // daemons, which later phases measure further.
 func (w *workload) initialSync(ctx context.Context) (leader, follower *daemon, err error) {
 	all := w.tr.expectAll(w.sources)
+	before429, err := w.count429s(ctx)
+	if err != nil {
+		return nil, nil, err
+	}
 	w.logf("N=%d: initial sync: starting leader and follower (binary defaults)", w.n)
 	start := time.Now()
 	if leader, follower, err = w.startPair("main", nil); err != nil {
@@ -461,9 +440,18 @@ func (w *workload) initialSync(ctx context.Context) (leader, follower *daemon, e
 	}
 	took := time.Since(start)
 	w.res.InitialSyncS = round(took.Seconds(), 2)
-	if w.res.BareWriteS != nil {
-		w.res.Ratio = round(took.Seconds() / *w.res.BareWriteS, 2)
+	if after, err := w.count429s(ctx); err == nil {
+		w.res.InitialSync429s = ptr(int64(after - before429))
+	} else {
+		w.logf("N=%d: initial sync: 429s not counted: %v", w.n, err)
 	}
+	var errorLines int64
+	for _, d := range []*daemon{leader, follower} {
+		if s, err := summarizeLog(d.logPath); err == nil {
+			errorLines += int64(s.levels["error"] + s.levels["fatal"] + s.levels["panic"])
+		}
+	}
+	w.res.InitialSyncErrors = ptr(errorLines)
 	w.logf("N=%d: initial sync: all %d copies equal after %s (%.0f Secrets/s)", w.n, w.n, secs(took), float64(w.n)/took.Seconds())
 	for i, d := range []*daemon{leader, follower} {
 		if p, err := readProc(d.Pid()); err == nil {
@@ -755,6 +743,7 @@ func (w *workload) idlePhase(ctx context.Context) error {
 	w.res.IdleTickS = ptr(tick)
 	w.res.IdleWindowS = round(window.Seconds(), 1)
 	w.res.IdleDBRowWrites = ptr(dbc.writes())
+	w.res.IdleClaimRenewals = ptr(dbc.claimWrites)
 	w.res.IdleDBRowsChanged = ptr(int64(dbc.rowsChanged))
 	w.res.IdleAPIWrites = ptr(int64(da.sync() + dbw.sync()))
 	w.res.IdleFullPassesLeader = ptr(p1[0] - p0[0])
@@ -782,4 +771,18 @@ func (w *workload) noHintPhase(ctx context.Context) error {
 		return err
 	}
 	return w.latencyPhase(ctx, "PG_NOTIFY=0", leader, follower, &w.res.LatencyNohintP50, &w.res.LatencyNohintP99, &w.res.LatencyNohintMaxMs)
+}
+
+// count429s sums the requests that both API servers answered with 429 Too
+// Many Requests (API Priority and Fairness).
+func (w *workload) count429s(ctx context.Context) (float64, error) {
+	var n float64
+	for _, c := range []*testenv.Cluster{w.a, w.b} {
+		b, err := c.Clientset.CoreV1().RESTClient().Get().AbsPath("/metrics").DoRaw(ctx)
+		if err != nil {
+			return 0, fmt.Errorf("%s /metrics: %w", c.Name, err)
+		}
+		n += sumSamples(parseSamples(string(b)), "apiserver_request_total", func(l map[string]string) bool { return l["code"] == "429" })
+	}
+	return n, nil
 }
