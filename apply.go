@@ -107,34 +107,107 @@ func (a *rowApplier) isSettled(r *Row, existing *corev1.Secret) bool {
 	return true
 }
 
-// all applies rows with up to APPLY_WORKERS API calls in flight: a
-// create or update is a round trip to the API server, and one at a time
-// would leave the client's QPS budget unused. The rows name distinct
-// Secrets (one page of one query, one row per Secret), so their order
-// among themselves does not matter; all returns when all are done, and
-// only then may the cursor move past them.
-func (a *rowApplier) all(ctx context.Context, rows []*Row, existing func(*Row) *corev1.Secret) {
-	workers := min(max(a.cfg.ApplyWorkers, 1), len(rows))
-	if workers <= 1 {
-		for _, r := range rows {
-			a.row(ctx, r, existing(r))
-		}
-		return
+// applyBatch is rows to apply (distinct Secrets, in any order), and what
+// to do once they are applied (move the cursor past them), or nil.
+type applyBatch struct {
+	rows []*Row
+	done func()
+}
+
+// stream applies the rows of each batch as the batches arrive, with up to
+// APPLY_WORKERS API calls in flight: a create or update is a round trip to
+// the API server, and one at a time would leave it idle. There is no pause
+// between batches, so the caller's fetch of the next batch from the
+// database overlaps the applying of this one, and no worker waits for the
+// slowest row of a batch. Rows of one Secret (a row rewritten between two
+// pages reads twice) are applied one after the other, in the order they
+// came. A batch's done runs once its rows and those of every earlier batch
+// are applied, in the order the batches came (so a cursor moves only past
+// applied rows). A row's ciphertext is let go once it is applied. stream
+// returns when batches is closed and every row is applied.
+func (a *rowApplier) stream(ctx context.Context, batches <-chan applyBatch, existing func(*Row) *corev1.Secret) {
+	streamRows(a.cfg.ApplyWorkers, batches, func(r *Row) { a.row(ctx, r, existing(r)) })
+}
+
+// streamRows is stream with workers goroutines calling apply.
+func streamRows(workers int, batches <-chan applyBatch, apply func(*Row)) {
+	type pending struct {
+		left int
+		done func()
 	}
-	next := make(chan *Row)
+	var mu sync.Mutex
+	var queue []*pending // batches not yet done, in arrival order
+	// settle runs, in order, the done of each batch at the queue's head
+	// that has no row left. With mu held.
+	settle := func() {
+		for len(queue) > 0 && queue[0].left == 0 {
+			if queue[0].done != nil {
+				queue[0].done()
+			}
+			queue = queue[1:]
+		}
+	}
+	type job struct {
+		r *Row
+		p *pending
+	}
+	// inFlight holds, for each Secret being applied, the rows of it that
+	// wait their turn; the worker that applies one applies the next.
+	inFlight := map[ObjectKey][]job{}
+	jobs := make(chan job)
 	var wg sync.WaitGroup
-	for range workers {
+	for range max(workers, 1) {
 		wg.Go(func() {
-			for r := range next {
-				a.row(ctx, r, existing(r))
+			for j := range jobs {
+				for ok := true; ok; {
+					apply(j.r)
+					j.r.Ciphertext = nil
+					mu.Lock()
+					j.p.left--
+					settle()
+					next := inFlight[j.r.ObjectKey]
+					if ok = len(next) > 0; ok {
+						inFlight[j.r.ObjectKey] = next[1:]
+						j = next[0]
+					} else {
+						delete(inFlight, j.r.ObjectKey)
+					}
+					mu.Unlock()
+				}
 			}
 		})
 	}
-	for _, r := range rows {
-		next <- r
+	for b := range batches {
+		p := &pending{left: len(b.rows), done: b.done}
+		mu.Lock()
+		queue = append(queue, p)
+		settle()
+		mu.Unlock()
+		for _, r := range b.rows {
+			mu.Lock()
+			waiting, busy := inFlight[r.ObjectKey]
+			if busy {
+				inFlight[r.ObjectKey] = append(waiting, job{r, p})
+			} else {
+				inFlight[r.ObjectKey] = nil
+			}
+			mu.Unlock()
+			if !busy {
+				jobs <- job{r, p}
+			}
+		}
 	}
-	close(next)
+	close(jobs)
 	wg.Wait()
+}
+
+// all applies rows (distinct Secrets) as one batch of stream, and returns
+// when all are applied.
+func (a *rowApplier) all(ctx context.Context, rows []*Row, existing func(*Row) *corev1.Secret) {
+	batches := make(chan applyBatch, 1)
+	batches <- applyBatch{rows: rows}
+	close(batches)
+	a.stream(ctx, batches, existing)
 }
 
 // skips reports whether r is not this cluster's to apply: a namespace not

@@ -4,7 +4,9 @@ import (
 	"bytes"
 	"crypto/rand"
 	"errors"
+	"fmt"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -196,5 +198,90 @@ func TestSettled(t *testing.T) {
 	a.conflicts.stop(key)
 	if a.conflicts.watched() != 0 {
 		t.Errorf("%d names watched after stop", a.conflicts.watched())
+	}
+}
+
+// TestStreamRows: rows of later batches are applied while earlier ones
+// are (no pause between batches); each batch's done runs once it and every
+// earlier batch are applied, in order; two rows of one Secret are applied
+// one after the other, in the order they came.
+func TestStreamRows(t *testing.T) {
+	const workers = 4
+	var mu sync.Mutex
+	applied := map[*Row]bool{}
+	var order []int64 // versions of "same", in the order applied
+	inFlight, most := 0, 0
+	gate := make(chan struct{})
+	apply := func(r *Row) {
+		mu.Lock()
+		inFlight++
+		most = max(most, inFlight)
+		mu.Unlock()
+		if r.Name == "slow" {
+			<-gate // held until the later batches are applied
+		}
+		mu.Lock()
+		inFlight--
+		applied[r] = true
+		if r.Name == "same" {
+			order = append(order, r.Version)
+		}
+		mu.Unlock()
+	}
+	row := func(name string, version int64) *Row {
+		return &Row{ObjectKey: ObjectKey{"ns", name}, Version: version, Ciphertext: []byte("ct")}
+	}
+	var done []int
+	batch := func(i int, rows ...*Row) applyBatch {
+		return applyBatch{rows: rows, done: func() {
+			mu.Lock()
+			defer mu.Unlock()
+			for _, r := range rows {
+				if !applied[r] {
+					t.Errorf("batch %d done before its row %s was applied", i, r.Name)
+				}
+			}
+			done = append(done, i)
+		}}
+	}
+	slow := row("slow", 1)
+	later := []*Row{row("a", 2), row("same", 3), row("b", 4), row("same", 5), row("c", 6)}
+	batches := make(chan applyBatch, 4)
+	batches <- batch(0, slow, row("x", 1))
+	batches <- batch(1, later[:3]...)
+	batches <- batch(2)
+	batches <- batch(3, later[3:]...)
+	close(batches)
+	finished := make(chan struct{})
+	go func() { streamRows(workers, batches, apply); close(finished) }()
+
+	eventually(t, 5*time.Second, func() error {
+		mu.Lock()
+		defer mu.Unlock()
+		for _, r := range later {
+			if !applied[r] {
+				return fmt.Errorf("%s (v%d) not applied while an earlier batch's slow row is", r.Name, r.Version)
+			}
+		}
+		if len(done) != 0 {
+			return fmt.Errorf("done ran for batches %v before batch 0 was applied", done)
+		}
+		return nil
+	})
+	close(gate)
+	<-finished
+	if fmt.Sprint(done) != "[0 1 2 3]" {
+		t.Errorf("done ran for batches %v; want [0 1 2 3]", done)
+	}
+	if fmt.Sprint(order) != "[3 5]" {
+		t.Errorf("rows of one Secret applied in version order %v; want [3 5]", order)
+	}
+	if most > workers {
+		t.Errorf("%d rows applied at once; want at most %d", most, workers)
+	}
+	for r := range applied {
+		if r.Ciphertext != nil {
+			t.Errorf("%s: ciphertext kept after it was applied", r.Name)
+		}
 	}
 }

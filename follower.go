@@ -166,28 +166,42 @@ func (f *followerLoop) run(ctx context.Context) error {
 // pass, and one bad row never holds up the rows after it. A copy is
 // compared with its cached state (a stale one costs a conflict and a
 // retry); one not in the cache is looked up, since an unmanaged Secret of
-// that name may exist.
+// that name may exist. The next page is read while this one is applied.
 func (f *followerLoop) pull(ctx context.Context) (idle bool, err error) {
 	before := f.cursor
-	for {
-		rows, err := f.store.Pull(ctx, f.cursor, pullPage)
-		if err != nil {
-			return false, err
-		}
-		page := make([]*Row, 0, len(rows))
-		for i := range rows {
-			if r := &rows[i]; !f.apply.skips(r) && !inSync(r, f.copies.get(r.ObjectKey), f.keys) {
-				page = append(page, r)
+	batches := make(chan applyBatch, 1)
+	var fetchErr error
+	go func() {
+		defer close(batches)
+		after := f.cursor
+		for {
+			rows, err := f.store.Pull(ctx, after, pullPage)
+			if err != nil {
+				fetchErr = err
+				return
+			}
+			page := make([]*Row, 0, len(rows))
+			for i := range rows {
+				if r := &rows[i]; !f.apply.skips(r) && !inSync(r, f.copies.get(r.ObjectKey), f.keys) {
+					page = append(page, r)
+				}
+			}
+			b := applyBatch{rows: page}
+			if len(rows) > 0 {
+				last := rows[len(rows)-1]
+				after = Cursor{last.Version, last.Namespace, last.Name}
+				past := after
+				b.done = func() { f.cursor = past }
+			}
+			batches <- b
+			if !morePages(rows, pullPage) {
+				return
 			}
 		}
-		f.apply.all(ctx, page, func(r *Row) *corev1.Secret { return f.copies.get(r.ObjectKey) })
-		if len(rows) > 0 {
-			last := rows[len(rows)-1]
-			f.cursor = Cursor{last.Version, last.Namespace, last.Name}
-		}
-		if !morePages(rows, pullPage) {
-			break
-		}
+	}()
+	f.apply.stream(ctx, batches, func(r *Row) *corev1.Secret { return f.copies.get(r.ObjectKey) })
+	if fetchErr != nil {
+		return false, fetchErr
 	}
 	idle = f.cursor == before
 	return idle, f.saveCursor(ctx, before)
@@ -225,34 +239,47 @@ func (f *followerLoop) reconcileFull(ctx context.Context) (idle bool, err error)
 		f.cursor = Cursor{}
 	}
 	before := f.cursor
-	var page, upTo Cursor
+	var upTo Cursor
 	var seen int
 	defer func() {
 		f.log.WithFields(logrus.Fields{"rows": seen, "copies": len(copies), "cursor": f.cursor.Version}).Debug("full pass done")
 	}()
-	for {
-		rows, err := f.store.PullHeaders(ctx, page, pullPage)
-		seen += len(rows)
-		if err == nil {
-			err = f.applyOutOfSync(ctx, rows, copies)
-		}
-		if err != nil {
-			return false, err
-		}
-		for _, r := range rows {
-			// Not past the counter: a row above it has a forged version
-			// (see Store.Pull).
-			if r.Version <= maxVersion {
-				upTo = Cursor{r.Version, r.Namespace, r.Name}
+	// Read in one goroutine, applied in stream's: the database's next page
+	// is read while this one is applied.
+	batches := make(chan applyBatch, 1)
+	var fetchErr error
+	go func() {
+		defer close(batches)
+		var page Cursor
+		for {
+			rows, err := f.store.PullHeaders(ctx, page, pullPage)
+			seen += len(rows)
+			if err == nil {
+				err = f.queueOutOfSync(ctx, rows, copies, batches)
+			}
+			if err != nil {
+				fetchErr = err
+				return
+			}
+			for _, r := range rows {
+				// Not past the counter: a row above it has a forged
+				// version (see Store.Pull).
+				if r.Version <= maxVersion {
+					upTo = Cursor{r.Version, r.Namespace, r.Name}
+				}
+			}
+			if len(rows) > 0 {
+				last := rows[len(rows)-1]
+				page = Cursor{last.Version, last.Namespace, last.Name}
+			}
+			if len(rows) < pullPage {
+				return
 			}
 		}
-		if len(rows) > 0 {
-			last := rows[len(rows)-1]
-			page = Cursor{last.Version, last.Namespace, last.Name}
-		}
-		if len(rows) < pullPage {
-			break
-		}
+	}()
+	f.apply.stream(ctx, batches, func(r *Row) *corev1.Secret { return copies[r.ObjectKey] })
+	if fetchErr != nil {
+		return false, fetchErr
 	}
 	// The pass read every row up to upTo in the database's order, so the
 	// cursor may move there. Versions decide, not a Go string comparison,
@@ -263,9 +290,9 @@ func (f *followerLoop) reconcileFull(ctx context.Context) (idle bool, err error)
 	return false, f.saveCursor(ctx, before)
 }
 
-// applyOutOfSync applies the rows (read without ciphertext) whose copy is
-// not in sync, fetching just their ciphertexts.
-func (f *followerLoop) applyOutOfSync(ctx context.Context, rows []Row, copies map[ObjectKey]*corev1.Secret) error {
+// queueOutOfSync sends to batches the rows (read without ciphertext) whose
+// copy is not in sync, with just their ciphertexts fetched.
+func (f *followerLoop) queueOutOfSync(ctx context.Context, rows []Row, copies map[ObjectKey]*corev1.Secret, batches chan<- applyBatch) error {
 	var todo []*Row
 	for i := range rows {
 		r := &rows[i]
@@ -275,7 +302,6 @@ func (f *followerLoop) applyOutOfSync(ctx context.Context, rows []Row, copies ma
 	}
 	// A row too large to open is refused without its ciphertext; the rest
 	// is fetched and applied a few MiB at a time.
-	existing := func(r *Row) *corev1.Secret { return copies[r.ObjectKey] }
 	var tooLarge []*Row
 	todo = slices.DeleteFunc(todo, func(r *Row) bool {
 		if r.Size > MaxCiphertextSize {
@@ -284,17 +310,15 @@ func (f *followerLoop) applyOutOfSync(ctx context.Context, rows []Row, copies ma
 		}
 		return false
 	})
-	f.apply.all(ctx, tooLarge, existing)
+	if len(tooLarge) > 0 {
+		batches <- applyBatch{rows: tooLarge}
+	}
 	for _, batch := range byteBatches(todo, fillBatchBytes) {
 		if err := f.store.FillCiphertexts(ctx, batch); err != nil {
 			return err
 		}
 		// A row rewritten since has no ciphertext: the next pull brings it.
-		batch = slices.DeleteFunc(batch, func(r *Row) bool { return r.Ciphertext == nil })
-		f.apply.all(ctx, batch, existing)
-		for _, r := range batch {
-			r.Ciphertext = nil
-		}
+		batches <- applyBatch{rows: slices.DeleteFunc(batch, func(r *Row) bool { return r.Ciphertext == nil })}
 	}
 	return nil
 }

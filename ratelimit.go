@@ -10,6 +10,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"io"
 	"net/http"
 	"strings"
 	"time"
@@ -63,15 +64,18 @@ func setClientLimits(ctx context.Context, rc *rest.Config, cfg *Config, log *log
 	log.WithFields(logrus.Fields{"qps": qps, "burst": burst, "reason": why}).Info("Kubernetes client rate limit")
 }
 
-// hasPriorityAndFairness asks the API server's /livez/ping, which every
-// client may read, whether it classified the request: the probe that Flux
-// and cert-manager use (sigs.k8s.io/cli-utils/pkg/flowcontrol.IsEnabled).
+// hasPriorityAndFairness asks the API server whether it classified a
+// request: the probe of Flux and cert-manager
+// (sigs.k8s.io/cli-utils/pkg/flowcontrol.IsEnabled), but with GET /version,
+// which every client may (system:public-info-viewer), instead of their
+// HEAD /livez/ping, which is refused as forbidden to a ServiceAccount (the
+// header comes anyway, but the refusal shows in audit logs).
 func hasPriorityAndFairness(ctx context.Context, rc *rest.Config) (bool, error) {
 	rt, err := rest.TransportFor(rc)
 	if err != nil {
 		return false, err
 	}
-	req, err := http.NewRequestWithContext(ctx, http.MethodHead, strings.TrimSuffix(rc.Host, "/")+"/livez/ping", nil)
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, strings.TrimSuffix(rc.Host, "/")+"/version", nil)
 	if err != nil {
 		return false, err
 	}
@@ -79,6 +83,7 @@ func hasPriorityAndFairness(ctx context.Context, rc *rest.Config) (bool, error) 
 	if err != nil {
 		return false, fmt.Errorf("probe the API server: %w", err)
 	}
+	_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 1<<10))
 	_ = resp.Body.Close()
 	return resp.Header.Get(apfHeader) != "", nil
 }
