@@ -100,11 +100,13 @@ func (s *Store) ReleaseClaim(ctx context.Context, c Claim) error {
 	return nil
 }
 
-// updateClaim runs one of the claim's UPDATE … RETURNING epoch statements
-// in a transaction of its own; pgx.ErrNoRows says its condition did not
-// hold.
+// updateClaim runs one of the claim's UPDATE … RETURNING epoch statements,
+// one round trip: a single statement is a transaction of its own, and its
+// condition is checked on the row it locks (on PostgreSQL, under READ
+// COMMITTED, on the row's latest version), so two leaders never both take
+// the claim. pgx.ErrNoRows says the condition did not hold.
 func (s *Store) updateClaim(ctx context.Context, sql string, args ...any) (epoch int64, err error) {
-	err = s.inTx(ctx, func(tx pgx.Tx) error { return tx.QueryRow(ctx, sql, args...).Scan(&epoch) })
+	err = s.retrying(ctx, func() error { return s.pool.QueryRow(ctx, sql, args...).Scan(&epoch) })
 	return epoch, err
 }
 

@@ -2,6 +2,8 @@ package main
 
 import (
 	"errors"
+	"fmt"
+	"sync"
 	"testing"
 	"time"
 )
@@ -86,5 +88,44 @@ func TestWriterClaim(t *testing.T) {
 	}
 	if rows := mustPullAll(t, s, Cursor{}, 10); len(rows) != 1 || rows[0].SourceCluster != "a" {
 		t.Errorf("rows = %+v; want only a's first write", rows)
+	}
+}
+
+// TestWriterClaimRace: many leaders take a free claim at the same instant,
+// each with its own connection: exactly one gets it, and the epoch moves
+// by one, round after round.
+func TestWriterClaimRace(t *testing.T) {
+	s := mustMigratedStore(t)
+	ctx := t.Context()
+	const leaders = 16
+	for round := range 5 {
+		start := make(chan struct{})
+		won := make(chan Claim, leaders)
+		var wg sync.WaitGroup
+		for i := range leaders {
+			wg.Go(func() {
+				<-start
+				c, ok, err := s.TakeClaim(ctx, fmt.Sprintf("leader-%d", i), time.Hour, false)
+				if err != nil {
+					t.Error(err)
+				}
+				if ok {
+					won <- c
+				}
+			})
+		}
+		close(start)
+		wg.Wait()
+		close(won)
+		var winners []Claim
+		for c := range won {
+			winners = append(winners, c)
+		}
+		if len(winners) != 1 || winners[0].Epoch != int64(round+1) {
+			t.Fatalf("round %d: winners %+v; want exactly one, at epoch %d", round, winners, round+1)
+		}
+		if err := s.ReleaseClaim(ctx, winners[0]); err != nil {
+			t.Fatal(err)
+		}
 	}
 }

@@ -89,9 +89,10 @@ type Cursor struct {
 }
 
 // writeChunk bounds the rows of one upsert statement (and transaction):
-// large enough for ~20k rows/s on PostgreSQL, small enough to keep a
-// CockroachDB transaction well under its size limits.
-const writeChunk = 500
+// few transactions, each two round trips, to a database in another region
+// (an initial sync of 10,000 Secrets writes five), yet a CockroachDB
+// transaction well under its size limits (writeChunkBytes bounds it too).
+const writeChunk = 2000
 
 // writeChunkBytes bounds the ciphertext of one write transaction.
 const writeChunkBytes = 8 << 20
@@ -132,9 +133,17 @@ func retryable(err error) bool {
 // commit is a RELEASE SAVEPOINT that can report success for a rolled-back
 // write.
 func (s *Store) inTx(ctx context.Context, fn func(pgx.Tx) error) error {
+	return s.retrying(ctx, func() error {
+		return pgx.BeginTxFunc(ctx, s.pool, pgx.TxOptions{IsoLevel: pgx.Serializable}, fn)
+	})
+}
+
+// retrying runs tx, a whole transaction, again while it fails with a
+// serialization failure, up to maxRetries times, with jittered backoff.
+func (s *Store) retrying(ctx context.Context, tx func() error) error {
 	backoff := 10 * time.Millisecond
 	for attempt := 0; ; attempt++ {
-		err := pgx.BeginTxFunc(ctx, s.pool, pgx.TxOptions{IsoLevel: pgx.Serializable}, fn)
+		err := tx()
 		if err == nil || !retryable(err) || attempt >= s.maxRetries {
 			return err
 		}
@@ -188,52 +197,128 @@ WHERE kss_secrets.hash <> excluded.hash OR kss_secrets.tombstone <> excluded.tom
 // claim's holder in claim's epoch. Each transaction first checks that
 // claim is still held (errFenced otherwise, see fenceSQL), then bumps the
 // version counter and seals its rows under that version, so the version
-// bound into a ciphertext is the one its row carries. A row whose stored hash already equals the change's is left as
-// it is (a second leader, or a retry after a lost acknowledgement), unless
-// the change forces it. It returns the last version written.
+// bound into a ciphertext is the one its row carries. A row whose stored
+// hash already equals the change's is left as it is (a second leader, or a
+// retry after a lost acknowledgement), unless the change forces it. It
+// returns the last version written.
+//
+// A transaction costs two round trips to the database, however many rows
+// it has (writeChunk): its statements are pipelined in two batches, the
+// second sent once the first has given the version to seal under. The
+// database is often in another region.
 func (s *Store) Write(ctx context.Context, claim Claim, keyID string, changes []Change, seal SealFunc) (int64, error) {
 	var last int64
 	for _, chunk := range writeChunks(changes) {
-		err := s.inTx(ctx, func(tx pgx.Tx) error {
-			if err := fence(ctx, tx, claim); err != nil {
-				return err
+		err := s.retrying(ctx, func() error {
+			version, err := s.writeChunk(ctx, claim, keyID, chunk, seal)
+			if err == nil {
+				last = version
 			}
-			var version int64
-			err := tx.QueryRow(ctx, bumpVersionSQL, versionCeiling).Scan(&version)
-			if err != nil {
-				return fmt.Errorf("bump version: %w", err)
-			}
-			for _, force := range []bool{false, true} {
-				var u upsertRows
-				for i := range chunk {
-					if c := &chunk[i]; c.Force == force {
-						ciphertext, err := seal(version, c)
-						if err != nil {
-							return fmt.Errorf("seal %s: %w", c.ObjectKey, err)
-						}
-						c.Version = version
-						u.add(c, ciphertext)
-					}
-				}
-				if len(u.namespaces) == 0 {
-					continue
-				}
-				stmt := upsertChangedSQL
-				if force {
-					stmt = rewriteSQL
-				}
-				if _, err := tx.Exec(ctx, stmt, u.namespaces, u.names, u.ciphertexts, keyID, u.hashes, version, claim.Holder, u.tombstones, claim.Epoch); err != nil {
-					return fmt.Errorf("upsert: %w", err)
-				}
-			}
-			last = version
-			return nil
+			return err
 		})
 		if err != nil {
 			return last, err
 		}
 	}
 	return last, nil
+}
+
+// writeChunk is one transaction of Write.
+func (s *Store) writeChunk(ctx context.Context, claim Claim, keyID string, chunk []Change, seal SealFunc) (version int64, err error) {
+	conn, err := s.pool.Acquire(ctx)
+	if err != nil {
+		return 0, err
+	}
+	defer conn.Release()
+	open := false
+	defer func() {
+		if err != nil && open {
+			abort(ctx, conn)
+		}
+	}()
+
+	// First round trip: begin, check the claim (fencing), take the version.
+	first := &pgx.Batch{}
+	first.Queue("BEGIN ISOLATION LEVEL SERIALIZABLE")
+	first.Queue(fenceSQL, claim.Holder, claim.Epoch)
+	first.Queue(bumpVersionSQL, versionCeiling)
+	br := conn.SendBatch(ctx, first)
+	_, err = br.Exec()
+	open = err == nil
+	var epoch int64
+	if err == nil {
+		if err = br.QueryRow().Scan(&epoch); errors.Is(err, pgx.ErrNoRows) {
+			err = errFenced
+		} else if err != nil {
+			err = fmt.Errorf("check the writer claim: %w", err)
+		}
+	}
+	if err == nil {
+		if err = br.QueryRow().Scan(&version); err != nil {
+			err = fmt.Errorf("bump version: %w", err)
+		}
+	}
+	if closeErr := br.Close(); err == nil {
+		err = closeErr
+	}
+	if err != nil {
+		return 0, err
+	}
+
+	// Second: the rows, sealed under that version, and the commit.
+	second := &pgx.Batch{}
+	for _, force := range []bool{false, true} {
+		var u upsertRows
+		for i := range chunk {
+			if c := &chunk[i]; c.Force == force {
+				ciphertext, err := seal(version, c)
+				if err != nil {
+					return 0, fmt.Errorf("seal %s: %w", c.ObjectKey, err)
+				}
+				c.Version = version
+				u.add(c, ciphertext)
+			}
+		}
+		if len(u.namespaces) == 0 {
+			continue
+		}
+		stmt := upsertChangedSQL
+		if force {
+			stmt = rewriteSQL
+		}
+		second.Queue(stmt, u.namespaces, u.names, u.ciphertexts, keyID, u.hashes, version, claim.Holder, u.tombstones, claim.Epoch)
+	}
+	upserts := second.Len()
+	second.Queue("COMMIT")
+	br = conn.SendBatch(ctx, second)
+	for range upserts {
+		if _, err = br.Exec(); err != nil {
+			err = fmt.Errorf("upsert: %w", err)
+			break
+		}
+	}
+	if err == nil {
+		// A commit the database answered, even with an error (a
+		// serialization failure), ended the transaction.
+		_, err = br.Exec()
+		var pgErr *pgconn.PgError
+		open = err != nil && !errors.As(err, &pgErr)
+	}
+	if closeErr := br.Close(); err == nil {
+		err = closeErr
+	}
+	return version, err
+}
+
+// abort rolls back the open transaction on conn after a failure; if even
+// that fails (the connection is broken, or ctx ended), the connection is
+// closed, so that the pool never hands out one inside a transaction.
+func abort(ctx context.Context, conn *pgxpool.Conn) {
+	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+	defer cancel()
+	if _, err := conn.Exec(rctx, "ROLLBACK"); err != nil {
+		_ = conn.Conn().Close(rctx)
+	}
 }
 
 // writeChunks splits changes into transactions of at most writeChunk rows

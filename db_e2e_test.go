@@ -6,6 +6,7 @@ import (
 	crand "crypto/rand"
 	"encoding/binary"
 	"fmt"
+	"net/url"
 	"reflect"
 	"slices"
 	"sync"
@@ -502,5 +503,47 @@ func TestPullHeadersAndFillCiphertexts(t *testing.T) {
 	}
 	if err := s.FillCiphertexts(t.Context(), nil); err != nil {
 		t.Errorf("FillCiphertexts(nil) = %v", err)
+	}
+}
+
+// TestWriteRoundTrips: a writing transaction costs two round trips to the
+// database however many rows it has (the database is often in another
+// region), counted by a proxy between the Store and PostgreSQL. The first
+// on a connection costs two more: pgx prepares the statements, once per
+// connection.
+func TestWriteRoundTrips(t *testing.T) {
+	dsn := testenv.PostgresDSN(t)
+	direct := mustOpenStore(t, dsn)
+	if err := direct.Migrate(t.Context(), "test"); err != nil {
+		t.Fatal(err)
+	}
+	u, err := url.Parse(dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	proxy, err := testenv.StartDelayProxy(u.Host, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = proxy.Close() })
+	u.Host = proxy.Addr
+	s := mustOpenStore(t, u.String())
+	claim := claimFor(t, direct, dbTestCluster)
+	if _, err := s.Write(t.Context(), claim, "kid", []Change{change("ns", "first", 1)}, labelSeal); err != nil {
+		t.Fatal(err)
+	}
+	for _, n := range []int{1, writeChunk, writeChunk + 1} {
+		changes := make([]Change, n)
+		for i := range changes {
+			changes[i] = change("ns", fmt.Sprintf("s-%d-%d", n, i), uint64(i))
+		}
+		before := proxy.Turns()
+		if _, err := s.Write(t.Context(), claim, "kid", changes, labelSeal); err != nil {
+			t.Fatal(err)
+		}
+		transactions := (n + writeChunk - 1) / writeChunk
+		if got := proxy.Turns() - before; got != int64(2*transactions) {
+			t.Errorf("Write of %d rows (%d transactions): %d round trips; want %d", n, transactions, got, 2*transactions)
+		}
 	}
 }

@@ -140,7 +140,7 @@ func TestWriteChunksBounds(t *testing.T) {
 		want    []int
 	}{
 		{"none", nil, nil},
-		{"small rows: by count", many(1200, 100), []int{writeChunk, writeChunk, 200}},
+		{"small rows: by count", many(2*writeChunk+200, 100), []int{writeChunk, writeChunk, 200}},
 		{"near-1 MiB rows: by bytes", many(40, mib-1000), []int{6, 6, 6, 6, 6, 6, 4}},
 		{"one row larger than the bound: alone", append(many(1, 20*mib), many(2, 100)...), []int{1, 2}},
 	}

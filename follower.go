@@ -23,6 +23,11 @@ import (
 // pullPage is how many rows a follower reads per query.
 const pullPage = 500
 
+// headerPage is how many row headers (no ciphertext, about 150 bytes
+// each) a full pass reads per query: few round trips to a database in
+// another region.
+const headerPage = 5000
+
 // fillBatchBytes bounds the ciphertexts a full pass fetches at once.
 const fillBatchBytes = 16 << 20
 
@@ -252,7 +257,7 @@ func (f *followerLoop) reconcileFull(ctx context.Context) (idle bool, err error)
 		defer close(batches)
 		var page Cursor
 		for {
-			rows, err := f.store.PullHeaders(ctx, page, pullPage)
+			rows, err := f.store.PullHeaders(ctx, page, headerPage)
 			seen += len(rows)
 			if err == nil {
 				err = f.queueOutOfSync(ctx, rows, copies, batches)
@@ -272,7 +277,7 @@ func (f *followerLoop) reconcileFull(ctx context.Context) (idle bool, err error)
 				last := rows[len(rows)-1]
 				page = Cursor{last.Version, last.Namespace, last.Name}
 			}
-			if len(rows) < pullPage {
+			if len(rows) < headerPage {
 				return
 			}
 		}

@@ -45,6 +45,8 @@ type options struct {
 	out            string
 	keepLogs       bool
 	createWorkers  int
+	remoteSizes    []int         // sizes measured again with the database dbRTT away
+	dbRTT          time.Duration // round trip of the delaying proxy
 }
 
 func main() {
@@ -62,6 +64,8 @@ func main() {
 	flag.StringVar(&o.out, "out", "bench/results.json", `JSON output file ("" for none)`)
 	flag.BoolVar(&o.keepLogs, "keep-logs", false, "keep the daemons' logs (always kept after a failure)")
 	flag.IntVar(&o.createWorkers, "create-workers", 32, "concurrent creates of the (untimed) set-up in cluster-a and of the unthrottled writer")
+	remote := flag.String("remote-db-sizes", "10000", `sizes measured again with a delaying TCP proxy between each daemon and PostgreSQL (--db-rtt), as if the database were in another region ("" for none)`)
+	flag.DurationVar(&o.dbRTT, "db-rtt", 100*time.Millisecond, "round trip the proxy adds for --remote-db-sizes")
 	smoke := flag.Bool("smoke", false, "a quick check that everything works: N = 200, 20 updates, 500 unlabelled, 2 idle ticks; writes no JSON unless --out is given")
 	flag.Parse()
 	if *smoke {
@@ -69,6 +73,7 @@ func main() {
 		flag.Visit(func(f *flag.Flag) { set[f.Name] = true })
 		defaults := map[string]func(){
 			"sizes":           func() { *sizes = "200" },
+			"remote-db-sizes": func() { *remote = "" },
 			"latency-updates": func() { o.latencyUpdates = 20 },
 			"unlabelled":      func() { o.unlabelled = 500 },
 			"idle-ticks":      func() { o.idleTicks = 2 },
@@ -88,6 +93,21 @@ func main() {
 			os.Exit(2)
 		}
 		o.sizes = append(o.sizes, n)
+	}
+	for _, s := range strings.Split(*remote, ",") {
+		if s = strings.TrimSpace(s); s == "" {
+			continue
+		}
+		n, err := strconv.Atoi(s)
+		if err != nil || n < 1 {
+			fmt.Fprintf(os.Stderr, "bench: invalid --remote-db-sizes %q\n", *remote)
+			os.Exit(2)
+		}
+		o.remoteSizes = append(o.remoteSizes, n)
+	}
+	if o.dbRTT <= 0 && len(o.remoteSizes) > 0 {
+		fmt.Fprintln(os.Stderr, "bench: --db-rtt must be positive")
+		os.Exit(2)
 	}
 	if o.namespaces < 1 || o.latencyUpdates < 1 || o.idleTick < 1 || o.idleTicks < 1 || o.createWorkers < 1 {
 		fmt.Fprintln(os.Stderr, "bench: --namespaces, --latency-updates, --idle-tick, --idle-ticks and --create-workers must be at least 1")
@@ -207,6 +227,14 @@ func (b *bench) run(ctx context.Context) (*report, error) {
 		}
 		rep.Results = append(rep.Results, *res)
 	}
+	for _, n := range b.opts.remoteSizes {
+		w := &workload{bench: b, n: n, prefix: fmt.Sprintf("r%d", n), latency: true, dbDelay: b.opts.dbRTT / 2}
+		res := w.run(ctx)
+		if ctx.Err() != nil {
+			return nil, ctx.Err()
+		}
+		rep.Results = append(rep.Results, *res)
+	}
 	rep.Notes[0] += fmt.Sprintf(", %s at the end", loadavg())
 	return rep, nil
 }
@@ -234,7 +262,7 @@ func (b *bench) method() []string {
 	o := b.opts
 	m := []string{
 		fmt.Sprintf("Workload: N TLS-like Secrets (tls.crt with ten DNS names, tls.key, ca.crt: a valid ECDSA P-256 key pair and issuer, all fresh; about 2 KiB each) over %d namespaces; a fresh PostgreSQL, fresh clusters, namespaces and daemon processes per N.", o.namespaces),
-		"initial sync: the N labelled Secrets exist in cluster-a before the daemons start (binary defaults); timed from starting the leader and follower processes until a watch on cluster-b has seen all N copies with equal type and data.",
+		"initial sync: the N labelled Secrets exist in cluster-a, and the database schema (kube-secret-sync migrate, as an installation runs it), before the daemons start (binary defaults); timed from starting the leader and follower processes until a watch on cluster-b has seen all N copies with equal type and data.",
 		fmt.Sprintf("unthrottled writer: the bench itself creates the same N Secrets and %d namespaces in fresh namespaces of cluster-b, after the initial sync with no daemon running, with %d concurrent calls through one client without a client-side rate limit, protobuf like the daemon: the API server's own write rate here, the real limit. ratio = initial sync / unthrottled writer.", o.namespaces, o.createWorkers),
 		"429s and errors in the initial sync: apiserver_request_total with code 429 on both API servers (API Priority and Fairness rejecting a request; client-go retries it after Retry-After), and the daemons' error-level log lines, from their start until the sync completed.",
 		fmt.Sprintf("idle: daemons restarted with TICK_SECONDS=%d (set for this phase only); after each finished 2 full passes, %d ticks without change (+2 s for PostgreSQL's statistics flush). DB row writes: n_tup_ins+n_tup_upd+n_tup_del of every table but kss_writer (pg_stat_user_tables), cross-checked against the kss_secrets rows and kss_version; the writer claim's renewals (kss_writer) are counted apart; API writes: apiserver_request_total with verb POST/PUT/PATCH/DELETE/APPLY on secrets, configmaps and namespaces, both API servers (Lease renewals and Events are not sync work and not counted).", o.idleTick, o.idleTicks),

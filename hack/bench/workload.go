@@ -7,6 +7,9 @@ import (
 	"fmt"
 	"maps"
 	mrand "math/rand/v2"
+	"net/url"
+	"os"
+	"os/exec"
 	"slices"
 	"strconv"
 	"sync"
@@ -28,11 +31,14 @@ type workload struct {
 	prefix     string
 	latency    bool
 	memoryTest bool
+	dbDelay    time.Duration // one way, through a delaying proxy (0: none)
 
 	env    *testenv.Env
 	a, b   *testenv.Cluster
 	fastA  kubernetes.Interface // the bench's own writes in cluster-a
-	dsn    string
+	dsn    string               // the bench's own, direct
+	dbAddr string               // what the daemons' DSN names: PostgreSQL, or the proxy
+	proxy  *testenv.DelayProxy
 	db     *pgx.Conn
 	encKey string
 
@@ -46,7 +52,10 @@ type workload struct {
 // run measures the workload. Phase failures are recorded in the result;
 // a failed initial sync ends the workload early.
 func (w *workload) run(ctx context.Context) *result {
-	w.res = &result{N: w.n, Namespaces: w.opts.namespaces}
+	w.res = &result{N: w.n, Namespaces: w.opts.namespaces, PollS: ptr(w.poll)}
+	if w.dbDelay > 0 {
+		w.res.DBRTTMs = ptr(float64(2 * w.dbDelay / time.Millisecond))
+	}
 	fail := func(what string, err error) {
 		w.failed = true
 		w.res.Errors = append(w.res.Errors, fmt.Sprintf("%s: %v", what, err))
@@ -111,6 +120,21 @@ func (w *workload) setUp(ctx context.Context) error {
 	}
 	if w.db, err = pgx.Connect(ctx, w.dsn); err != nil {
 		return fmt.Errorf("connect to the bench database: %w", err)
+	}
+	// The schema first, as an installation does (kube-secret-sync migrate
+	// as the database's owner), not timed.
+	migrate := exec.CommandContext(ctx, w.binary, "migrate")
+	migrate.Env = []string{"DSN=" + w.dsn, "PATH=" + os.Getenv("PATH")}
+	if out, err := migrate.CombinedOutput(); err != nil {
+		return fmt.Errorf("kube-secret-sync migrate: %w\n%s", err, out)
+	}
+	w.dbAddr = w.db.Config().Host + ":" + strconv.Itoa(int(w.db.Config().Port))
+	if w.dbDelay > 0 {
+		if w.proxy, err = testenv.StartDelayProxy(w.dbAddr, w.dbDelay); err != nil {
+			return err
+		}
+		w.dbAddr = w.proxy.Addr
+		w.logf("N=%d: the daemons reach PostgreSQL through a proxy that adds %v per round trip", w.n, 2*w.dbDelay)
 	}
 	if w.encKey, err = testenv.EncryptionKey(); err != nil {
 		return err
@@ -196,7 +220,7 @@ func (w *workload) daemonVars(d *daemon, extra map[string]string) map[string]str
 		cluster = w.b
 	}
 	vars := map[string]string{
-		"DSN":            w.dsn,
+		"DSN":            w.daemonDSN(),
 		"ENCRYPTION_KEY": w.encKey,
 		"KUBECONFIG":     cluster.Kubeconfig,
 		"CLUSTER_NAME":   cluster.Name,
@@ -387,6 +411,9 @@ func (w *workload) close() {
 	w.running = nil
 	if w.stopWatch != nil {
 		w.stopWatch()
+	}
+	if w.proxy != nil {
+		_ = w.proxy.Close()
 	}
 	if w.db != nil {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
@@ -785,4 +812,15 @@ func (w *workload) count429s(ctx context.Context) (float64, error) {
 		n += sumSamples(parseSamples(string(b)), "apiserver_request_total", func(l map[string]string) bool { return l["code"] == "429" })
 	}
 	return n, nil
+}
+
+// daemonDSN is the bench database's DSN with the host and port the
+// daemons use (the delaying proxy, if any).
+func (w *workload) daemonDSN() string {
+	u, err := url.Parse(w.dsn)
+	if err != nil || u.Host == "" {
+		return w.dsn
+	}
+	u.Host = w.dbAddr
+	return u.String()
 }

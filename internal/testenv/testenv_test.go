@@ -1,7 +1,10 @@
 package testenv
 
 import (
+	"bytes"
 	"context"
+	"io"
+	"net"
 	"os"
 	"testing"
 	"time"
@@ -138,5 +141,59 @@ func mustCreateSecret(tb testing.TB, cs kubernetes.Interface, ns, name string) {
 	}
 	if _, err := cs.CoreV1().Secrets(ns).Create(tb.Context(), s, metav1.CreateOptions{}); err != nil {
 		tb.Fatal(err)
+	}
+}
+
+// TestDelayProxy: a round trip through the proxy costs twice its delay,
+// and a bulk transfer is not slowed beyond that.
+func TestDelayProxy(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() { _, _ = io.Copy(c, c); _ = c.Close() }()
+		}
+	}()
+	const oneWay = 25 * time.Millisecond
+	p, err := StartDelayProxy(ln.Addr().String(), oneWay)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	c, err := net.Dial("tcp", p.Addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	buf := make([]byte, 1)
+	for range 3 {
+		start := time.Now()
+		if _, err := c.Write([]byte("x")); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := io.ReadFull(c, buf); err != nil {
+			t.Fatal(err)
+		}
+		if rtt := time.Since(start); rtt < 2*oneWay {
+			t.Errorf("round trip %v; want at least %v", rtt, 2*oneWay)
+		}
+	}
+	// 32 MiB there and back: far less than 32 MiB per round trip would take.
+	data := bytes.Repeat([]byte("0123456789abcdef"), 2<<20)
+	start := time.Now()
+	go func() { _, _ = c.Write(data) }()
+	got := make([]byte, len(data))
+	if _, err := io.ReadFull(c, got); err != nil {
+		t.Fatal(err)
+	}
+	if took := time.Since(start); took > 5*time.Second || !bytes.Equal(got, data) {
+		t.Errorf("32 MiB echoed in %v (equal %v); want well under 5s, unchanged", took, bytes.Equal(got, data))
 	}
 }
