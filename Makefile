@@ -70,10 +70,12 @@ devenv:
 ## bench: issue 5's benchmark, then the Go micro-benchmarks (bench-micro).
 ## hack/bench starts PostgreSQL and two clusters per size N (BENCH_SIZES),
 ## runs the real binary as leader and follower, and measures initial sync
-## against a bare client-go writer, idle writes, update latency (with and
-## without PG_NOTIFY), peak RSS and CPU. It prints a markdown table and
+## against an unthrottled client-go writer (the API server's own rate),
+## idle writes, update latency (with and without PG_NOTIFY), peak RSS and
+## CPU, also with the database 100 ms away (--remote-db-sizes, --db-rtt).
+## It prints a markdown table and
 ## writes bench/results.json (BENCH_FLAGS adds flags: see
-## `go run ./hack/bench -h`). Takes about 20 minutes on 2 cores.
+## `go run ./hack/bench -h`). Takes about 25 minutes on 2 cores.
 BENCH_SIZES ?= 1000,10000
 BENCH_FLAGS ?=
 bench: build
