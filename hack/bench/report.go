@@ -45,32 +45,34 @@ type result struct {
 	LatencyNohintP99 *float64 `json:"latency_nohint_p99_ms"`
 
 	// Extra keys.
-	Namespaces            int      `json:"namespaces"`
-	DBRTTMs               *float64 `json:"db_rtt_ms,omitempty"` // set when the daemons reach the database through a delaying proxy
-	PollS                 *float64 `json:"poll_seconds"`        // the binary's POLL_SECONDS default
-	SecretDataBytes       float64  `json:"secret_data_bytes"`
-	UnthrottledWriteS     *float64 `json:"unthrottled_write_s"`
-	UnthrottledWorkers    *int     `json:"unthrottled_write_workers"`
-	InitialSync429s       *int64   `json:"initial_sync_api_429s"`
-	InitialSyncErrors     *int64   `json:"initial_sync_error_log_lines"`
-	LeaderCPUSyncS        *float64 `json:"leader_cpu_initial_sync_s"`
-	FollowerCPUSyncS      *float64 `json:"follower_cpu_initial_sync_s"`
-	LeaderRSSAllRunsMiB   *float64 `json:"leader_rss_all_runs_mib"`
-	FollowerRSSAllRunsMiB *float64 `json:"follower_rss_all_runs_mib"`
-	IdleTickS             *int     `json:"idle_tick_s"`
-	IdleWindowS           *float64 `json:"idle_window_s"`
-	IdleFullPassesLeader  *int64   `json:"idle_full_passes_leader"`
-	IdleFullPassesFollow  *int64   `json:"idle_full_passes_follower"`
-	IdleDBRowsChanged     *int64   `json:"idle_db_rows_changed"`
-	IdleClaimRenewals     *int64   `json:"idle_claim_renewals"`
-	LatencyUpdates        *int     `json:"latency_updates"`
-	LatencyMaxMs          *float64 `json:"latency_max_ms"`
-	LatencyNohintMaxMs    *float64 `json:"latency_nohint_max_ms"`
-	UnlabelledSecrets     *int     `json:"unlabelled_secrets"`
-	LeaderRSSUnlabelled   *float64 `json:"leader_rss_unlabelled_delta_mib"`
-	LeaderRSSLabelled     *float64 `json:"leader_rss_labelled_delta_mib"`
-	LeaderRSSNoneMiB      *float64 `json:"leader_rss_no_labelled_mib"`
-	Errors                []string `json:"errors,omitempty"`
+	Namespaces               int      `json:"namespaces"`
+	DBRTTMs                  *float64 `json:"db_rtt_ms,omitempty"` // set when the daemons reach the database through a delaying proxy
+	PollS                    *float64 `json:"poll_seconds"`        // the binary's POLL_SECONDS default
+	SecretDataBytes          float64  `json:"secret_data_bytes"`
+	UnthrottledWriteS        *float64 `json:"unthrottled_write_s"`
+	UnthrottledWorkers       *int     `json:"unthrottled_write_workers"`
+	InitialSync429s          *int64   `json:"initial_sync_api_429s"`
+	InitialSyncErrors        *int64   `json:"initial_sync_error_log_lines"`
+	LeaderCPUSyncS           *float64 `json:"leader_cpu_initial_sync_s"`
+	FollowerCPUSyncS         *float64 `json:"follower_cpu_initial_sync_s"`
+	LeaderRSSAllRunsMiB      *float64 `json:"leader_rss_all_runs_mib"`
+	FollowerRSSAllRunsMiB    *float64 `json:"follower_rss_all_runs_mib"`
+	IdleTickS                *int     `json:"idle_tick_s"`
+	IdleWindowS              *float64 `json:"idle_window_s"`
+	IdleFullPassesLeader     *int64   `json:"idle_full_passes_leader"`
+	IdleFullPassesFollow     *int64   `json:"idle_full_passes_follower"`
+	IdleDBRowsChanged        *int64   `json:"idle_db_rows_changed"`
+	IdleClaimRenewals        *int64   `json:"idle_claim_renewals"`
+	IdleDBBytesPerPassLeader *int64   `json:"idle_db_bytes_per_pass_leader"`
+	IdleDBBytesPerPassFollow *int64   `json:"idle_db_bytes_per_pass_follower"`
+	LatencyUpdates           *int     `json:"latency_updates"`
+	LatencyMaxMs             *float64 `json:"latency_max_ms"`
+	LatencyNohintMaxMs       *float64 `json:"latency_nohint_max_ms"`
+	UnlabelledSecrets        *int     `json:"unlabelled_secrets"`
+	LeaderRSSUnlabelled      *float64 `json:"leader_rss_unlabelled_delta_mib"`
+	LeaderRSSLabelled        *float64 `json:"leader_rss_labelled_delta_mib"`
+	LeaderRSSNoneMiB         *float64 `json:"leader_rss_no_labelled_mib"`
+	Errors                   []string `json:"errors,omitempty"`
 }
 
 func ptr[T any](v T) *T { return &v }
@@ -186,6 +188,12 @@ func tableRows() []row {
 			return verdict(i0(r.IdleDBRowWrites), true, r.IdleDBRowWrites != nil && *r.IdleDBRowWrites == 0)
 		}},
 		{"idle writer-claim renewals (not row writes)", "", func(r *result) string { return i0(r.IdleClaimRenewals) }},
+		{"idle DB bytes read per full pass, leader (KiB)", "≤ 64 at N = 100,000", func(r *result) string {
+			return verdict(kib(r.IdleDBBytesPerPassLeader), r.N >= 100000, r.IdleDBBytesPerPassLeader != nil && *r.IdleDBBytesPerPassLeader <= 64<<10)
+		}},
+		{"idle DB bytes read per full pass, follower (KiB)", "≤ 64 at N = 100,000", func(r *result) string {
+			return verdict(kib(r.IdleDBBytesPerPassFollow), r.N >= 100000, r.IdleDBBytesPerPassFollow != nil && *r.IdleDBBytesPerPassFollow <= 64<<10)
+		}},
 		{"idle API writes", "0", func(r *result) string {
 			return verdict(i0(r.IdleAPIWrites), true, r.IdleAPIWrites != nil && *r.IdleAPIWrites == 0)
 		}},
@@ -294,4 +302,12 @@ func (r *result) twoRTTMs() float64 {
 		return 0
 	}
 	return 2 * *r.DBRTTMs
+}
+
+// kib formats a byte count in KiB.
+func kib(v *int64) string {
+	if v == nil {
+		return "–"
+	}
+	return fmt.Sprintf("%.1f", float64(*v)/1024)
 }

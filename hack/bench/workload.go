@@ -33,14 +33,15 @@ type workload struct {
 	memoryTest bool
 	dbDelay    time.Duration // one way, through a delaying proxy (0: none)
 
-	env    *testenv.Env
-	a, b   *testenv.Cluster
-	fastA  kubernetes.Interface // the bench's own writes in cluster-a
-	dsn    string               // the bench's own, direct
-	dbAddr string               // what the daemons' DSN names: PostgreSQL, or the proxy
-	proxy  *testenv.DelayProxy
-	db     *pgx.Conn
-	encKey string
+	env   *testenv.Env
+	a, b  *testenv.Cluster
+	fastA kubernetes.Interface // the bench's own writes in cluster-a
+	dsn   string               // the bench's own, direct
+	// proxies stand between each role's daemons and PostgreSQL, counting
+	// the bytes read (and delaying them by dbDelay).
+	proxies map[string]*testenv.DelayProxy
+	db      *pgx.Conn
+	encKey  string
 
 	sources   []*corev1.Secret
 	tr        *tracker
@@ -128,12 +129,14 @@ func (w *workload) setUp(ctx context.Context) error {
 	if out, err := migrate.CombinedOutput(); err != nil {
 		return fmt.Errorf("kube-secret-sync migrate: %w\n%s", err, out)
 	}
-	w.dbAddr = w.db.Config().Host + ":" + strconv.Itoa(int(w.db.Config().Port))
-	if w.dbDelay > 0 {
-		if w.proxy, err = testenv.StartDelayProxy(w.dbAddr, w.dbDelay); err != nil {
+	pg := w.db.Config().Host + ":" + strconv.Itoa(int(w.db.Config().Port))
+	w.proxies = map[string]*testenv.DelayProxy{}
+	for _, role := range []string{"leader", "follower"} {
+		if w.proxies[role], err = testenv.StartDelayProxy(pg, w.dbDelay); err != nil {
 			return err
 		}
-		w.dbAddr = w.proxy.Addr
+	}
+	if w.dbDelay > 0 {
 		w.logf("N=%d: the daemons reach PostgreSQL through a proxy that adds %v per round trip", w.n, 2*w.dbDelay)
 	}
 	if w.encKey, err = testenv.EncryptionKey(); err != nil {
@@ -220,7 +223,7 @@ func (w *workload) daemonVars(d *daemon, extra map[string]string) map[string]str
 		cluster = w.b
 	}
 	vars := map[string]string{
-		"DSN":            w.daemonDSN(),
+		"DSN":            w.daemonDSN(d.role),
 		"ENCRYPTION_KEY": w.encKey,
 		"KUBECONFIG":     cluster.Kubeconfig,
 		"CLUSTER_NAME":   cluster.Name,
@@ -412,8 +415,8 @@ func (w *workload) close() {
 	if w.stopWatch != nil {
 		w.stopWatch()
 	}
-	if w.proxy != nil {
-		_ = w.proxy.Close()
+	for _, p := range w.proxies {
+		_ = p.Close()
 	}
 	if w.db != nil {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
@@ -732,6 +735,7 @@ func (w *workload) idlePhase(ctx context.Context) error {
 	if err := sleep(ctx, 2*time.Second, pair...); err != nil {
 		return err
 	}
+	var read [2]int64 // bytes from the database, by daemon, at the last snap
 	snap := func() (dbSnapshot, apiWrites, apiWrites, [2]int64, error) {
 		var passes [2]int64
 		db, err := takeDBSnapshot(ctx, w.db)
@@ -748,6 +752,7 @@ func (w *workload) idlePhase(ctx context.Context) error {
 		}
 		for i, d := range pair {
 			passes[i], _ = fullPasses(ctx, d)
+			read[i] = w.proxies[d.role].BytesFromServer()
 		}
 		return db, a, b, passes, nil
 	}
@@ -755,6 +760,7 @@ func (w *workload) idlePhase(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	read0 := read
 	t0 := time.Now()
 	w.logf("N=%d: idle: watching %d ticks of %ds", w.n, w.opts.idleTicks, tick)
 	if err := sleep(ctx, time.Duration(w.opts.idleTicks*tick)*time.Second+2*time.Second, pair...); err != nil {
@@ -775,6 +781,11 @@ func (w *workload) idlePhase(ctx context.Context) error {
 	w.res.IdleAPIWrites = ptr(int64(da.sync() + dbw.sync()))
 	w.res.IdleFullPassesLeader = ptr(p1[0] - p0[0])
 	w.res.IdleFullPassesFollow = ptr(p1[1] - p0[1])
+	if p1[0] > p0[0] && p1[1] > p0[1] {
+		w.res.IdleDBBytesPerPassLeader = ptr((read[0] - read0[0]) / (p1[0] - p0[0]))
+		w.res.IdleDBBytesPerPassFollow = ptr((read[1] - read0[1]) / (p1[1] - p0[1]))
+		w.logf("N=%d: idle: bytes read from the database per full pass (with the polls between): leader %d, follower %d", w.n, *w.res.IdleDBBytesPerPassLeader, *w.res.IdleDBBytesPerPassFollow)
+	}
 	w.logf("N=%d: idle: %s window, full passes: leader %d, follower %d", w.n, secs(window), p1[0]-p0[0], p1[1]-p0[1])
 	w.logf("N=%d: idle: database: %s", w.n, dbc)
 	w.logf("N=%d: idle: %s writes (all resources): %s", w.n, testenv.ClusterA, da)
@@ -814,13 +825,12 @@ func (w *workload) count429s(ctx context.Context) (float64, error) {
 	return n, nil
 }
 
-// daemonDSN is the bench database's DSN with the host and port the
-// daemons use (the delaying proxy, if any).
-func (w *workload) daemonDSN() string {
+// daemonDSN is the bench database's DSN through the proxy of role.
+func (w *workload) daemonDSN(role string) string {
 	u, err := url.Parse(w.dsn)
 	if err != nil || u.Host == "" {
 		return w.dsn
 	}
-	u.Host = w.dbAddr
+	u.Host = w.proxies[role].Addr
 	return u.String()
 }

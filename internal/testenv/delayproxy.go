@@ -21,7 +21,11 @@ type DelayProxy struct {
 	conns map[net.Conn]struct{}
 	wg    sync.WaitGroup
 	turns atomic.Int64
+	down  atomic.Int64 // bytes from the servers
 }
+
+// BytesFromServer counts the bytes the servers sent the clients.
+func (p *DelayProxy) BytesFromServer() int64 { return p.down.Load() }
 
 // Turns counts the round trips the clients started: each time a client
 // sent after its server had last sent (or at its first send). Pipelined
@@ -82,14 +86,14 @@ func (p *DelayProxy) serve(client net.Conn, target string) {
 		serverSpoke = byServer
 	}
 	var wg sync.WaitGroup
-	wg.Go(func() { p.pipe(server, client, func() { spoke(false) }) })
-	wg.Go(func() { p.pipe(client, server, func() { spoke(true) }) })
+	wg.Go(func() { p.pipe(server, client, func(int) { spoke(false) }) })
+	wg.Go(func() { p.pipe(client, server, func(n int) { p.down.Add(int64(n)); spoke(true) }) })
 	wg.Wait()
 }
 
 // pipe copies src to dst, each chunk delivered p.delay after it was read
 // (and noted, as read).
-func (p *DelayProxy) pipe(dst, src net.Conn, read func()) {
+func (p *DelayProxy) pipe(dst, src net.Conn, read func(n int)) {
 	type chunk struct {
 		at   time.Time
 		data []byte
@@ -101,7 +105,7 @@ func (p *DelayProxy) pipe(dst, src net.Conn, read func()) {
 			buf := make([]byte, 32<<10)
 			n, err := src.Read(buf)
 			if n > 0 {
-				read()
+				read(n)
 				queue <- chunk{time.Now().Add(p.delay), buf[:n]}
 			}
 			if err != nil {
