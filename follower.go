@@ -193,13 +193,16 @@ func (f *followerLoop) pull(ctx context.Context) (idle bool, err error) {
 			}
 			b := applyBatch{rows: page}
 			if len(rows) > 0 {
-				last := rows[len(rows)-1]
+				last := &rows[len(rows)-1]
 				after = Cursor{last.Version, last.Namespace, last.Name}
 				past := after
 				b.done = func() { f.cursor = past }
 			}
+			// Decided before the rows go to the appliers, which let
+			// their ciphertexts go.
+			more := morePages(rows, pullPage)
 			batches <- b
-			if !morePages(rows, pullPage) {
+			if !more {
 				return
 			}
 		}
@@ -258,24 +261,27 @@ func (f *followerLoop) reconcileFull(ctx context.Context) (idle bool, err error)
 		var page Cursor
 		for {
 			rows, err := f.store.PullHeaders(ctx, page, headerPage)
-			seen += len(rows)
-			if err == nil {
-				err = f.queueOutOfSync(ctx, rows, copies, batches)
-			}
 			if err != nil {
 				fetchErr = err
 				return
 			}
-			for _, r := range rows {
+			// Read what the loop needs before the rows go to the
+			// appliers, which let their ciphertexts go.
+			seen += len(rows)
+			for i := range rows {
 				// Not past the counter: a row above it has a forged
 				// version (see Store.Pull).
-				if r.Version <= maxVersion {
+				if r := &rows[i]; r.Version <= maxVersion {
 					upTo = Cursor{r.Version, r.Namespace, r.Name}
 				}
 			}
 			if len(rows) > 0 {
-				last := rows[len(rows)-1]
+				last := &rows[len(rows)-1]
 				page = Cursor{last.Version, last.Namespace, last.Name}
+			}
+			if err := f.queueOutOfSync(ctx, rows, copies, batches); err != nil {
+				fetchErr = err
+				return
 			}
 			if len(rows) < headerPage {
 				return
