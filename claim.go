@@ -121,10 +121,9 @@ func (s *Store) ReadClaim(ctx context.Context) (ClaimState, error) {
 	return c, nil
 }
 
-// fence fails the transaction tx with errFenced unless c is still held.
-func fence(ctx context.Context, tx pgx.Tx, c Claim) error {
-	var epoch int64
-	err := tx.QueryRow(ctx, fenceSQL, c.Holder, c.Epoch).Scan(&epoch)
+// fenceResult is the outcome of scanning fenceSQL's row: errFenced when
+// the claim is no longer held (no row).
+func fenceResult(err error) error {
 	if errors.Is(err, pgx.ErrNoRows) {
 		return errFenced
 	}

@@ -247,11 +247,7 @@ func (s *Store) writeChunk(ctx context.Context, claim Claim, keyID string, chunk
 	open = err == nil
 	var epoch int64
 	if err == nil {
-		if err = br.QueryRow().Scan(&epoch); errors.Is(err, pgx.ErrNoRows) {
-			err = errFenced
-		} else if err != nil {
-			err = fmt.Errorf("check the writer claim: %w", err)
-		}
+		err = fenceResult(br.QueryRow().Scan(&epoch))
 	}
 	if err == nil {
 		if err = br.QueryRow().Scan(&version); err != nil {

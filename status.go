@@ -152,7 +152,7 @@ func readStatus(ctx context.Context, cfg *Config, store *Store, client kubernete
 
 	claim, err := store.ReadClaim(ctx)
 	if err != nil {
-		return nil, fmt.Errorf("read the writer claim: %w", err)
+		return nil, err
 	}
 	r.Writer = &writerStatus{Holder: claim.Holder, Epoch: claim.Epoch, ExpiresIn: claim.ExpiresAt.Sub(claim.Now).Seconds()}
 	if claim.Free() {
@@ -168,20 +168,21 @@ func readStatus(ctx context.Context, cfg *Config, store *Store, client kubernete
 		r.Role = "follower"
 	}
 
-	lag, err := store.Lag(ctx, 0)
+	// The writer has no cursor; for it, Lag after 0 gives the version.
+	var cursor Cursor
+	if !writing {
+		cursor, err = (&cursorStore{client: client, namespace: cfg.PodNamespace, name: cfg.LeaseName + stateSuffix}).load(ctx)
+		if err != nil && !errors.Is(err, errBadCursor) {
+			return nil, fmt.Errorf("read this cluster's cursor: %w", err)
+		}
+	}
+	lag, err := store.Lag(ctx, cursor.Version)
 	if err != nil {
 		return nil, err
 	}
 	r.DatabaseVersion = lag.MaxVersion
 	if writing {
 		return r, nil
-	}
-	cursor, err := (&cursorStore{client: client, namespace: cfg.PodNamespace, name: cfg.LeaseName + stateSuffix}).load(ctx)
-	if err != nil && !errors.Is(err, errBadCursor) {
-		return nil, fmt.Errorf("read this cluster's cursor: %w", err)
-	}
-	if lag, err = store.Lag(ctx, cursor.Version); err != nil {
-		return nil, err
 	}
 	r.Cursor = &cursorStatus{Version: cursor.Version, RowsBehind: lag.Rows}
 	if lag.Rows > 0 {

@@ -86,25 +86,8 @@ func main() {
 			}
 		}
 	}
-	for _, s := range strings.Split(*sizes, ",") {
-		n, err := strconv.Atoi(strings.TrimSpace(s))
-		if err != nil || n < 1 {
-			fmt.Fprintf(os.Stderr, "bench: invalid --sizes %q\n", *sizes)
-			os.Exit(2)
-		}
-		o.sizes = append(o.sizes, n)
-	}
-	for _, s := range strings.Split(*remote, ",") {
-		if s = strings.TrimSpace(s); s == "" {
-			continue
-		}
-		n, err := strconv.Atoi(s)
-		if err != nil || n < 1 {
-			fmt.Fprintf(os.Stderr, "bench: invalid --remote-db-sizes %q\n", *remote)
-			os.Exit(2)
-		}
-		o.remoteSizes = append(o.remoteSizes, n)
-	}
+	o.sizes = parseSizes("sizes", *sizes, false)
+	o.remoteSizes = parseSizes("remote-db-sizes", *remote, true)
 	if o.dbRTT <= 0 && len(o.remoteSizes) > 0 {
 		fmt.Fprintln(os.Stderr, "bench: --db-rtt must be positive")
 		os.Exit(2)
@@ -114,6 +97,25 @@ func main() {
 		os.Exit(2)
 	}
 	os.Exit(run(o))
+}
+
+// parseSizes reads the comma-separated sizes of flag name, exiting with 2
+// on anything but positive integers; emptyOK allows "" (none) and empty
+// entries.
+func parseSizes(name, v string, emptyOK bool) []int {
+	var out []int
+	for _, s := range strings.Split(v, ",") {
+		if s = strings.TrimSpace(s); s == "" && emptyOK {
+			continue
+		}
+		n, err := strconv.Atoi(s)
+		if err != nil || n < 1 {
+			fmt.Fprintf(os.Stderr, "bench: invalid --%s %q\n", name, v)
+			os.Exit(2)
+		}
+		out = append(out, n)
+	}
+	return out
 }
 
 // bench holds what every workload shares.
@@ -213,22 +215,20 @@ func (b *bench) run(ctx context.Context) (*report, error) {
 	}
 
 	largest := slices.Max(b.opts.sizes)
+	var workloads []*workload
 	for _, n := range b.opts.sizes {
-		if ctx.Err() != nil {
-			return nil, ctx.Err()
-		}
-		w := &workload{bench: b, n: n, prefix: fmt.Sprintf("w%d", n),
+		workloads = append(workloads, &workload{bench: b, n: n, prefix: fmt.Sprintf("w%d", n),
 			latency:    b.latencyAt(n),
 			memoryTest: n == largest && b.opts.unlabelled > 0,
-		}
-		res := w.run(ctx)
+		})
+	}
+	for _, n := range b.opts.remoteSizes {
+		workloads = append(workloads, &workload{bench: b, n: n, prefix: fmt.Sprintf("r%d", n), latency: true, dbDelay: b.opts.dbRTT / 2})
+	}
+	for _, w := range workloads {
 		if ctx.Err() != nil {
 			return nil, ctx.Err()
 		}
-		rep.Results = append(rep.Results, *res)
-	}
-	for _, n := range b.opts.remoteSizes {
-		w := &workload{bench: b, n: n, prefix: fmt.Sprintf("r%d", n), latency: true, dbDelay: b.opts.dbRTT / 2}
 		res := w.run(ctx)
 		if ctx.Err() != nil {
 			return nil, ctx.Err()
