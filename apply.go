@@ -96,11 +96,11 @@ func (a *rowApplier) unsettleConflict(key ObjectKey) {
 // isSettled reports whether a full pass may skip r: its version was
 // settled, and, for a conflict, no managed copy has appeared since (a
 // standby caches unmanaged labelled Secrets too).
-func (a *rowApplier) isSettled(r *Row, existing *corev1.Secret) bool {
+func (a *rowApplier) isSettled(r *Row, existing *cachedSecret) bool {
 	a.settledMu.Lock()
 	defer a.settledMu.Unlock()
 	s, ok := a.settled[r.ObjectKey]
-	if !ok || s.version != r.Version || s.conflict && existing != nil && isManaged(existing) {
+	if !ok || s.version != r.Version || s.conflict && existing != nil && existing.managed {
 		delete(a.settled, r.ObjectKey)
 		return false
 	}
@@ -125,7 +125,7 @@ type applyBatch struct {
 // are applied, in the order the batches came (so a cursor moves only past
 // applied rows). A row's ciphertext is let go once it is applied. stream
 // returns when batches is closed and every row is applied.
-func (a *rowApplier) stream(ctx context.Context, batches <-chan applyBatch, existing func(*Row) *corev1.Secret) {
+func (a *rowApplier) stream(ctx context.Context, batches <-chan applyBatch, existing func(*Row) *cachedSecret) {
 	streamRows(a.cfg.ApplyWorkers, batches, func(r *Row) { a.row(ctx, r, existing(r)) })
 }
 
@@ -203,7 +203,7 @@ func streamRows(workers int, batches <-chan applyBatch, apply func(*Row)) {
 
 // all applies rows (distinct Secrets) as one batch of stream, and returns
 // when all are applied.
-func (a *rowApplier) all(ctx context.Context, rows []*Row, existing func(*Row) *corev1.Secret) {
+func (a *rowApplier) all(ctx context.Context, rows []*Row, existing func(*Row) *cachedSecret) {
 	batches := make(chan applyBatch, 1)
 	batches <- applyBatch{rows: rows}
 	close(batches)
@@ -219,7 +219,7 @@ func (a *rowApplier) skips(r *Row) bool {
 // row decrypts one row and applies it. Errors are reported here (log,
 // metric, Event) and not returned: one bad row must not stop the others,
 // and the next full pass retries it.
-func (a *rowApplier) row(ctx context.Context, r *Row, existing *corev1.Secret) {
+func (a *rowApplier) row(ctx context.Context, r *Row, cached *cachedSecret) {
 	log := a.log.WithFields(logrus.Fields{"namespace": r.Namespace, "name": r.Name, "version": r.Version, "source": r.SourceCluster})
 	if a.skips(r) {
 		return
@@ -241,22 +241,21 @@ func (a *rowApplier) row(ctx context.Context, r *Row, existing *corev1.Secret) {
 		return
 	}
 	var action string
-	if existing != nil && isStripped(existing) {
-		// Cached without its data: compare and write against the live copy.
-		var live *corev1.Secret
-		live, err = a.client.CoreV1().Secrets(r.Namespace).Get(ctx, r.Name, metav1.GetOptions{})
-		switch {
-		case apierrors.IsNotFound(err):
+	// The cache keeps no data: a copy it knows of is compared and written
+	// against the live Secret. One it does not know of is created, which
+	// reads the Secret only if its name turns out to be taken.
+	var existing *corev1.Secret
+	if cached != nil {
+		existing, err = a.client.CoreV1().Secrets(r.Namespace).Get(ctx, r.Name, metav1.GetOptions{})
+		if apierrors.IsNotFound(err) {
 			existing, err = nil, nil
-		case err == nil:
-			existing = live
 		}
 	}
 	if err == nil {
 		action, err = a.write(ctx, r, p, existing)
 	}
 	if existing != nil && apierrors.IsConflict(err) {
-		// The cached copy was stale: apply once more against the live one.
+		// Changed since it was read: apply once more against the live one.
 		var live *corev1.Secret
 		live, err = a.client.CoreV1().Secrets(r.Namespace).Get(ctx, r.Name, metav1.GetOptions{})
 		switch {
@@ -353,17 +352,17 @@ func openRow(keys *Keyring, r *Row) (*Payload, error) {
 // whose content still has the row's keyed hash (no hand edits since). An
 // older row of equal content, as a database restored from a backup holds,
 // would change nothing, so it is no rollback to refuse.
-func inSync(r *Row, existing *corev1.Secret, keys *Keyring) bool {
+func inSync(r *Row, existing *cachedSecret) bool {
 	if existing == nil {
 		return r.Tombstone
 	}
-	if r.Tombstone || appliedVersion(existing) < r.Version {
+	if r.Tombstone || existing.version < r.Version {
 		return false
 	}
 	// The row's own key: a row not yet rewritten after a key rotation is
 	// still in sync with its copy. A key not in the ring is not; opening
 	// the row then reports it.
-	h, ok := cachedHash(existing, keys, r.KeyID)
+	h, ok := existing.hash(r.KeyID)
 	return ok && hmac.Equal(h, r.Hash)
 }
 
@@ -401,11 +400,13 @@ func (a *rowApplier) firstReport(r *Row) bool {
 // that `kubectl get events -n <namespace>` shows it). The message carries
 // the reason and the error, which hold sizes and key ids, never data.
 func (a *rowApplier) recordRejected(r *Row, reason string, err error) {
-	var copyOf *corev1.Secret
+	ref := secretRef(r.ObjectKey, nil)
 	if a.copies != nil {
-		copyOf = a.copies.get(r.ObjectKey)
+		if c := a.copies.get(r.ObjectKey); c != nil {
+			ref.UID, ref.ResourceVersion = c.uid, c.resourceVersion
+		}
 	}
-	a.recorder.Eventf(secretRef(r.ObjectKey, copyOf), corev1.EventTypeWarning, "RowRejected",
+	a.recorder.Eventf(ref, corev1.EventTypeWarning, "RowRejected",
 		"kube-secret-sync did not apply database row version %d (%s): %v", r.Version, reason, err)
 }
 

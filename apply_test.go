@@ -11,7 +11,6 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes/fake"
 )
 
@@ -82,7 +81,11 @@ func TestInSync(t *testing.T) {
 		{"row under a key not in the ring", &unknownKey, copyOf(row), false},
 	}
 	for _, tt := range tests {
-		if got := inSync(tt.row, tt.existing, ring); got != tt.want {
+		var cached *cachedSecret
+		if tt.existing != nil {
+			cached = slim(tt.existing.DeepCopy(), ring, ring.IDs())
+		}
+		if got := inSync(tt.row, cached); got != tt.want {
 			t.Errorf("inSync(%s) = %v; want %v", tt.name, got, tt.want)
 		}
 	}
@@ -157,7 +160,7 @@ func TestSettled(t *testing.T) {
 	a.conflicts.start(t.Context())
 	key := ObjectKey{"web", "tls"}
 	v5, v6 := &Row{ObjectKey: key, Version: 5}, &Row{ObjectKey: key, Version: 6}
-	copyOf := &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Labels: map[string]string{managedLabel: "true"}}}
+	copyOf := &cachedSecret{managed: true}
 
 	if a.isSettled(v5, nil) {
 		t.Fatal("a row never settled is settled")
@@ -184,7 +187,7 @@ func TestSettled(t *testing.T) {
 	if a.conflicts.watched() != 1 {
 		t.Errorf("%d names watched; want the conflict's", a.conflicts.watched())
 	}
-	if !a.isSettled(v5, &corev1.Secret{}) {
+	if !a.isSettled(v5, &cachedSecret{}) {
 		t.Error("a conflict is not settled while its unmanaged Secret (a standby caches them) stays")
 	}
 	if a.isSettled(v5, copyOf) {

@@ -2,17 +2,22 @@ package main
 
 import (
 	"context"
-	"encoding/base64"
 	"fmt"
-	"maps"
-	"strconv"
+	"slices"
+	"sync"
+	"time"
+	"unique"
 
+	"golang.org/x/sync/errgroup"
 	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
-	corelisters "k8s.io/client-go/listers/core/v1"
 	"k8s.io/client-go/tools/cache"
 )
 
@@ -20,20 +25,100 @@ import (
 // label selector in the synced namespaces: one cluster-wide watch, or one
 // per namespace when NAMESPACES is set (which then works with namespaced
 // RBAC). The leader watches the labelled sources through it, the follower
-// its managed copies. Objects from it are shared: never mutate them.
+// its managed copies. It keeps what the loops compare (cachedSecret), not
+// the Secrets themselves: anything that writes reads the live Secret.
 type secretCache struct {
 	cfg      *Config
-	selector labels.Selector
-	listers  map[string]corelisters.SecretLister // by namespace; "" = all
+	indexers map[string]cache.Indexer // by namespace; "" = all
+}
+
+// cachedSecret is what a secretCache keeps of a Secret: about 400 bytes
+// with the informer's own bookkeeping, whatever the Secret's size, so that
+// 100,000 Secrets fit a daemon's memory limit (issue 13). Instead of its
+// data it holds the keyed hash of its payload, under each key id the loop
+// compares with. Never mutate one: the informer shares it.
+type cachedSecret struct {
+	namespace, name string
+	uid             types.UID
+	resourceVersion string
+	typ             corev1.SecretType
+	// managed: the managed label is set (isManaged).
+	managed bool
+	// version is the row version a managed copy was written from
+	// (appliedVersion), -1 for none.
+	version int64
+	// lastChange is lastChange of the Secret.
+	lastChange time.Time
+	// sealedSize estimates the sealed payload's size (ApproxSealedSize).
+	sealedSize int
+	hashes     []keyedHash
+}
+
+type keyedHash struct {
+	keyID string
+	sum   []byte
+}
+
+// slim is what the cache keeps of s: the keyed hash of its payload under
+// each key id in ids, and the few fields the loops read.
+func slim(s *corev1.Secret, keys *Keyring, ids []string) *cachedSecret {
+	p := payloadOf(s)
+	c := &cachedSecret{
+		namespace:       unique.Make(s.Namespace).Value(),
+		name:            s.Name,
+		uid:             s.UID,
+		resourceVersion: s.ResourceVersion,
+		typ:             corev1.SecretType(unique.Make(string(s.Type)).Value()),
+		managed:         isManaged(s),
+		version:         appliedVersion(s),
+		lastChange:      p.UpdatedAt,
+		sealedSize:      ApproxSealedSize(p),
+		hashes:          make([]keyedHash, 0, len(ids)),
+	}
+	for _, id := range ids {
+		if h, ok := keys.HashFor(id, s.Namespace, s.Name, p); ok {
+			c.hashes = append(c.hashes, keyedHash{id, h})
+		}
+	}
+	return c
+}
+
+// hash is the keyed hash of the Secret's payload under keyID; ok is false
+// for a key id the cache does not keep.
+func (c *cachedSecret) hash(keyID string) (sum []byte, ok bool) {
+	for _, h := range c.hashes {
+		if h.keyID == keyID {
+			return h.sum, true
+		}
+	}
+	return nil, false
+}
+
+func (c *cachedSecret) key() ObjectKey { return ObjectKey{c.namespace, c.name} }
+
+// syncable is syncable for a cached Secret.
+func (c *cachedSecret) syncable() bool { return !slices.Contains(neverSynced, c.typ) }
+
+// GetObjectMeta makes a cachedSecret an object that the informer can key
+// and index (by namespace).
+func (c *cachedSecret) GetObjectMeta() metav1.Object {
+	return &metav1.ObjectMeta{Namespace: c.namespace, Name: c.name, UID: c.uid, ResourceVersion: c.resourceVersion}
+}
+
+func (c *cachedSecret) GetObjectKind() schema.ObjectKind { return schema.EmptyObjectKind }
+
+func (c *cachedSecret) DeepCopyObject() runtime.Object {
+	cp := *c
+	cp.hashes = slices.Clone(c.hashes)
+	return &cp
 }
 
 // startSecretCache starts the watches, registers handler (may be nil) and
 // waits until the cache is filled: reconciling from a partial cache would
-// take every Secret missing from it as deleted. A cached Secret with more
-// than cacheDataLimit of data keeps, instead of its data, its keyed hash
-// under each of hashKeyIDs (see stripData).
+// take every Secret missing from it as deleted. The cache keeps each Secret
+// as slim makes it, with its keyed hash under each of hashKeyIDs.
 func startSecretCache(ctx context.Context, client kubernetes.Interface, cfg *Config, selector labels.Selector, handler cache.ResourceEventHandler, keys *Keyring, hashKeyIDs []string) (*secretCache, error) {
-	c := &secretCache{cfg: cfg, selector: selector, listers: map[string]corelisters.SecretLister{}}
+	c := &secretCache{cfg: cfg, indexers: map[string]cache.Indexer{}}
 	namespaces := cfg.Namespaces
 	if len(namespaces) == 0 {
 		namespaces = []string{metav1.NamespaceAll}
@@ -43,24 +128,23 @@ func startSecretCache(ctx context.Context, client kubernetes.Interface, cfg *Con
 		factory := informers.NewSharedInformerFactoryWithOptions(client, 0,
 			informers.WithNamespace(ns),
 			informers.WithTweakListOptions(func(o *metav1.ListOptions) { o.LabelSelector = selector.String() }))
-		inf := factory.Core().V1().Secrets()
+		inf := factory.Core().V1().Secrets().Informer()
 		transform := func(obj any) (any, error) {
-			obj, err := trimForCache(obj)
-			if s, ok := obj.(*corev1.Secret); ok && err == nil {
-				stripData(s, keys, hashKeyIDs)
+			if s, ok := obj.(*corev1.Secret); ok {
+				return slim(s, keys, hashKeyIDs), nil
 			}
-			return obj, err
+			return obj, nil
 		}
-		if err := inf.Informer().SetTransform(transform); err != nil {
+		if err := inf.SetTransform(transform); err != nil {
 			return nil, err
 		}
 		if handler != nil {
-			if _, err := inf.Informer().AddEventHandler(handler); err != nil {
+			if _, err := inf.AddEventHandler(handler); err != nil {
 				return nil, err
 			}
 		}
-		c.listers[ns] = inf.Lister()
-		synced = append(synced, inf.Informer().HasSynced)
+		c.indexers[ns] = inf.GetIndexer()
+		synced = append(synced, inf.HasSynced)
 		factory.Start(ctx.Done())
 	}
 	if !cache.WaitForCacheSync(ctx.Done(), synced...) {
@@ -69,121 +153,118 @@ func startSecretCache(ctx context.Context, client kubernetes.Interface, cfg *Con
 	return c, nil
 }
 
-// trimForCache shrinks an object before the cache stores it: the cache
-// holds every synced Secret, and managedFields are often as large as a
-// small Secret's data. Only the newest entry's time is kept, which is all
-// that lastChange reads. Objects from the cache must therefore never be
-// sent back with their managedFields (secretWriter clears them).
-func trimForCache(obj any) (any, error) {
-	s, ok := obj.(*corev1.Secret)
-	if !ok || len(s.ManagedFields) == 0 {
-		return obj, nil
+// indexer is the index that holds namespace's Secrets, or nil.
+func (c *secretCache) indexer(namespace string) cache.Indexer {
+	if i := c.indexers[metav1.NamespaceAll]; i != nil {
+		return i
 	}
-	var newest *metav1.Time
-	for _, f := range s.ManagedFields {
-		if f.Time != nil && (newest == nil || f.Time.After(newest.Time)) {
-			newest = f.Time
-		}
-	}
-	s.ManagedFields = []metav1.ManagedFieldsEntry{{Time: newest}}
-	return s, nil
-}
-
-// cacheDataLimit is the data size above which a watched Secret is cached
-// without its data. Ordinary Secrets (a TLS certificate is a few KiB) stay
-// whole, so that the common path makes no extra request; a fleet of
-// near-1 MiB Secrets then fits the memory limit, and the loops fetch such a
-// Secret only when they must seal or write it.
-const cacheDataLimit = 64 << 10
-
-// Annotations that only cached objects carry (the managed prefix keeps them
-// out of every payload): the data size of a stripped Secret and its keyed
-// hash per key id.
-const (
-	cachedSizeAnnotation       = managedPrefix + "cached-data-size"
-	cachedHashAnnotationPrefix = managedPrefix + "cached-hash."
-)
-
-// stripData drops the data of s, the cache's own copy, when it is larger
-// than cacheDataLimit, keeping its size and the keyed hash of its payload
-// under each key id in ids.
-func stripData(s *corev1.Secret, keys *Keyring, ids []string) {
-	size := dataSize(s.Data)
-	if size <= cacheDataLimit || keys == nil {
-		return
-	}
-	p := payloadOf(s)
-	annotations := maps.Clone(s.Annotations)
-	if annotations == nil {
-		annotations = map[string]string{}
-	}
-	for _, id := range ids {
-		if h, ok := keys.HashFor(id, s.Namespace, s.Name, p); ok {
-			annotations[cachedHashAnnotationPrefix+id] = base64.StdEncoding.EncodeToString(h)
-		}
-	}
-	annotations[cachedSizeAnnotation] = strconv.Itoa(size)
-	s.Annotations, s.Data, s.StringData = annotations, nil, nil
-}
-
-// isStripped reports whether s came from a cache without its data.
-func isStripped(s *corev1.Secret) bool {
-	_, ok := s.Annotations[cachedSizeAnnotation]
-	return ok
-}
-
-// cachedHash is the keyed hash of s's payload under keyID: computed, or,
-// for a Secret cached without its data, as the cache kept it. ok is false
-// for a key id not in the ring (or not kept).
-func cachedHash(s *corev1.Secret, keys *Keyring, keyID string) (sum []byte, ok bool) {
-	if !isStripped(s) {
-		return keys.HashFor(keyID, s.Namespace, s.Name, payloadOf(s))
-	}
-	h, err := base64.StdEncoding.DecodeString(s.Annotations[cachedHashAnnotationPrefix+keyID])
-	if err != nil || len(h) == 0 {
-		return nil, false
-	}
-	return h, true
-}
-
-// cachedDataSize is the size of s's data, also for a stripped Secret.
-func cachedDataSize(s *corev1.Secret) int {
-	if n, err := strconv.Atoi(s.Annotations[cachedSizeAnnotation]); err == nil {
-		return n
-	}
-	return dataSize(s.Data)
+	return c.indexers[namespace]
 }
 
 // get returns the Secret key, or nil when it does not exist, does not
 // match the selector, or is in a namespace that is not synced.
-func (c *secretCache) get(key ObjectKey) *corev1.Secret {
-	if !c.cfg.namespaceAllowed(key.Namespace) {
+func (c *secretCache) get(key ObjectKey) *cachedSecret {
+	i := c.indexer(key.Namespace)
+	if i == nil || !c.cfg.namespaceAllowed(key.Namespace) {
 		return nil
 	}
-	lister := c.listers[metav1.NamespaceAll]
-	if lister == nil {
-		lister = c.listers[key.Namespace]
-	}
-	if lister == nil {
-		return nil
-	}
-	s, err := lister.Secrets(key.Namespace).Get(key.Name)
-	if err != nil {
+	obj, ok, _ := i.GetByKey(key.Namespace + "/" + key.Name)
+	s, _ := obj.(*cachedSecret)
+	if !ok {
 		return nil
 	}
 	return s
 }
 
 // list returns every cached Secret of the synced namespaces.
-func (c *secretCache) list() []*corev1.Secret {
-	var out []*corev1.Secret
-	for _, lister := range c.listers {
-		all, _ := lister.List(c.selector)
-		for _, s := range all {
-			if c.cfg.namespaceAllowed(s.Namespace) {
+func (c *secretCache) list() []*cachedSecret {
+	var out []*cachedSecret
+	for _, i := range c.indexers {
+		for _, obj := range i.List() {
+			if s, ok := obj.(*cachedSecret); ok && c.cfg.namespaceAllowed(s.namespace) {
 				out = append(out, s)
 			}
 		}
 	}
 	return out
+}
+
+// count is how many Secrets the cache holds in namespace.
+func (c *secretCache) count(namespace string) int {
+	i := c.indexer(namespace)
+	if i == nil {
+		return 0
+	}
+	keys, _ := i.IndexKeys(cache.NamespaceIndex, namespace)
+	return len(keys)
+}
+
+// listMin is how many Secrets of one namespace a read needs before it lists
+// the namespace (in pages of listPage) instead of getting each: the initial
+// sync of a namespace of thousands reads it in a few requests, and one
+// changed Secret costs one GET.
+const (
+	listMin      = 16
+	listPage     = 500
+	getWorkers   = 16
+	listMaxWaste = 4 // list only if at most this many Secrets come per one wanted
+)
+
+// readLive reads from the API server the Secrets keys that match selector,
+// with their data: what the cache (see slim) does not keep. A key that is
+// missing or does not match is absent from the result. inCache is how many
+// cached Secrets a namespace has, which bounds what listing it reads.
+func readLive(ctx context.Context, client kubernetes.Interface, selector labels.Selector, keys []ObjectKey, inCache func(namespace string) int) (map[ObjectKey]*corev1.Secret, error) {
+	byNamespace := map[string][]ObjectKey{}
+	for _, k := range keys {
+		byNamespace[k.Namespace] = append(byNamespace[k.Namespace], k)
+	}
+	out := make(map[ObjectKey]*corev1.Secret, len(keys))
+	var gets []ObjectKey
+	for ns, want := range byNamespace {
+		if len(want) < listMin || inCache(ns) > listMaxWaste*len(want) {
+			gets = append(gets, want...)
+			continue
+		}
+		wanted := make(map[string]bool, len(want))
+		for _, k := range want {
+			wanted[k.Name] = true
+		}
+		opts := metav1.ListOptions{LabelSelector: selector.String(), Limit: listPage}
+		for {
+			list, err := client.CoreV1().Secrets(ns).List(ctx, opts)
+			if err != nil {
+				return nil, fmt.Errorf("list secrets in %s: %w", ns, err)
+			}
+			for i := range list.Items {
+				if s := &list.Items[i]; wanted[s.Name] {
+					out[ObjectKey{ns, s.Name}] = s
+				}
+			}
+			if opts.Continue = list.Continue; opts.Continue == "" {
+				break
+			}
+		}
+	}
+	var mu sync.Mutex
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(getWorkers)
+	for _, k := range gets {
+		g.Go(func() error {
+			s, err := client.CoreV1().Secrets(k.Namespace).Get(gctx, k.Name, metav1.GetOptions{})
+			if apierrors.IsNotFound(err) {
+				return nil
+			}
+			if err != nil {
+				return fmt.Errorf("read %s: %w", k, err)
+			}
+			if selector.Matches(labels.Set(s.Labels)) {
+				mu.Lock()
+				out[k] = s
+				mu.Unlock()
+			}
+			return nil
+		})
+	}
+	return out, g.Wait()
 }

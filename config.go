@@ -47,6 +47,7 @@ type Config struct {
 	PgNotify          bool     `envconfig:"PG_NOTIFY" default:"true" desc:"PostgreSQL only: LISTEN/NOTIFY wake-up hint, so that followers pull at once; the poll remains the fallback"`
 	Kubeconfig        string   `envconfig:"KUBECONFIG" desc:"kubeconfig file when running outside a cluster (default: in-cluster config)"`
 	MetricsAddr       string   `envconfig:"METRICS_ADDR" default:":8080" desc:"address for /metrics, /healthz and /readyz; empty disables"`
+	PprofAddr         string   `envconfig:"PPROF_ADDR" desc:"address for Go's /debug/pprof profiles, such as 127.0.0.1:6060; empty (the default) disables. Never expose it outside the pod"`
 	LeaderElection    bool     `envconfig:"LEADER_ELECTION" default:"true" desc:"one active replica per cluster through a Lease"`
 	LeaseName         string   `envconfig:"LEASE_NAME" default:"kube-secret-sync" desc:"name of the Lease and prefix of the state ConfigMap"`
 	PodNamespace      string   `envconfig:"POD_NAMESPACE" desc:"namespace of the Lease and state ConfigMap (default: the pod's, else default)"`
@@ -164,10 +165,13 @@ func (c *Config) validate() error {
 	if c.DeleteGuard < 1 || c.DeleteGuard > 100 {
 		return fmt.Errorf("invalid DELETE_GUARD_PERCENT: must be between 1 and 100, got %d", c.DeleteGuard)
 	}
-	if c.MetricsAddr != "" {
-		_, port, err := net.SplitHostPort(c.MetricsAddr)
+	for _, a := range []struct{ name, addr string }{{"METRICS_ADDR", c.MetricsAddr}, {"PPROF_ADDR", c.PprofAddr}} {
+		if a.addr == "" {
+			continue
+		}
+		_, port, err := net.SplitHostPort(a.addr)
 		if n, perr := strconv.Atoi(port); err != nil || perr != nil || n < 0 || n > 65535 {
-			return fmt.Errorf("invalid METRICS_ADDR: want host:port or :port with a port from 0 to 65535, got %q", c.MetricsAddr)
+			return fmt.Errorf("invalid %s: want host:port or :port with a port from 0 to 65535, got %q", a.name, a.addr)
 		}
 	}
 	if errs := validation.IsDNS1123Subdomain(c.LeaseName); len(errs) > 0 {

@@ -35,7 +35,7 @@ var configErrorForm = regexp.MustCompile(`^(?:invalid ([A-Z][A-Z0-9_]*): \S.*|([
 var fuzzConfigVars = []string{
 	"DSN", "ENCRYPTION_KEY", "PREVIOUS_ENCRYPTION_KEYS", "LEADER", "TICK_SECONDS", "POLL_SECONDS", "DEBUG", "PRETTY",
 	"CLUSTER_NAME", "LABEL_SELECTOR", "NAMESPACES", "EXCLUDE_NAMESPACES", "DELETE_POLICY", "CREATE_NAMESPACES",
-	"KUBE_QPS", "KUBE_BURST", "APPLY_WORKERS", "WRITER_CLAIM_SECONDS", "DELETE_GUARD_PERCENT", "PG_NOTIFY", "KUBECONFIG", "METRICS_ADDR", "LEADER_ELECTION", "LEASE_NAME",
+	"KUBE_QPS", "KUBE_BURST", "APPLY_WORKERS", "WRITER_CLAIM_SECONDS", "DELETE_GUARD_PERCENT", "PG_NOTIFY", "KUBECONFIG", "METRICS_ADDR", "PPROF_ADDR", "LEADER_ELECTION", "LEASE_NAME",
 	"POD_NAMESPACE", "POD_NAME",
 }
 
@@ -135,6 +135,7 @@ func fuzzLoadConfigSeeds() []fuzzSeed {
 		seed("qps-inf", pw, "DSN", url, "ENCRYPTION_KEY", key, "KUBE_QPS", "Inf", "KUBE_BURST", "2147483648"),
 		seed("metrics-disabled", pw, "DSN", url, "ENCRYPTION_KEY", key, "METRICS_ADDR", ""),
 		seed("metrics-bad", pw, "DSN", url, "ENCRYPTION_KEY", key, "METRICS_ADDR", "localhost"),
+		seed("pprof-bad", pw, "DSN", url, "ENCRYPTION_KEY", key, "PPROF_ADDR", "localhost"),
 		seed("lease-bad", pw, "DSN", url, "ENCRYPTION_KEY", key, "LEASE_NAME", "Not A Name", "POD_NAMESPACE", "Bad_NS"),
 		seed("lease-long", pw, "DSN", url, "ENCRYPTION_KEY", key, "LEASE_NAME", strings.Repeat("a", 253)),
 		// A secret that is also an ordinary setting's value: its text
@@ -157,13 +158,13 @@ func FuzzLoadConfig(f *testing.F) {
 	// The seeds committed under testdata/fuzz/FuzzLoadConfig are the corpus.
 	f.Fuzz(func(t *testing.T, password, dsn, key, previousKeys, leader, tick, poll, debug, pretty,
 		cluster, selector, namespaces, exclude, deletePolicy, createNamespaces,
-		qps, burst, applyWorkers, writerClaim, deleteGuard, pgNotify, kubeconfig, metricsAddr, leaderElection, leaseName, podNamespace, podName string) {
+		qps, burst, applyWorkers, writerClaim, deleteGuard, pgNotify, kubeconfig, metricsAddr, pprofAddr, leaderElection, leaseName, podNamespace, podName string) {
 		if strings.ContainsRune(password, 0) {
 			return // no environment can hold it
 		}
 		values := []string{dsn, key, previousKeys, leader, tick, poll, debug, pretty,
 			cluster, selector, namespaces, exclude, deletePolicy, createNamespaces,
-			qps, burst, applyWorkers, writerClaim, deleteGuard, pgNotify, kubeconfig, metricsAddr, leaderElection, leaseName, podNamespace, podName}
+			qps, burst, applyWorkers, writerClaim, deleteGuard, pgNotify, kubeconfig, metricsAddr, pprofAddr, leaderElection, leaseName, podNamespace, podName}
 		env := fuzzEnv(password, values)
 		setConfigEnv(t, env)
 		c, err := loadConfig()

@@ -276,6 +276,7 @@ func TestLoadConfigInvalid(t *testing.T) {
 		{"PG_NOTIFY maybe", validEnv(map[string]string{"PG_NOTIFY": "maybe"}), "PG_NOTIFY"},
 		{"METRICS_ADDR nope", validEnv(map[string]string{"METRICS_ADDR": "nope"}), "METRICS_ADDR"},
 		{"METRICS_ADDR port out of range", validEnv(map[string]string{"METRICS_ADDR": ":99999"}), "METRICS_ADDR"},
+		{"PPROF_ADDR nope", validEnv(map[string]string{"PPROF_ADDR": "nope"}), "PPROF_ADDR"},
 		{"METRICS_ADDR port not a number", validEnv(map[string]string{"METRICS_ADDR": ":abc"}), "METRICS_ADDR"},
 		{"LEASE_NAME too long for its ConfigMap", validEnv(map[string]string{"LEASE_NAME": strings.Repeat("a", 250)}), "LEASE_NAME"},
 		{"DSN naming a missing CA file", validEnv(map[string]string{"DSN": "postgres://u:" + configTestPassword + "@h/db?sslmode=verify-full&sslrootcert=/nonexistent/ca.crt"}), "DSN"},

@@ -58,6 +58,8 @@ type RowState struct {
 	// Damaged is set by the leader's verification: the row does not say
 	// what the leader wrote, and must be rewritten whatever its hash says.
 	Damaged bool
+	// Size is the ciphertext's length where read (StatesIn), else 0.
+	Size int64
 }
 
 // Change is one row the leader writes: a Secret's new content or its
@@ -351,26 +353,6 @@ func (u *upsertRows) add(c *Change, ciphertext []byte) {
 	u.namespaces, u.names = append(u.namespaces, c.Namespace), append(u.names, c.Name)
 	u.ciphertexts, u.hashes = append(u.ciphertexts, ciphertext), append(u.hashes, c.Hash)
 	u.tombstones = append(u.tombstones, c.Payload.Deleted)
-}
-
-// States returns the hash, tombstone flag, source and key id of every row.
-func (s *Store) States(ctx context.Context) (map[ObjectKey]RowState, error) {
-	rows, err := s.pool.Query(ctx, `SELECT namespace, name, hash, tombstone, source_cluster, key_id, version FROM kss_secrets`)
-	if err != nil {
-		return nil, fmt.Errorf("read row states: %w", err)
-	}
-	states := make(map[ObjectKey]RowState)
-	var k ObjectKey
-	var st RowState
-	_, err = pgx.ForEachRow(rows, []any{&k.Namespace, &k.Name, &st.Hash, &st.Tombstone, &st.SourceCluster, &st.KeyID, &st.Version}, func() error {
-		states[k] = st
-		st.Hash = nil // Scan into a fresh slice next time.
-		return nil
-	})
-	if err != nil {
-		return nil, fmt.Errorf("read row states: %w", err)
-	}
-	return states, nil
 }
 
 // Headers returns up to limit rows after the row after, in (namespace,

@@ -414,8 +414,8 @@ func TestWriteChunks(t *testing.T) {
 func TestStates(t *testing.T) {
 	s := mustMigratedStore(t)
 	ctx := t.Context()
-	if got, err := s.States(ctx); err != nil || got == nil || len(got) != 0 {
-		t.Errorf("States(empty) = %v, %v; want an empty map", got, err)
+	if got, err := loadIndex(ctx, s); err != nil || got == nil || len(got) != 0 {
+		t.Errorf("loadIndex(empty) = %v, %v; want an empty index", got, err)
 	}
 	mustWrite(t, s, []Change{change("a", "x", 1), change("a", "y", 2), change("b", "x", 3)}, labelSeal)
 	if _, err := s.Write(ctx, claimFor(t, s, "leader-us"), "kid", []Change{change("c", "z", 4)}, labelSeal); err != nil {
@@ -431,17 +431,17 @@ func TestStates(t *testing.T) {
 		{"b", "x"}: {Hash: hashOf(3), SourceCluster: dbTestCluster},
 		{"c", "z"}: {Hash: hashOf(4), SourceCluster: "leader-us"},
 	}
-	got, err := s.States(ctx)
+	got, err := loadIndex(ctx, s)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if len(got) != len(want) {
-		t.Errorf("States() = %d rows; want %d", len(got), len(want))
+		t.Errorf("loadIndex() = %d rows; want %d", len(got), len(want))
 	}
 	for k, w := range want {
 		g, ok := got[k]
 		if !ok || !bytes.Equal(g.Hash, w.Hash) || g.Tombstone != w.Tombstone || g.SourceCluster != w.SourceCluster {
-			t.Errorf("States()[%s] = %+v, %v; want %+v", k, g, ok, w)
+			t.Errorf("loadIndex()[%s] = %+v, %v; want %+v", k, g, ok, w)
 		}
 	}
 }
@@ -465,26 +465,27 @@ func TestMaxVersion(t *testing.T) {
 // benchmarkRows is the table size of the benchmarks.
 const benchmarkRows = 10_000
 
-func TestPullHeadersAndFillCiphertexts(t *testing.T) {
+func TestFillCiphertexts(t *testing.T) {
 	s := mustMigratedStore(t)
 	mustWrite(t, s, []Change{change("ns", "a", 1), change("ns", "b", 1), change("ns", "c", 1)}, labelSeal)
-	headers, err := s.PullHeaders(t.Context(), Cursor{}, 10)
+	full := mustPullAll(t, s, Cursor{}, 10)
+	idx, err := loadIndex(t.Context(), s)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(headers) != 3 {
-		t.Fatalf("PullHeaders = %d rows; want 3", len(headers))
-	}
-	full := mustPullAll(t, s, Cursor{}, 10)
-	for i, h := range headers {
-		if h.Ciphertext != nil {
-			t.Errorf("PullHeaders row %s has a ciphertext", h.ObjectKey)
+	var headers []Row
+	for _, r := range full {
+		st, ok := idx[r.ObjectKey]
+		if !ok {
+			t.Fatalf("%s is not in the index", r.ObjectKey)
 		}
-		h.Ciphertext = full[i].Ciphertext
-		if !reflect.DeepEqual(h, full[i]) {
-			t.Errorf("PullHeaders row %d = %+v; want %+v without ciphertext", i, h, full[i])
+		h := *headerRow(r.ObjectKey, &st)
+		h.Ciphertext, h.UpdatedAt = r.Ciphertext, r.UpdatedAt
+		if !reflect.DeepEqual(h, r) {
+			t.Errorf("the index's header row = %+v; want %+v without ciphertext", h, r)
 		}
-		headers[i].Ciphertext = nil
+		h.Ciphertext = nil
+		headers = append(headers, h)
 	}
 	// b is rewritten after the headers were read: its old version is gone.
 	mustWrite(t, s, []Change{change("ns", "b", 2)}, labelSeal)

@@ -5,6 +5,7 @@ package main
 // cursor in its own cluster. What happens to one row is in apply.go.
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -44,6 +45,9 @@ type followerLoop struct {
 	copies *secretCache
 
 	cursor Cursor
+	// rows is the index of the table's row headers (digest.go), kept by
+	// the full pass and by pulls.
+	rows rowIndex
 	// wake is signalled by the PostgreSQL wake-up hint (PG_NOTIFY).
 	wake chan struct{}
 
@@ -63,6 +67,7 @@ func newFollowerLoop(d loopDeps) *followerLoop {
 		loopDeps: d,
 		passes:   newPassRunner(d),
 		apply:    newRowApplier(d),
+		rows:     rowIndex{},
 		cursors:  &cursorStore{client: d.client, namespace: d.cfg.PodNamespace, name: d.cfg.LeaseName + stateSuffix},
 		wake:     make(chan struct{}, 1),
 	}
@@ -153,8 +158,8 @@ func (f *followerLoop) run(ctx context.Context) error {
 			_ = f.passes.run(ctx, "full", f.reconcileFull)
 			f.inherited = map[ObjectKey]int64{}
 			for _, s := range f.copies.list() {
-				if isManaged(s) {
-					f.inherited[ObjectKey{s.Namespace, s.Name}] = appliedVersion(s)
+				if s.managed {
+					f.inherited[s.key()] = s.version
 				}
 			}
 			return nil
@@ -187,7 +192,8 @@ func (f *followerLoop) pull(ctx context.Context) (idle bool, err error) {
 			}
 			page := make([]*Row, 0, len(rows))
 			for i := range rows {
-				if r := &rows[i]; !f.apply.skips(r) && !inSync(r, f.copies.get(r.ObjectKey), f.keys) {
+				f.rows.record(&rows[i])
+				if r := &rows[i]; !f.apply.skips(r) && !inSync(r, f.copies.get(r.ObjectKey)) {
 					page = append(page, r)
 				}
 			}
@@ -207,7 +213,7 @@ func (f *followerLoop) pull(ctx context.Context) (idle bool, err error) {
 			}
 		}
 	}()
-	f.apply.stream(ctx, batches, func(r *Row) *corev1.Secret { return f.copies.get(r.ObjectKey) })
+	f.apply.stream(ctx, batches, func(r *Row) *cachedSecret { return f.copies.get(r.ObjectKey) })
 	if fetchErr != nil {
 		return false, fetchErr
 	}
@@ -226,16 +232,20 @@ func (f *followerLoop) saveCursor(ctx context.Context, before Cursor) error {
 }
 
 // reconcileFull compares every row with the managed copies (from the
-// watched cache) and applies what differs. A copy that is already equal to
-// its row (same version, same keyed hash) is not even decrypted.
+// watched cache) and applies what differs. The rows are those of the
+// follower's index of row headers, which the pass brings up to date by
+// comparing bucket digests (digest.go): an idle pass reads a few KiB. A
+// copy that is already equal to its row (same version, same keyed hash) is
+// not even decrypted; only the rows out of sync have their ciphertexts
+// read.
 func (f *followerLoop) reconcileFull(ctx context.Context) (idle bool, err error) {
 	// The watched cache may lag the API server by a moment: a copy seen
 	// stale is applied against its cached state, and an update that loses
 	// the race fails with a conflict and is retried by the next pass.
 	cached := f.copies.list()
-	copies := make(map[ObjectKey]*corev1.Secret, len(cached))
+	copies := make(map[ObjectKey]*cachedSecret, len(cached))
 	for _, s := range cached {
-		copies[ObjectKey{s.Namespace, s.Name}] = s
+		copies[s.key()] = s
 	}
 	maxVersion, err := f.store.MaxVersion(ctx)
 	if err != nil {
@@ -246,73 +256,58 @@ func (f *followerLoop) reconcileFull(ctx context.Context) (idle bool, err error)
 			Warn("the database's version is behind this follower's cursor (restored from a backup?): starting over from version 0")
 		f.cursor = Cursor{}
 	}
+	buckets, err := f.rows.refresh(ctx, f.store, maxVersion)
+	if err != nil {
+		return false, err
+	}
 	before := f.cursor
+	// The row the cursor may move to: every row up to the counter is in
+	// the index now. Among the rows of its version, the last by name in
+	// Go's order, which may not be the database's: then the next pull
+	// reads a few rows of that version again, once.
 	var upTo Cursor
-	var seen int
+	var todo []*Row
+	for k, st := range f.rows {
+		r := headerRow(k, &st)
+		// Not past the counter: a row above it has a forged version (see
+		// Store.Pull).
+		if c := (Cursor{r.Version, r.Namespace, r.Name}); r.Version <= maxVersion && cursorLess(upTo, c) {
+			upTo = c
+		}
+		if !f.apply.skips(r) && !inSync(r, copies[k]) && !f.apply.isSettled(r, copies[k]) {
+			todo = append(todo, r)
+		}
+	}
 	defer func() {
-		f.log.WithFields(logrus.Fields{"rows": seen, "copies": len(copies), "cursor": f.cursor.Version}).Debug("full pass done")
+		f.log.WithFields(logrus.Fields{"rows": len(f.rows), "buckets_read": buckets, "out_of_sync": len(todo), "copies": len(copies), "cursor": f.cursor.Version}).Debug("full pass done")
 	}()
-	// Read in one goroutine, applied in stream's: the database's next page
-	// is read while this one is applied.
+	// Ciphertexts are read in one goroutine and applied in stream's: the
+	// next batch is read while this one is applied.
 	batches := make(chan applyBatch, 1)
 	var fetchErr error
 	go func() {
 		defer close(batches)
-		var page Cursor
-		for {
-			rows, err := f.store.PullHeaders(ctx, page, headerPage)
-			if err != nil {
-				fetchErr = err
-				return
-			}
-			// Read what the loop needs before the rows go to the
-			// appliers, which let their ciphertexts go.
-			seen += len(rows)
-			for i := range rows {
-				// Not past the counter: a row above it has a forged
-				// version (see Store.Pull).
-				if r := &rows[i]; r.Version <= maxVersion {
-					upTo = Cursor{r.Version, r.Namespace, r.Name}
-				}
-			}
-			if len(rows) > 0 {
-				last := &rows[len(rows)-1]
-				page = Cursor{last.Version, last.Namespace, last.Name}
-			}
-			if err := f.queueOutOfSync(ctx, rows, copies, batches); err != nil {
-				fetchErr = err
-				return
-			}
-			if len(rows) < headerPage {
-				return
-			}
-		}
+		fetchErr = f.queueOutOfSync(ctx, todo, batches)
 	}()
-	f.apply.stream(ctx, batches, func(r *Row) *corev1.Secret { return copies[r.ObjectKey] })
+	f.apply.stream(ctx, batches, func(r *Row) *cachedSecret { return copies[r.ObjectKey] })
 	if fetchErr != nil {
 		return false, fetchErr
 	}
-	// The pass read every row up to upTo in the database's order, so the
-	// cursor may move there. Versions decide, not a Go string comparison,
-	// which could disagree with the database's collation.
-	if upTo != (Cursor{}) && upTo.Version >= f.cursor.Version {
+	if upTo.Version > f.cursor.Version {
 		f.cursor = upTo
 	}
 	return false, f.saveCursor(ctx, before)
 }
 
-// queueOutOfSync sends to batches the rows (read without ciphertext) whose
-// copy is not in sync, with just their ciphertexts fetched.
-func (f *followerLoop) queueOutOfSync(ctx context.Context, rows []Row, copies map[ObjectKey]*corev1.Secret, batches chan<- applyBatch) error {
-	var todo []*Row
-	for i := range rows {
-		r := &rows[i]
-		if !f.apply.skips(r) && !inSync(r, copies[r.ObjectKey], f.keys) && !f.apply.isSettled(r, copies[r.ObjectKey]) {
-			todo = append(todo, r)
-		}
-	}
-	// A row too large to open is refused without its ciphertext; the rest
-	// is fetched and applied a few MiB at a time.
+// cursorLess orders cursors by version, then by name in Go's order.
+func cursorLess(a, b Cursor) bool {
+	return cmp.Or(cmp.Compare(a.Version, b.Version), cmp.Compare(a.Namespace, b.Namespace), cmp.Compare(a.Name, b.Name)) < 0
+}
+
+// queueOutOfSync sends to batches the rows (headers) whose copy is not in
+// sync, with their ciphertexts read a few MiB at a time.
+func (f *followerLoop) queueOutOfSync(ctx context.Context, todo []*Row, batches chan<- applyBatch) error {
+	// A row too large to open is refused without its ciphertext.
 	var tooLarge []*Row
 	todo = slices.DeleteFunc(todo, func(r *Row) bool {
 		if r.Size > MaxCiphertextSize {

@@ -198,7 +198,7 @@ func grantsWork(ctx context.Context, role string, s *Store, round int) error {
 		return fmt.Errorf("migrate: %w", err)
 	}
 	if role == "kss_leader" {
-		if _, err := s.States(ctx); err != nil {
+		if _, err := loadIndex(ctx, s); err != nil {
 			return err
 		}
 		tomb := change("ns", "gone", uint64(round))
@@ -236,15 +236,15 @@ func grantsWork(ctx context.Context, role string, s *Store, round int) error {
 	if _, err := s.MaxVersion(ctx); err != nil {
 		return err
 	}
-	headers, err := s.PullHeaders(ctx, Cursor{}, 10)
+	idx, err := loadIndex(ctx, s)
 	if err != nil {
 		return err
 	}
-	ptrs := make([]*Row, len(headers))
-	for i := range headers {
-		ptrs[i] = &headers[i]
+	var headers []*Row
+	for k, st := range idx {
+		headers = append(headers, headerRow(k, &st))
 	}
-	if err := s.FillCiphertexts(ctx, ptrs); err != nil {
+	if err := s.FillCiphertexts(ctx, headers); err != nil {
 		return err
 	}
 	if len(rows) == 0 {

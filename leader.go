@@ -8,7 +8,6 @@ import (
 	"context"
 	"crypto/hmac"
 	"crypto/rand"
-	"encoding/base64"
 	"errors"
 	"fmt"
 	"io"
@@ -18,9 +17,6 @@ import (
 
 	"github.com/sirupsen/logrus"
 	corev1 "k8s.io/api/core/v1"
-	apierrors "k8s.io/apimachinery/pkg/api/errors"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/tools/cache"
 )
@@ -44,8 +40,9 @@ type leaderLoop struct {
 	dirty map[ObjectKey]struct{}
 	wake  chan struct{}
 
-	// known mirrors the stored rows: what was last read or written.
-	known map[ObjectKey]RowState
+	// known mirrors the stored rows: what was last read or written, kept
+	// up to date by the full pass's digests (digest.go).
+	known rowIndex
 	// refused holds the keyed hash of each Secret that could not be
 	// sealed, so that it is reported once per content, not on every pass.
 	refused map[ObjectKey][]byte
@@ -80,7 +77,7 @@ func newLeaderLoop(d loopDeps, claim Claim) *leaderLoop {
 		now:         time.Now,
 		dirty:       map[ObjectKey]struct{}{},
 		wake:        make(chan struct{}, 1),
-		known:       map[ObjectKey]RowState{},
+		known:       rowIndex{},
 		refused:     map[ObjectKey][]byte{},
 		credentials: map[ObjectKey]types.UID{},
 		hint:        d.cfg.PgNotify,
@@ -91,12 +88,12 @@ func (l *leaderLoop) enqueue(obj any) {
 	if d, ok := obj.(cache.DeletedFinalStateUnknown); ok {
 		obj = d.Obj
 	}
-	s, ok := obj.(*corev1.Secret)
+	s, ok := obj.(*cachedSecret)
 	if !ok {
 		return
 	}
 	l.mu.Lock()
-	l.dirty[ObjectKey{s.Namespace, s.Name}] = struct{}{}
+	l.dirty[s.key()] = struct{}{}
 	l.mu.Unlock()
 	select {
 	case l.wake <- struct{}{}:
@@ -166,11 +163,14 @@ func (l *leaderLoop) run(ctx context.Context) error {
 
 // reconcileFull compares every labelled Secret and every stored row.
 func (l *leaderLoop) reconcileFull(ctx context.Context) (idle bool, err error) {
-	states, err := l.store.States(ctx)
+	maxVersion, err := l.store.MaxVersion(ctx)
+	if err != nil {
+		return false, fmt.Errorf("read the database's version: %w", err)
+	}
+	buckets, err := l.known.refresh(ctx, l.store, maxVersion)
 	if err != nil {
 		return false, err
 	}
-	l.known = states
 	if err := l.verify(ctx); err != nil {
 		return false, err
 	}
@@ -181,12 +181,13 @@ func (l *leaderLoop) reconcileFull(ctx context.Context) (idle bool, err error) {
 	l.mu.Unlock()
 	var keys []ObjectKey
 	for _, s := range l.sources.list() {
-		keys = append(keys, ObjectKey{s.Namespace, s.Name})
+		keys = append(keys, s.key())
 	}
-	for k := range states {
+	rows := len(l.known)
+	for k := range l.known {
 		keys = append(keys, k)
 	}
-	l.log.WithFields(logrus.Fields{"secrets": len(keys) - len(states), "rows": len(states)}).Debug("full pass")
+	l.log.WithFields(logrus.Fields{"secrets": len(keys) - rows, "rows": rows, "buckets_read": buckets}).Debug("full pass")
 	if err := l.sync(ctx, "full", keys); err != nil {
 		return false, err
 	}
@@ -209,7 +210,7 @@ func (l *leaderLoop) reportForeign() {
 		}
 		reason := "this cluster has no Secret of that name (not labelled, or not applied here while on standby)"
 		if s := l.sources.get(k); s != nil {
-			reason = fmt.Sprintf("this cluster's copy is at version %d, older than the row's: it is taken over once its copy is current", appliedVersion(s))
+			reason = fmt.Sprintf("this cluster's copy is at version %d, older than the row's: it is taken over once its copy is current", s.version)
 		}
 		l.log.WithFields(logrus.Fields{"namespace": k.Namespace, "name": k.Name, "version": row.Version, "source": row.SourceCluster}).
 			Warn("row of another cluster kept as it is, never deleted from here: " + reason)
@@ -295,21 +296,29 @@ func (l *leaderLoop) sync(ctx context.Context, kind string, keys []ObjectKey) er
 }
 
 // fetch completes the changes of Secrets that the cache keeps without
-// their data (Change.Stripped) from the live Secret: its payload and keyed
-// hash. A Secret gone or unlabelled since is left to the watch event that
-// says so, and one whose live content is what its row holds is dropped.
+// their data (Change.Stripped) from the live Secrets, read in one go
+// (readLive): their payloads and keyed hashes. A Secret gone or unlabelled
+// since is left to the watch event that says so, and one whose live
+// content is what its row holds is dropped.
 func (l *leaderLoop) fetch(ctx context.Context, chunk []Change) ([]Change, error) {
+	var want []ObjectKey
+	for _, c := range chunk {
+		if c.Stripped {
+			want = append(want, c.ObjectKey)
+		}
+	}
+	if len(want) == 0 {
+		return chunk, nil
+	}
+	live, err := readLive(ctx, l.client, l.cfg.selector, want, l.sources.count)
+	if err != nil {
+		return nil, err
+	}
 	out := chunk[:0]
 	for _, c := range chunk {
 		if c.Stripped {
-			s, err := l.client.CoreV1().Secrets(c.Namespace).Get(ctx, c.Name, metav1.GetOptions{})
-			if apierrors.IsNotFound(err) {
-				continue
-			}
-			if err != nil {
-				return nil, fmt.Errorf("read %s: %w", c.ObjectKey, err)
-			}
-			if !l.cfg.selector.Matches(labels.Set(s.Labels)) || !syncable(s) {
+			s := live[c.ObjectKey]
+			if s == nil || !syncable(s) {
 				continue
 			}
 			c.Payload = payloadOf(s)
@@ -391,18 +400,18 @@ func (l *leaderLoop) guardDeletes(kind string, changes []Change) []Change {
 // if an earlier version stored one, becomes a tombstone. Each such Secret
 // is reported once (a log line, a Warning Event, row_errors_total{reason=
 // "credentials"}).
-func (l *leaderLoop) source(key ObjectKey) *corev1.Secret {
+func (l *leaderLoop) source(key ObjectKey) *cachedSecret {
 	s := l.sources.get(key)
-	if s == nil || syncable(s) {
+	if s == nil || s.syncable() {
 		return s
 	}
-	if l.credentials[key] != s.UID {
-		l.credentials[key] = s.UID
+	if l.credentials[key] != s.uid {
+		l.credentials[key] = s.uid
 		l.metrics.rowErrors.WithLabelValues("credentials").Inc()
-		l.log.WithFields(logrus.Fields{"namespace": key.Namespace, "name": key.Name, "type": s.Type, "reason": "credentials"}).
+		l.log.WithFields(logrus.Fields{"namespace": key.Namespace, "name": key.Name, "type": s.typ, "reason": "credentials"}).
 			Warn("Secret not synced: its type holds this cluster's own credentials, which never leave it")
 		l.event(key, corev1.EventTypeWarning, "NotSynced",
-			"kube-secret-sync never syncs Secrets of type %s, even when labelled: they are this cluster's credentials", s.Type)
+			"kube-secret-sync never syncs Secrets of type %s, even when labelled: they are this cluster's credentials", s.typ)
 	}
 	return nil
 }
@@ -413,7 +422,11 @@ func (l *leaderLoop) event(key ObjectKey, eventType, reason, format string, args
 	if l.recorder == nil {
 		return
 	}
-	l.recorder.Eventf(secretRef(key, l.sources.get(key)), eventType, reason, format, args...)
+	ref := secretRef(key, nil)
+	if s := l.sources.get(key); s != nil {
+		ref.UID, ref.ResourceVersion = s.uid, s.resourceVersion
+	}
+	l.recorder.Eventf(ref, eventType, reason, format, args...)
 }
 
 // sealable drops the changes whose Secret cannot be sealed faithfully (a
@@ -475,7 +488,7 @@ func (o owner) owns(key ObjectKey, row RowState) bool {
 // tombstone is under an old key, so the first full pass rewrites all of
 // this cluster's rows under the new key. The changes come sorted by
 // namespace and name.
-func rowChanges(keys []ObjectKey, source func(ObjectKey) *corev1.Secret, stored map[ObjectKey]RowState, ring *Keyring, o owner, now time.Time) []Change {
+func rowChanges(keys []ObjectKey, source func(ObjectKey) *cachedSecret, stored map[ObjectKey]RowState, ring *Keyring, o owner, now time.Time) []Change {
 	slices.SortFunc(keys, func(a, b ObjectKey) int {
 		return cmp.Or(cmp.Compare(a.Namespace, b.Namespace), cmp.Compare(a.Name, b.Name))
 	})
@@ -484,10 +497,7 @@ func rowChanges(keys []ObjectKey, source func(ObjectKey) *corev1.Secret, stored 
 	for _, key := range keys {
 		row, ok := stored[key]
 		if s := source(key); s != nil {
-			p := payloadOf(s)
-			// A Secret cached without its data has its hash kept instead;
-			// its data is fetched only if it is written (leaderLoop.fetch).
-			h, _ := cachedHash(s, ring, ring.ID())
+			h, _ := s.hash(ring.ID())
 			if ok && !row.Tombstone && !row.Damaged && row.SourceCluster == o.cluster && hmac.Equal(row.Hash, h) {
 				continue
 			}
@@ -497,15 +507,12 @@ func rowChanges(keys []ObjectKey, source func(ObjectKey) *corev1.Secret, stored 
 			// that is not yet at the row's version, which would write
 			// older content over the newer row.
 			takeover := ok && row.SourceCluster != o.cluster
-			if takeover && isManaged(s) && appliedVersion(s) < row.Version {
+			if takeover && s.managed && s.version < row.Version {
 				continue
 			}
-			c := Change{ObjectKey: key, Hash: h, Payload: p, Force: row.Damaged || takeover}
-			if isStripped(s) {
-				c.Stripped = true
-				c.Size = ApproxSealedSize(p) + base64.StdEncoding.EncodedLen(cachedDataSize(s))
-			}
-			out = append(out, c)
+			// The cache keeps the hash, not the data: the payload is read
+			// only for the Secrets written (leaderLoop.fetch).
+			out = append(out, Change{ObjectKey: key, Hash: h, Payload: &Payload{}, Force: row.Damaged || takeover, Stripped: true, Size: s.sealedSize})
 			continue
 		}
 		// Only the writer's rows: a row of another cluster whose Secret

@@ -78,10 +78,10 @@ func TestRowChanges(t *testing.T) {
 		{"Secret gone, tombstone under the previous key: rewritten", []string{"s"}, nil,
 			map[ObjectKey]RowState{key("s"): row(tombstoneHash(old, "s"), true, cluster, old)}, []want{{"s", true}}},
 		{"Secret gone, never stored", []string{"s"}, nil, nil, nil},
-		{"unchanged Secret cached without its data", []string{"big"}, []*corev1.Secret{stripped(ring, secret("big", strings.Repeat("x", cacheDataLimit+1)))},
-			map[ObjectKey]RowState{key("big"): row(hashOfSecret(ring, secret("big", strings.Repeat("x", cacheDataLimit+1))), false, cluster, ring)}, nil},
-		{"changed Secret cached without its data: to be fetched", []string{"big"}, []*corev1.Secret{stripped(ring, secret("big", strings.Repeat("y", cacheDataLimit+1)))},
-			map[ObjectKey]RowState{key("big"): row(hashOfSecret(ring, secret("big", strings.Repeat("x", cacheDataLimit+1))), false, cluster, ring)}, []want{{"big", false}}},
+		{"unchanged large Secret", []string{"big"}, []*corev1.Secret{secret("big", strings.Repeat("x", bigData+1))},
+			map[ObjectKey]RowState{key("big"): row(hashOfSecret(ring, secret("big", strings.Repeat("x", bigData+1))), false, cluster, ring)}, nil},
+		{"changed large Secret", []string{"big"}, []*corev1.Secret{secret("big", strings.Repeat("y", bigData+1))},
+			map[ObjectKey]RowState{key("big"): row(hashOfSecret(ring, secret("big", strings.Repeat("x", bigData+1))), false, cluster, ring)}, []want{{"big", false}}},
 		{"keys repeated and unordered: sorted, once each",
 			[]string{"c", "a", "b", "a", "c"}, []*corev1.Secret{secret("a", "x"), secret("b", "x"), secret("c", "x")}, nil,
 			[]want{{"a", false}, {"b", false}, {"c", false}}},
@@ -102,7 +102,12 @@ func TestRowChanges(t *testing.T) {
 			for _, n := range tt.keys {
 				keys = append(keys, key(n))
 			}
-			source := func(k ObjectKey) *corev1.Secret { return sources[k] }
+			source := func(k ObjectKey) *cachedSecret {
+				if s := sources[k]; s != nil {
+					return slim(s.DeepCopy(), ring, []string{ring.ID()})
+				}
+				return nil
+			}
 			got := rowChanges(keys, source, tt.stored, ring, owner{cluster: cluster}, now)
 			var names []want
 			for _, c := range got {
@@ -112,25 +117,22 @@ func TestRowChanges(t *testing.T) {
 				t.Fatalf("rowChanges = %v; want %v", names, tt.want)
 			}
 			for _, c := range got {
-				// Every change carries the current key's hash of what it
-				// writes, so that the next pass finds it unchanged.
-				if want := ring.Hash(c.Namespace, c.Name, c.Payload); !c.Stripped && !bytes.Equal(c.Hash, want) {
-					t.Errorf("%s: hash is not the current key's hash of its payload", c.ObjectKey)
-				}
 				if c.Payload.Deleted {
+					// Every tombstone carries the current key's hash of what
+					// it writes, so that the next pass finds it unchanged.
+					if want := ring.Hash(c.Namespace, c.Name, c.Payload); !bytes.Equal(c.Hash, want) {
+						t.Errorf("%s: hash is not the current key's hash of its tombstone", c.ObjectKey)
+					}
 					if !c.Payload.UpdatedAt.Equal(now) || c.Payload.UpdatedAt.Location() != time.UTC {
 						t.Errorf("%s: tombstone UpdatedAt = %v; want now (%v) in UTC", c.ObjectKey, c.Payload.UpdatedAt, now.UTC())
 					}
 					continue
 				}
-				if s := sources[c.ObjectKey]; isStripped(s) {
-					if !c.Stripped || c.Size < cacheDataLimit {
-						t.Errorf("%s: a change of a stripped Secret with Stripped %v and Size %d; want it marked for fetching", c.ObjectKey, c.Stripped, c.Size)
-					}
-					continue
-				}
-				if s := sources[c.ObjectKey]; string(c.Payload.Data["k"]) != string(s.Data["k"]) {
-					t.Errorf("%s: payload data %q; want the Secret's %q", c.ObjectKey, c.Payload.Data["k"], s.Data["k"])
+				// A Secret's payload is read when it is written (fetch);
+				// its change carries the hash and size the cache kept.
+				s := sources[c.ObjectKey]
+				if want := hashOfSecret(ring, s); !c.Stripped || !bytes.Equal(c.Hash, want) || c.Size != ApproxSealedSize(payloadOf(s)) {
+					t.Errorf("%s: change Stripped %v, Size %d, hash %x; want it marked for fetching with the Secret's hash and size", c.ObjectKey, c.Stripped, c.Size, c.Hash)
 				}
 			}
 		})
@@ -144,7 +146,7 @@ func TestRowChanges(t *testing.T) {
 func TestRowChangesAfterTakeover(t *testing.T) {
 	ring := mustKeyring(t, configTestKey)
 	now := time.Date(2026, 12, 1, 0, 0, 0, 0, time.UTC)
-	gone := func(ObjectKey) *corev1.Secret { return nil }
+	gone := func(ObjectKey) *cachedSecret { return nil }
 	o := owner{cluster: "cluster-sb", inherited: map[ObjectKey]int64{{"ns", "held"}: 7, {"ns", "changed"}: 7}}
 	stored := map[ObjectKey]RowState{
 		{"ns", "held"}:    {SourceCluster: "cluster-a", KeyID: ring.ID(), Version: 7},
@@ -167,7 +169,12 @@ func TestRowChangesIdempotent(t *testing.T) {
 	}
 	stored := map[ObjectKey]RowState{{"ns", "gone"}: {SourceCluster: "c", KeyID: ring.ID()}}
 	keys := []ObjectKey{{"ns", "a"}, {"ns", "gone"}}
-	source := func(k ObjectKey) *corev1.Secret { return sources[k] }
+	source := func(k ObjectKey) *cachedSecret {
+		if s := sources[k]; s != nil {
+			return slim(s.DeepCopy(), ring, []string{ring.ID()})
+		}
+		return nil
+	}
 	first := rowChanges(keys, source, stored, ring, owner{cluster: "c"}, now)
 	if len(first) != 2 {
 		t.Fatalf("first pass: %d changes; want 2", len(first))
@@ -204,12 +211,8 @@ func TestDeletesAllowed(t *testing.T) {
 	}
 }
 
-// stripped is s as a cache keeps it when its data is large.
-func stripped(ring *Keyring, s *corev1.Secret) *corev1.Secret {
-	s = s.DeepCopy()
-	stripData(s, ring, []string{ring.ID()})
-	return s
-}
+// bigData is a data size well above a TLS Secret's.
+const bigData = 64 << 10
 
 // managedCopy is s as a follower's (or standby's) copy written from
 // version.

@@ -148,6 +148,17 @@ func run(ctx context.Context, cfg *Config, log *logrus.Entry) error {
 			}
 		}()
 	}
+	if cfg.PprofAddr != "" {
+		ln, err := net.Listen("tcp", cfg.PprofAddr)
+		if err != nil {
+			return fmt.Errorf("PPROF_ADDR: %w", err)
+		}
+		go func() {
+			if err := servePprof(ctx, ln); err != nil {
+				log.WithError(err).Error("pprof server failed")
+			}
+		}()
+	}
 	setClientLimits(ctx, rc, cfg, log)
 	client, err := kubernetes.NewForConfig(rc)
 	if err != nil {

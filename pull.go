@@ -62,24 +62,6 @@ func morePages(rows []Row, limit int) bool {
 	return len(rows) > 0 && total >= pullPageBytes
 }
 
-// PullHeaders is Pull without the ciphertexts (Row.Ciphertext is nil, Size
-// is set) and without the bound: a follower's full pass compares every row
-// with its copy, forged versions included, and needs the ciphertext only of
-// the few that differ (FillCiphertexts), so an idle pass does not move
-// every Secret across regions again.
-func (s *Store) PullHeaders(ctx context.Context, after Cursor, limit int) ([]Row, error) {
-	rows, err := s.pool.Query(ctx, `
-SELECT namespace, name, NULL::BYTEA, key_id, hash, tombstone, version, source_cluster, updated_at, octet_length(ciphertext)
-FROM kss_secrets
-WHERE (version, namespace, name) > ($1, $2, $3)
-ORDER BY version, namespace, name
-LIMIT $4`, after.Version, after.Namespace, after.Name, limit)
-	if err != nil {
-		return nil, fmt.Errorf("pull: %w", err)
-	}
-	return collectRows(rows, "pull")
-}
-
 // collectRows reads the rows of a pull-shaped query: the columns of Row,
 // in order.
 func collectRows(rows pgx.Rows, what string) ([]Row, error) {

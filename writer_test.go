@@ -226,11 +226,10 @@ func TestWriterApplyDetails(t *testing.T) {
 	t.Run("update sends no managedFields", func(t *testing.T) {
 		existing := live(writerCopy(2, "old"))
 		w, client := newTestWriter(existing)
-		cached, _ := trimForCache(existing.DeepCopy())
-		cachedSecret := cached.(*corev1.Secret)
+		read := existing.DeepCopy()
 		now := metav1.Now()
-		cachedSecret.ManagedFields = []metav1.ManagedFieldsEntry{{Time: &now}}
-		if _, err := w.apply(t.Context(), writerCopy(3, "new"), cachedSecret); err != nil {
+		read.ManagedFields = []metav1.ManagedFieldsEntry{{Manager: "kube-secret-sync", Time: &now, FieldsV1: metav1.NewFieldsV1(`{"f:data":{}}`)}}
+		if _, err := w.apply(t.Context(), writerCopy(3, "new"), read); err != nil {
 			t.Fatal(err)
 		}
 		for _, a := range client.Actions() {

@@ -242,9 +242,10 @@ func namespacedAccess(o overlay) []access {
 			access{"deletecollection", "", "secrets", ns, "", false},
 			access{"get", "", "configmaps", ns, "kube-secret-sync-state", false},
 		)
-		// The leader reads only through its watch and never writes; the
-		// follower writes its copies.
-		for _, verb := range []string{"get", "create", "update", "delete"} {
+		// The leader reads (its watch, and the Secrets it seals) and never
+		// writes; the follower writes its copies.
+		want = append(want, access{"get", "", "secrets", ns, "www-example-com-tls", true})
+		for _, verb := range []string{"create", "update", "delete"} {
 			want = append(want, access{verb, "", "secrets", ns, "www-example-com-tls", o.writes()})
 		}
 	}

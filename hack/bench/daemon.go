@@ -29,6 +29,7 @@ type daemon struct {
 	n       int // the workload's size
 	podName string
 	metrics string // host:port of /metrics and /readyz
+	pprof   string // host:port of /debug/pprof, if profiled
 	logPath string
 }
 

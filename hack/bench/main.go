@@ -47,6 +47,7 @@ type options struct {
 	createWorkers  int
 	remoteSizes    []int         // sizes measured again with the database dbRTT away
 	dbRTT          time.Duration // round trip of the delaying proxy
+	profile        time.Duration // CPU profile of the initial sync's start; 0: none
 }
 
 func main() {
@@ -66,6 +67,7 @@ func main() {
 	flag.IntVar(&o.createWorkers, "create-workers", 32, "concurrent creates of the (untimed) set-up in cluster-a and of the unthrottled writer")
 	remote := flag.String("remote-db-sizes", "10000", `sizes measured again with a delaying TCP proxy between each daemon and PostgreSQL (--db-rtt), as if the database were in another region ("" for none)`)
 	flag.DurationVar(&o.dbRTT, "db-rtt", 100*time.Millisecond, "round trip the proxy adds for --remote-db-sizes")
+	flag.DurationVar(&o.profile, "profile", 0, "profile the daemons of each initial sync (PPROF_ADDR): CPU over its first this long, and the heap when it completes, into the log directory, which is then kept (0: none)")
 	smoke := flag.Bool("smoke", false, "a quick check that everything works: N = 200, 20 updates, 500 unlabelled, 2 idle ticks; writes no JSON unless --out is given")
 	flag.Parse()
 	if *smoke {

@@ -5,11 +5,14 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"maps"
 	mrand "math/rand/v2"
+	"net/http"
 	"net/url"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"slices"
 	"strconv"
 	"sync"
@@ -247,7 +250,14 @@ func (w *workload) startPair(phase string, extra map[string]string) (leader, fol
 		if d.metrics, err = w.freeAddr(); err != nil {
 			return leader, follower, err
 		}
-		if err := d.start(w.binary, w.logDir, w.daemonVars(d, extra)); err != nil {
+		vars := w.daemonVars(d, extra)
+		if vars["PPROF_ADDR"] == "auto" {
+			if d.pprof, err = w.freeAddr(); err != nil {
+				return leader, follower, err
+			}
+			vars["PPROF_ADDR"] = d.pprof
+		}
+		if err := d.start(w.binary, w.logDir, vars); err != nil {
 			return leader, follower, err
 		}
 		w.running = append(w.running, d)
@@ -440,8 +450,20 @@ func (w *workload) initialSync(ctx context.Context) (leader, follower *daemon, e
 	}
 	w.logf("N=%d: initial sync: starting leader and follower (binary defaults)", w.n)
 	start := time.Now()
-	if leader, follower, err = w.startPair("main", nil); err != nil {
+	var profiled sync.WaitGroup
+	defer profiled.Wait()
+	if w.opts.profile > 0 {
+		w.opts.keepLogs = true
+	}
+	if leader, follower, err = w.startPair("main", w.profileVars()); err != nil {
 		return leader, follower, err
+	}
+	if w.opts.profile > 0 {
+		for _, d := range []*daemon{leader, follower} {
+			profiled.Go(func() {
+				w.saveProfile(ctx, d, "cpu", fmt.Sprintf("/debug/pprof/profile?seconds=%d", int(w.opts.profile.Seconds())))
+			})
+		}
 	}
 	deadline := time.After(w.opts.syncTimeout)
 	progress := time.NewTicker(10 * time.Second)
@@ -483,6 +505,11 @@ func (w *workload) initialSync(ctx context.Context) (leader, follower *daemon, e
 	}
 	w.res.InitialSyncErrors = ptr(errorLines)
 	w.logf("N=%d: initial sync: all %d copies equal after %s (%.0f Secrets/s)", w.n, w.n, secs(took), float64(w.n)/took.Seconds())
+	if w.opts.profile > 0 {
+		for _, d := range []*daemon{leader, follower} {
+			w.saveProfile(ctx, d, "heap", "/debug/pprof/heap")
+		}
+	}
 	for i, d := range []*daemon{leader, follower} {
 		if p, err := readProc(d.Pid()); err == nil {
 			if i == 0 {
@@ -833,4 +860,52 @@ func (w *workload) daemonDSN(role string) string {
 	}
 	u.Host = w.proxies[role].Addr
 	return u.String()
+}
+
+// profileVars gives each daemon of the next pair a PPROF_ADDR, when the
+// bench profiles (--profile).
+func (w *workload) profileVars() map[string]string {
+	if w.opts.profile <= 0 {
+		return nil
+	}
+	return map[string]string{"PPROF_ADDR": "auto"}
+}
+
+// saveProfile fetches the profile at path from d's PPROF_ADDR into the log
+// directory; a failure is only logged.
+func (w *workload) saveProfile(ctx context.Context, d *daemon, kind, path string) {
+	file := filepath.Join(w.logDir, fmt.Sprintf("n%d-%s-%s.%s.pprof", d.n, d.phase, d.role, kind))
+	err := func() error {
+		req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+d.pprof+path, nil)
+		if err != nil {
+			return err
+		}
+		// The daemon may not listen yet.
+		var resp *http.Response
+		for try := 0; ; try++ {
+			if resp, err = http.DefaultClient.Do(req); err == nil || try == 50 || ctx.Err() != nil {
+				break
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+		if err != nil {
+			return err
+		}
+		defer resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			return fmt.Errorf("HTTP %d", resp.StatusCode)
+		}
+		f, err := os.Create(file)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		_, err = io.Copy(f, resp.Body)
+		return err
+	}()
+	if err != nil {
+		w.logf("N=%d: %s %s profile not saved: %v", w.n, d.role, kind, err)
+		return
+	}
+	w.logf("N=%d: %s %s profile: %s", w.n, d.role, kind, file)
 }

@@ -174,13 +174,19 @@ func (pg *Postgres) DSN(db string) string {
 // CreateDatabase creates a fresh database whose name starts with prefix
 // and returns its DSN.
 func (pg *Postgres) CreateDatabase(ctx context.Context, prefix string) (string, error) {
+	return pg.CreateDatabaseWith(ctx, prefix, "")
+}
+
+// CreateDatabaseWith is CreateDatabase with options after CREATE DATABASE
+// name, such as a collation.
+func (pg *Postgres) CreateDatabaseWith(ctx context.Context, prefix, options string) (string, error) {
 	name := fmt.Sprintf("%s_%d_%d", sanitize(prefix), os.Getpid(), pg.dbs.Add(1))
 	conn, err := pgx.Connect(ctx, pg.DSN("postgres"))
 	if err != nil {
 		return "", err
 	}
 	defer conn.Close(ctx)
-	if _, err := conn.Exec(ctx, "CREATE DATABASE "+pgx.Identifier{name}.Sanitize()); err != nil {
+	if _, err := conn.Exec(ctx, "CREATE DATABASE "+pgx.Identifier{name}.Sanitize()+" "+options); err != nil {
 		return "", fmt.Errorf("create database %s: %w", name, err)
 	}
 	return pg.DSN(name), nil

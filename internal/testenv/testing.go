@@ -71,6 +71,13 @@ func Missing(tb testing.TB, err error) {
 // shared PostgreSQL server.
 func PostgresDSN(tb testing.TB) string {
 	tb.Helper()
+	return PostgresDSNWith(tb, "")
+}
+
+// PostgresDSNWith is PostgresDSN for a database created with options (see
+// Postgres.CreateDatabaseWith).
+func PostgresDSNWith(tb testing.TB, options string) string {
+	tb.Helper()
 	SkipShort(tb)
 	shared.mu.Lock()
 	if shared.pg == nil && shared.pgErr == nil {
@@ -83,7 +90,7 @@ func PostgresDSN(tb testing.TB) string {
 	if err != nil {
 		Missing(tb, err)
 	}
-	dsn, err := pg.CreateDatabase(tb.Context(), tb.Name())
+	dsn, err := pg.CreateDatabaseWith(tb.Context(), tb.Name(), options)
 	if err != nil {
 		tb.Fatal(err)
 	}

@@ -1,0 +1,234 @@
+package main
+
+// Bucket digests: how a full pass learns what changed in the table without
+// reading every row (issue 13: an idle pass reads a few KiB, not O(N)).
+//
+// Each daemon keeps an index of the rows' headers (what a row says, not its
+// ciphertext). The rows are grouped in buckets by version range, and the
+// database computes an MD5 over each bucket's headers in one query; the
+// daemon computes the same from its index and reads the headers of only the
+// buckets that differ. Writes it makes or pulls keep the index current, so
+// an idle pass reads one digest per bucket and nothing else.
+//
+// The digest is a change detector, not a security boundary: what a row says
+// is authenticated when it is opened (AES-GCM), and a database writer who
+// makes a bucket's digest disagree for ever only makes that bucket be read on
+// every pass.
+
+import (
+	"bytes"
+	"cmp"
+	"context"
+	"crypto/md5"
+	"encoding/hex"
+	"fmt"
+	"slices"
+	"strconv"
+
+	"github.com/jackc/pgx/v5"
+)
+
+// digestBuckets is about how many buckets a digest query returns: a few
+// dozen bytes each.
+const digestBuckets = 256
+
+// bucketWidth is the version range of a bucket when the counter is at
+// maxVersion.
+func bucketWidth(maxVersion int64) int64 {
+	return max(1, (maxVersion+digestBuckets-1)/digestBuckets)
+}
+
+// bucketOf is the bucket of version: the same expression as the SQL's
+// (Go's % truncates like SQL's, also for a forged negative version).
+func bucketOf(version, width int64) int64 { return version - version%width }
+
+// digestSQL computes each bucket's digest: the MD5 of its rows' lines
+// (digestLine) joined by commas, in version order and, within a version,
+// by the MD5 of the key, which sorts alike under every collation (hex
+// digits only), unlike the names themselves.
+const digestSQL = `
+SELECT bucket, md5(string_agg(line, ',' ORDER BY version, key_sum))
+FROM (
+    SELECT version - version % $1 AS bucket, version, md5(namespace || '/' || name) AS key_sum,
+           namespace || '/' || name || ' ' || CAST(version AS TEXT) || ' ' || key_id || ' ' || encode(hash, 'hex') || ' ' ||
+           CASE WHEN tombstone THEN 't' ELSE 'f' END || ' ' || source_cluster AS line
+    FROM kss_secrets
+) AS r
+GROUP BY bucket`
+
+// appendDigestLine appends a row's line in its bucket's digest, as
+// digestSQL makes it.
+func appendDigestLine(b []byte, k ObjectKey, st *RowState) []byte {
+	tomb := byte('f')
+	if st.Tombstone {
+		tomb = 't'
+	}
+	b = append(append(append(b, k.Namespace...), '/'), k.Name...)
+	b = strconv.AppendInt(append(b, ' '), st.Version, 10)
+	b = append(append(b, ' '), st.KeyID...)
+	b = hex.AppendEncode(append(b, ' '), st.Hash)
+	b = append(b, ' ', tomb, ' ')
+	return append(b, st.SourceCluster...)
+}
+
+// Digests returns the digest of each non-empty bucket of width versions.
+func (s *Store) Digests(ctx context.Context, width int64) (map[int64]string, error) {
+	rows, err := s.pool.Query(ctx, digestSQL, width)
+	if err != nil {
+		return nil, fmt.Errorf("read row digests: %w", err)
+	}
+	out := map[int64]string{}
+	var bucket int64
+	var sum string
+	_, err = pgx.ForEachRow(rows, []any{&bucket, &sum}, func() error {
+		out[bucket] = sum
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("read row digests: %w", err)
+	}
+	return out, nil
+}
+
+// StatesIn returns the states (with their ciphertexts' sizes) of the rows
+// in buckets of width versions.
+func (s *Store) StatesIn(ctx context.Context, buckets []int64, width int64) (map[ObjectKey]RowState, error) {
+	rows, err := s.pool.Query(ctx, `
+SELECT s.namespace, s.name, s.hash, s.tombstone, s.source_cluster, s.key_id, s.version, octet_length(s.ciphertext)
+FROM kss_secrets AS s JOIN unnest($1::BIGINT[]) AS b (lo) ON s.version >= b.lo AND s.version < b.lo + $2`, buckets, width)
+	if err != nil {
+		return nil, fmt.Errorf("read row states: %w", err)
+	}
+	states := make(map[ObjectKey]RowState)
+	var k ObjectKey
+	var st RowState
+	strs := interner{}
+	_, err = pgx.ForEachRow(rows, []any{&k.Namespace, &k.Name, &st.Hash, &st.Tombstone, &st.SourceCluster, &st.KeyID, &st.Version, &st.Size}, func() error {
+		k.Namespace, st.SourceCluster, st.KeyID = strs.of(k.Namespace), strs.of(st.SourceCluster), strs.of(st.KeyID)
+		states[k] = st
+		st.Hash = nil // Scan into a fresh slice next time.
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("read row states: %w", err)
+	}
+	return states, nil
+}
+
+// interner shares the strings that repeat across rows (namespaces, source
+// clusters, key ids): an index of 100,000 rows holds a handful of each.
+type interner map[string]string
+
+func (in interner) of(s string) string {
+	if v, ok := in[s]; ok {
+		return v
+	}
+	in[s] = s
+	return s
+}
+
+// rowIndex mirrors the headers of the table's rows, keyed by Secret.
+type rowIndex map[ObjectKey]RowState
+
+// digests computes what Digests returns, from the index. It runs on every
+// full pass over every row, so it allocates little: no line is kept.
+func (idx rowIndex) digests(width int64) map[int64]string {
+	type entry struct {
+		bucket, version int64
+		keySum          [md5.Size]byte
+		key             ObjectKey
+	}
+	entries := make([]entry, 0, len(idx))
+	var buf []byte
+	for k, st := range idx {
+		buf = append(append(append(buf[:0], k.Namespace...), '/'), k.Name...)
+		entries = append(entries, entry{bucketOf(st.Version, width), st.Version, md5.Sum(buf), k})
+	}
+	// The hex digits of the key's MD5 sort as its bytes do.
+	slices.SortFunc(entries, func(x, y entry) int {
+		return cmp.Or(cmp.Compare(x.bucket, y.bucket), cmp.Compare(x.version, y.version), bytes.Compare(x.keySum[:], y.keySum[:]))
+	})
+	out := map[int64]string{}
+	h := md5.New()
+	for i, e := range entries {
+		if i > 0 && e.bucket == entries[i-1].bucket {
+			h.Write([]byte{','})
+		}
+		st := idx[e.key]
+		buf = appendDigestLine(buf[:0], e.key, &st)
+		h.Write(buf)
+		if i == len(entries)-1 || entries[i+1].bucket != e.bucket {
+			out[e.bucket] = hex.EncodeToString(h.Sum(buf[:0]))
+			h.Reset()
+		}
+	}
+	return out
+}
+
+// refresh brings the index in line with the table, whose version counter
+// is at maxVersion: it compares the buckets' digests and reads the states
+// of the rows of the buckets that differ. It returns how many buckets
+// differed. Rows written meanwhile may be missed or seen half: the next
+// refresh finds them.
+func (idx rowIndex) refresh(ctx context.Context, store *Store, maxVersion int64) (int, error) {
+	width := bucketWidth(maxVersion)
+	remote, err := store.Digests(ctx, width)
+	if err != nil {
+		return 0, err
+	}
+	local := idx.digests(width)
+	var differ []int64
+	for b, sum := range remote {
+		if local[b] != sum {
+			differ = append(differ, b)
+		}
+	}
+	for b := range local {
+		if _, ok := remote[b]; !ok {
+			differ = append(differ, b)
+		}
+	}
+	if len(differ) == 0 {
+		return 0, nil
+	}
+	states, err := store.StatesIn(ctx, differ, width)
+	if err != nil {
+		return 0, err
+	}
+	stale := map[int64]bool{}
+	for _, b := range differ {
+		stale[b] = true
+	}
+	for k, st := range idx {
+		if stale[bucketOf(st.Version, width)] {
+			delete(idx, k)
+		}
+	}
+	for k, st := range states {
+		idx[k] = st
+	}
+	return len(differ), nil
+}
+
+// record puts what a pulled row says in the index.
+func (idx rowIndex) record(r *Row) {
+	idx[r.ObjectKey] = RowState{Hash: r.Hash, Tombstone: r.Tombstone, SourceCluster: r.SourceCluster, KeyID: r.KeyID, Version: r.Version, Size: r.Size}
+}
+
+// headerRow is the row, without its ciphertext, that the index knows as
+// key's.
+func headerRow(k ObjectKey, st *RowState) *Row {
+	return &Row{ObjectKey: k, KeyID: st.KeyID, Hash: st.Hash, Tombstone: st.Tombstone, Version: st.Version, SourceCluster: st.SourceCluster, Size: st.Size}
+}
+
+// load reads the whole table's row states into a fresh index (the first
+// refresh reads every bucket).
+func loadIndex(ctx context.Context, store *Store) (rowIndex, error) {
+	max, err := store.MaxVersion(ctx)
+	if err != nil {
+		return nil, err
+	}
+	idx := rowIndex{}
+	_, err = idx.refresh(ctx, store, max)
+	return idx, err
+}
