@@ -237,8 +237,9 @@ func readLive(ctx context.Context, client kubernetes.Interface, selector labels.
 				return nil, fmt.Errorf("list secrets in %s: %w", ns, err)
 			}
 			for i := range list.Items {
-				if s := &list.Items[i]; wanted[s.Name] {
-					out[ObjectKey{ns, s.Name}] = s
+				if s := list.Items[i]; wanted[s.Name] {
+					// A copy, so that the page can go before the Secrets do.
+					out[ObjectKey{ns, s.Name}] = &s
 				}
 			}
 			if opts.Continue = list.Continue; opts.Continue == "" {

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"crypto/md5"
 	"errors"
 	"fmt"
 	"math/rand/v2"
@@ -58,8 +59,13 @@ type RowState struct {
 	// Damaged is set by the leader's verification: the row does not say
 	// what the leader wrote, and must be rewritten whatever its hash says.
 	Damaged bool
-	// Size is the ciphertext's length where read (StatesIn), else 0.
+	// Size is the ciphertext's length where read (StatesIn) or written.
 	Size int64
+	// Sealed is the MD5 of the row's ciphertext, where SealedKnown: as the
+	// leader wrote or verified it, or, for a row it does not answer for,
+	// read (verify.go). Followers leave it unset.
+	Sealed      [md5.Size]byte
+	SealedKnown bool
 }
 
 // Change is one row the leader writes: a Secret's new content or its
@@ -78,6 +84,10 @@ type Change struct {
 	Size     int
 	// Version is set by Store.Write: the version the row was written at.
 	Version int64
+	// Sealed and SealedSize are the MD5 and length of the ciphertext
+	// written, set by the leader's SealFunc.
+	Sealed     [md5.Size]byte
+	SealedSize int64
 }
 
 // SealFunc encrypts a change once its transaction's version is known.
@@ -353,30 +363,6 @@ func (u *upsertRows) add(c *Change, ciphertext []byte) {
 	u.namespaces, u.names = append(u.namespaces, c.Namespace), append(u.names, c.Name)
 	u.ciphertexts, u.hashes = append(u.ciphertexts, ciphertext), append(u.hashes, c.Hash)
 	u.tombstones = append(u.tombstones, c.Payload.Deleted)
-}
-
-// Headers returns up to limit rows after the row after, in (namespace,
-// name) order, without their ciphertexts but with their sizes: the
-// leader's verification reads through the table this way, a slice per pass.
-func (s *Store) Headers(ctx context.Context, after ObjectKey, limit int) ([]Row, error) {
-	rows, err := s.pool.Query(ctx, `
-SELECT namespace, name, key_id, hash, tombstone, version, source_cluster, octet_length(ciphertext)
-FROM kss_secrets
-WHERE (namespace, name) > ($1, $2)
-ORDER BY namespace, name
-LIMIT $3`, after.Namespace, after.Name, limit)
-	if err != nil {
-		return nil, fmt.Errorf("read row headers: %w", err)
-	}
-	out, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (Row, error) {
-		var r Row
-		err := row.Scan(&r.Namespace, &r.Name, &r.KeyID, &r.Hash, &r.Tombstone, &r.Version, &r.SourceCluster, &r.Size)
-		return r, err
-	})
-	if err != nil {
-		return nil, fmt.Errorf("read row headers: %w", err)
-	}
-	return out, nil
 }
 
 // RowsNotUnder returns up to limit rows (ciphertexts included, but for one

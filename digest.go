@@ -73,9 +73,14 @@ func appendDigestLine(b []byte, k ObjectKey, st *RowState) []byte {
 
 // Digests returns the digest of each non-empty bucket of width versions.
 func (s *Store) Digests(ctx context.Context, width int64) (map[int64]string, error) {
-	rows, err := s.pool.Query(ctx, digestSQL, width)
+	return s.bucketSums(ctx, "read row digests", digestSQL, width)
+}
+
+// bucketSums runs a query of (bucket, digest) rows.
+func (s *Store) bucketSums(ctx context.Context, what, sql string, args ...any) (map[int64]string, error) {
+	rows, err := s.pool.Query(ctx, sql, args...)
 	if err != nil {
-		return nil, fmt.Errorf("read row digests: %w", err)
+		return nil, fmt.Errorf("%s: %w", what, err)
 	}
 	out := map[int64]string{}
 	var bucket int64
@@ -85,7 +90,7 @@ func (s *Store) Digests(ctx context.Context, width int64) (map[int64]string, err
 		return nil
 	})
 	if err != nil {
-		return nil, fmt.Errorf("read row digests: %w", err)
+		return nil, fmt.Errorf("%s: %w", what, err)
 	}
 	return out, nil
 }
@@ -130,9 +135,27 @@ func (in interner) of(s string) string {
 // rowIndex mirrors the headers of the table's rows, keyed by Secret.
 type rowIndex map[ObjectKey]RowState
 
-// digests computes what Digests returns, from the index. It runs on every
-// full pass over every row, so it allocates little: no line is kept.
+// digests computes what Digests returns, from the index.
 func (idx rowIndex) digests(width int64) map[int64]string {
+	return idx.digestsOf(width, nil, appendDigestLine)
+}
+
+// sealDigests computes what Store.SealDigests returns for buckets, from
+// the index's MD5s of the ciphertexts (verify.go).
+func (idx rowIndex) sealDigests(width int64, buckets []int64) map[int64]string {
+	only := map[int64]bool{}
+	for _, b := range buckets {
+		only[b] = true
+	}
+	return idx.digestsOf(width, only, func(b []byte, _ ObjectKey, st *RowState) []byte {
+		return hex.AppendEncode(b, st.Sealed[:])
+	})
+}
+
+// digestsOf computes the digest of each bucket (of only, if not nil) over
+// the lines that line appends for its rows, in the SQL's order. It runs on
+// every full pass over every row, so it allocates little: no line is kept.
+func (idx rowIndex) digestsOf(width int64, only map[int64]bool, line func(b []byte, k ObjectKey, st *RowState) []byte) map[int64]string {
 	type entry struct {
 		bucket, version int64
 		keySum          [md5.Size]byte
@@ -141,8 +164,12 @@ func (idx rowIndex) digests(width int64) map[int64]string {
 	entries := make([]entry, 0, len(idx))
 	var buf []byte
 	for k, st := range idx {
+		b := bucketOf(st.Version, width)
+		if only != nil && !only[b] {
+			continue
+		}
 		buf = append(append(append(buf[:0], k.Namespace...), '/'), k.Name...)
-		entries = append(entries, entry{bucketOf(st.Version, width), st.Version, md5.Sum(buf), k})
+		entries = append(entries, entry{b, st.Version, md5.Sum(buf), k})
 	}
 	// The hex digits of the key's MD5 sort as its bytes do.
 	slices.SortFunc(entries, func(x, y entry) int {
@@ -155,7 +182,7 @@ func (idx rowIndex) digests(width int64) map[int64]string {
 			h.Write([]byte{','})
 		}
 		st := idx[e.key]
-		buf = appendDigestLine(buf[:0], e.key, &st)
+		buf = line(buf[:0], e.key, &st)
 		h.Write(buf)
 		if i == len(entries)-1 || entries[i+1].bucket != e.bucket {
 			out[e.bucket] = hex.EncodeToString(h.Sum(buf[:0]))
@@ -199,15 +226,27 @@ func (idx rowIndex) refresh(ctx context.Context, store *Store, maxVersion int64)
 	for _, b := range differ {
 		stale[b] = true
 	}
+	old := map[ObjectKey]RowState{}
 	for k, st := range idx {
 		if stale[bucketOf(st.Version, width)] {
+			old[k] = st
 			delete(idx, k)
 		}
 	}
 	for k, st := range states {
+		// What the leader learnt of a row (its ciphertext's MD5, damage)
+		// holds while what the row says is unchanged.
+		if o, ok := old[k]; ok && sameHeader(&o, &st) {
+			st.Sealed, st.SealedKnown, st.Damaged = o.Sealed, o.SealedKnown, o.Damaged
+		}
 		idx[k] = st
 	}
 	return len(differ), nil
+}
+
+// sameHeader reports whether two states of a row say the same.
+func sameHeader(a, b *RowState) bool {
+	return a.Version == b.Version && a.Tombstone == b.Tombstone && a.KeyID == b.KeyID && a.SourceCluster == b.SourceCluster && bytes.Equal(a.Hash, b.Hash)
 }
 
 // record puts what a pulled row says in the index.

@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"crypto/md5"
 	"fmt"
 	"slices"
 	"testing"
@@ -58,102 +59,179 @@ func indexDiff(got, want rowIndex) string {
 // every change a database writer can make to a row's header, without
 // touching its version, is found by reading the buckets it touched only.
 func TestIndexRefresh(t *testing.T) {
+	eachCollation(t, func(t *testing.T, s *Store, icu bool) {
+		ctx := t.Context()
+		// Names whose order differs between byte order and a
+		// linguistic collation, several rows per version.
+		var hash uint64
+		for _, ns := range []string{"a", "a-b", "a.b", "ab"} {
+			var changes []Change
+			for _, name := range []string{"x", "x-1", "x.1", "x1", "x_1"} {
+				hash++
+				changes = append(changes, change(ns, name, hash))
+			}
+			mustWrite(t, s, changes, labelSeal)
+		}
+		tomb := change("a", "x", 99)
+		tomb.Payload = &Payload{Deleted: true}
+		mustWrite(t, s, []Change{tomb}, labelSeal)
+		if _, err := s.Write(ctx, claimFor(t, s, "cluster-us"), "kid2", []Change{change("us", "z", 100)}, labelSeal); err != nil {
+			t.Fatal(err)
+		}
+		// What a database writer adds: names no Kubernetes object has,
+		// sharing a version with real rows.
+		for _, name := range []string{"Z", "é", "_", "a b"} {
+			if _, err := s.pool.Exec(ctx, `
+INSERT INTO kss_secrets (namespace, name, ciphertext, key_id, hash, version, source_cluster)
+VALUES ('a-b', $1, '\x00', 'kid', '\x01', 2, 'forger')`, name); err != nil {
+				t.Fatal(err)
+			}
+		}
+		var dbOrder []string
+		rows, _ := s.pool.Query(ctx, `SELECT namespace || '/' || name FROM kss_secrets ORDER BY namespace, name`)
+		dbOrder, err := pgx.CollectRows(rows, pgx.RowTo[string])
+		if err != nil {
+			t.Fatal(err)
+		}
+		if byteOrder := slices.Sorted(slices.Values(dbOrder)); icu && slices.Equal(byteOrder, dbOrder) {
+			t.Fatalf("the ICU database orders the names as Go does (%v): the test would prove nothing", dbOrder)
+		}
+
+		idx := rowIndex{}
+		refresh := func(want string) int {
+			t.Helper()
+			n, err := idx.refresh(ctx, s, mustMaxVersion(t, s))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if d := indexDiff(idx, allStates(t, s)); d != "[]" {
+				t.Fatalf("after %s, the index differs from the table: %s", want, d)
+			}
+			return n
+		}
+		if n := refresh("the first refresh"); n == 0 {
+			t.Fatal("the first refresh read no bucket")
+		}
+		if n := refresh("a refresh of an unchanged table"); n != 0 {
+			t.Fatalf("a refresh of an unchanged table read %d buckets; want 0 (the digests disagree)", n)
+		}
+		edits := []struct{ what, sql string }{
+			{"hash changed", `UPDATE kss_secrets SET hash = '\x0102' WHERE namespace = 'a-b' AND name = 'x.1'`},
+			{"tombstone flipped", `UPDATE kss_secrets SET tombstone = NOT tombstone WHERE namespace = 'ab' AND name = 'x'`},
+			{"key id changed", `UPDATE kss_secrets SET key_id = 'other' WHERE namespace = 'a' AND name = 'x_1'`},
+			{"source changed", `UPDATE kss_secrets SET source_cluster = 'cluster-b' WHERE namespace = 'a.b' AND name = 'x1'`},
+			{"row deleted", `DELETE FROM kss_secrets WHERE namespace = 'a.b' AND name = 'x-1'`},
+			{"row moved to an old version", `UPDATE kss_secrets SET version = 1 WHERE namespace = 'us' AND name = 'z'`},
+			{"row inserted", `INSERT INTO kss_secrets (namespace, name, ciphertext, key_id, hash, version, source_cluster) VALUES ('new', 'n', '\x00', 'kid', '\x01', 3, 'forger')`},
+		}
+		for _, e := range edits {
+			if _, err := s.pool.Exec(ctx, e.sql); err != nil {
+				t.Fatal(err)
+			}
+			if n := refresh(e.what); n < 1 || n > 2 {
+				t.Errorf("%s: the refresh read %d buckets; want the one or two it touched", e.what, n)
+			}
+			if n := refresh(e.what + ", again"); n != 0 {
+				t.Errorf("%s: the next refresh read %d buckets; want 0", e.what, n)
+			}
+		}
+		// Many new versions change the buckets' width: an index that is
+		// current still matches.
+		for i := range 300 {
+			mustWrite(t, s, []Change{change("more", fmt.Sprint(i), uint64(1000+i))}, labelSeal)
+		}
+		refresh("300 writes")
+		if n := refresh("300 writes, again"); n != 0 {
+			t.Errorf("after the width changed, a refresh of an unchanged table read %d buckets; want 0", n)
+		}
+		if w := bucketWidth(mustMaxVersion(t, s)); w < 2 {
+			t.Errorf("bucket width %d at version %d: the test did not change it", w, mustMaxVersion(t, s))
+		}
+	})
+}
+
+// TestSealDigests: the database's digests of the ciphertexts' MD5s equal
+// the index's, under both collations, and a ciphertext changed without its
+// header is found in its bucket only.
+func TestSealDigests(t *testing.T) {
+	eachCollation(t, func(t *testing.T, s *Store, _ bool) {
+		ctx := t.Context()
+		for i, ns := range []string{"a", "a-b", "a.b", "ab", "b"} {
+			var changes []Change
+			for j, name := range []string{"x", "x-1", "x.1", "x1"} {
+				changes = append(changes, change(ns, name, uint64(10*i+j)))
+			}
+			mustWrite(t, s, changes, labelSeal)
+		}
+		idx, err := loadIndex(ctx, s)
+		if err != nil {
+			t.Fatal(err)
+		}
+		width := bucketWidth(mustMaxVersion(t, s))
+		var buckets []int64
+		for _, st := range idx {
+			buckets = append(buckets, bucketOf(st.Version, width))
+		}
+		slices.Sort(buckets)
+		buckets = slices.Compact(buckets)
+		seals, err := s.SealsIn(ctx, buckets, width)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(seals) != len(idx) {
+			t.Fatalf("SealsIn = %d rows; want %d", len(seals), len(idx))
+		}
+		for _, r := range seals {
+			st := idx[r.key]
+			if want := md5.Sum(fmt.Appendf(nil, "%d/%s", st.Version, r.key)); r.sum != want {
+				t.Errorf("SealsIn %s = %x; want the MD5 of its ciphertext, %x", r.key, r.sum, want)
+			}
+			st.Sealed, st.SealedKnown = r.sum, true
+			idx[r.key] = st
+		}
+		compare := func() (differ []int64) {
+			t.Helper()
+			remote, err := s.SealDigests(ctx, buckets, width)
+			if err != nil {
+				t.Fatal(err)
+			}
+			local := idx.sealDigests(width, buckets)
+			if len(remote) != len(buckets) || len(local) != len(buckets) {
+				t.Fatalf("%d remote and %d local digests; want %d", len(remote), len(local), len(buckets))
+			}
+			for _, b := range buckets {
+				if remote[b] != local[b] {
+					differ = append(differ, b)
+				}
+			}
+			return differ
+		}
+		if d := compare(); len(d) != 0 {
+			t.Fatalf("buckets %v differ for unchanged ciphertexts", d)
+		}
+		if _, err := s.pool.Exec(ctx, `UPDATE kss_secrets SET ciphertext = '\x00' WHERE namespace = 'a-b' AND name = 'x.1'`); err != nil {
+			t.Fatal(err)
+		}
+		want := bucketOf(idx[ObjectKey{"a-b", "x.1"}].Version, width)
+		if d := compare(); !slices.Equal(d, []int64{want}) {
+			t.Errorf("after a ciphertext changed, buckets %v differ; want [%d]", d, want)
+		}
+	})
+}
+
+// eachCollation runs test on a migrated store in a database of byte-order
+// collation, then in one of ICU's (icu), whose order of names is not Go's.
+func eachCollation(t *testing.T, test func(t *testing.T, s *Store, icu bool)) {
 	for _, db := range []struct{ name, options string }{
 		{"C collation", ""},
 		{"ICU collation", "TEMPLATE template0 LOCALE_PROVIDER icu ICU_LOCALE 'en-US'"},
 	} {
 		t.Run(db.name, func(t *testing.T) {
 			s := mustOpenStore(t, testenv.PostgresDSNWith(t, db.options))
-			ctx := t.Context()
-			if err := s.Migrate(ctx, "test"); err != nil {
+			if err := s.Migrate(t.Context(), "test"); err != nil {
 				t.Fatal(err)
 			}
-			// Names whose order differs between byte order and a
-			// linguistic collation, several rows per version.
-			var hash uint64
-			for _, ns := range []string{"a", "a-b", "a.b", "ab"} {
-				var changes []Change
-				for _, name := range []string{"x", "x-1", "x.1", "x1", "x_1"} {
-					hash++
-					changes = append(changes, change(ns, name, hash))
-				}
-				mustWrite(t, s, changes, labelSeal)
-			}
-			tomb := change("a", "x", 99)
-			tomb.Payload = &Payload{Deleted: true}
-			mustWrite(t, s, []Change{tomb}, labelSeal)
-			if _, err := s.Write(ctx, claimFor(t, s, "cluster-us"), "kid2", []Change{change("us", "z", 100)}, labelSeal); err != nil {
-				t.Fatal(err)
-			}
-			// What a database writer adds: names no Kubernetes object has,
-			// sharing a version with real rows.
-			for _, name := range []string{"Z", "é", "_", "a b"} {
-				if _, err := s.pool.Exec(ctx, `
-INSERT INTO kss_secrets (namespace, name, ciphertext, key_id, hash, version, source_cluster)
-VALUES ('a-b', $1, '\x00', 'kid', '\x01', 2, 'forger')`, name); err != nil {
-					t.Fatal(err)
-				}
-			}
-			var dbOrder []string
-			rows, _ := s.pool.Query(ctx, `SELECT namespace || '/' || name FROM kss_secrets ORDER BY namespace, name`)
-			dbOrder, err := pgx.CollectRows(rows, pgx.RowTo[string])
-			if err != nil {
-				t.Fatal(err)
-			}
-			if byteOrder := slices.Sorted(slices.Values(dbOrder)); db.options != "" && slices.Equal(byteOrder, dbOrder) {
-				t.Fatalf("the ICU database orders the names as Go does (%v): the test would prove nothing", dbOrder)
-			}
-
-			idx := rowIndex{}
-			refresh := func(want string) int {
-				t.Helper()
-				n, err := idx.refresh(ctx, s, mustMaxVersion(t, s))
-				if err != nil {
-					t.Fatal(err)
-				}
-				if d := indexDiff(idx, allStates(t, s)); d != "[]" {
-					t.Fatalf("after %s, the index differs from the table: %s", want, d)
-				}
-				return n
-			}
-			if n := refresh("the first refresh"); n == 0 {
-				t.Fatal("the first refresh read no bucket")
-			}
-			if n := refresh("a refresh of an unchanged table"); n != 0 {
-				t.Fatalf("a refresh of an unchanged table read %d buckets; want 0 (the digests disagree)", n)
-			}
-			edits := []struct{ what, sql string }{
-				{"hash changed", `UPDATE kss_secrets SET hash = '\x0102' WHERE namespace = 'a-b' AND name = 'x.1'`},
-				{"tombstone flipped", `UPDATE kss_secrets SET tombstone = NOT tombstone WHERE namespace = 'ab' AND name = 'x'`},
-				{"key id changed", `UPDATE kss_secrets SET key_id = 'other' WHERE namespace = 'a' AND name = 'x_1'`},
-				{"source changed", `UPDATE kss_secrets SET source_cluster = 'cluster-b' WHERE namespace = 'a.b' AND name = 'x1'`},
-				{"row deleted", `DELETE FROM kss_secrets WHERE namespace = 'a.b' AND name = 'x-1'`},
-				{"row moved to an old version", `UPDATE kss_secrets SET version = 1 WHERE namespace = 'us' AND name = 'z'`},
-				{"row inserted", `INSERT INTO kss_secrets (namespace, name, ciphertext, key_id, hash, version, source_cluster) VALUES ('new', 'n', '\x00', 'kid', '\x01', 3, 'forger')`},
-			}
-			for _, e := range edits {
-				if _, err := s.pool.Exec(ctx, e.sql); err != nil {
-					t.Fatal(err)
-				}
-				if n := refresh(e.what); n < 1 || n > 2 {
-					t.Errorf("%s: the refresh read %d buckets; want the one or two it touched", e.what, n)
-				}
-				if n := refresh(e.what + ", again"); n != 0 {
-					t.Errorf("%s: the next refresh read %d buckets; want 0", e.what, n)
-				}
-			}
-			// Many new versions change the buckets' width: an index that is
-			// current still matches.
-			for i := range 300 {
-				mustWrite(t, s, []Change{change("more", fmt.Sprint(i), uint64(1000+i))}, labelSeal)
-			}
-			refresh("300 writes")
-			if n := refresh("300 writes, again"); n != 0 {
-				t.Errorf("after the width changed, a refresh of an unchanged table read %d buckets; want 0", n)
-			}
-			if w := bucketWidth(mustMaxVersion(t, s)); w < 2 {
-				t.Errorf("bucket width %d at version %d: the test did not change it", w, mustMaxVersion(t, s))
-			}
+			test(t, s, db.options != "")
 		})
 	}
 }

@@ -198,7 +198,18 @@ func grantsWork(ctx context.Context, role string, s *Store, round int) error {
 		return fmt.Errorf("migrate: %w", err)
 	}
 	if role == "kss_leader" {
-		if _, err := loadIndex(ctx, s); err != nil {
+		idx, err := loadIndex(ctx, s)
+		if err != nil {
+			return err
+		}
+		var buckets []int64
+		for _, st := range idx {
+			buckets = append(buckets, bucketOf(st.Version, 1))
+		}
+		if _, err := s.SealDigests(ctx, buckets, 1); err != nil {
+			return err
+		}
+		if _, err := s.SealsIn(ctx, buckets, 1); err != nil {
 			return err
 		}
 		tomb := change("ns", "gone", uint64(round))

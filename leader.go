@@ -7,6 +7,7 @@ import (
 	"cmp"
 	"context"
 	"crypto/hmac"
+	"crypto/md5"
 	"crypto/rand"
 	"errors"
 	"fmt"
@@ -46,8 +47,11 @@ type leaderLoop struct {
 	// refused holds the keyed hash of each Secret that could not be
 	// sealed, so that it is reported once per content, not on every pass.
 	refused map[ObjectKey][]byte
-	// verifyAfter is where the next verification starts (verify.go).
+	// verifyAfter and sealAfter are where the next pass's verification
+	// starts (verify.go): the row after which it opens rows, the bucket
+	// after which it compares ciphertexts' hashes.
 	verifyAfter ObjectKey
+	sealAfter   int64
 	// held is how many deletes the last full pass held back (guardDeletes).
 	held int
 	// credentials holds the UID of each labelled Secret of a type that is
@@ -171,7 +175,7 @@ func (l *leaderLoop) reconcileFull(ctx context.Context) (idle bool, err error) {
 	if err != nil {
 		return false, err
 	}
-	if err := l.verify(ctx); err != nil {
+	if err := l.verify(ctx, maxVersion); err != nil {
 		return false, err
 	}
 	// Events that arrive from now on are handled after this pass too,
@@ -248,14 +252,17 @@ func (l *leaderLoop) sync(ctx context.Context, kind string, keys []ObjectKey) er
 	changes := l.guardDeletes(kind, rowChanges(keys, l.source, l.known, l.keys, l.owner(), l.now()))
 	seal := func(version int64, c *Change) ([]byte, error) {
 		b := Binding{Namespace: c.Namespace, Name: c.Name, Version: version, SourceCluster: cluster}
-		return l.keys.Seal(l.rand, b, c.Payload)
+		ciphertext, err := l.keys.Seal(l.rand, b, c.Payload)
+		c.Sealed, c.SealedSize = md5.Sum(ciphertext), int64(len(ciphertext))
+		return ciphertext, err
 	}
 	var written int
 	var version int64
 	// One transaction per chunk, each with the data of its Secrets only:
 	// what is held at once is bounded by bytes, also for Secrets that the
 	// cache keeps without their data.
-	for _, chunk := range writeChunks(changes) {
+	chunks := writeChunks(changes)
+	for n, chunk := range chunks {
 		chunk, err := l.fetch(ctx, chunk)
 		if err != nil {
 			return err
@@ -270,11 +277,17 @@ func (l *leaderLoop) sync(ctx context.Context, kind string, keys []ObjectKey) er
 		written += len(chunk)
 		for i := range chunk {
 			c := &chunk[i]
-			l.known[c.ObjectKey] = RowState{Hash: c.Hash, Tombstone: c.Payload.Deleted, SourceCluster: cluster, KeyID: l.keys.ID(), Version: c.Version}
+			l.known[c.ObjectKey] = RowState{Hash: c.Hash, Tombstone: c.Payload.Deleted, SourceCluster: cluster, KeyID: l.keys.ID(), Version: c.Version,
+				Size: c.SealedSize, Sealed: c.Sealed, SealedKnown: true}
 			l.log.WithFields(logrus.Fields{
 				"namespace": c.Namespace, "name": c.Name, "tombstone": c.Payload.Deleted, "version": c.Version,
 			}).Info("stored")
 			c.Payload.Data = nil // sealed and stored: let it go
+		}
+		// A pass of many transactions wakes the followers after its first
+		// too: they page through what is written while the rest is.
+		if n == 0 && len(chunks) > 1 {
+			l.wakeFollowers(ctx, version)
 		}
 	}
 	if written == 0 {
@@ -282,17 +295,23 @@ func (l *leaderLoop) sync(ctx context.Context, kind string, keys []ObjectKey) er
 	}
 	l.metrics.rowsWritten.Add(float64(written))
 	l.metrics.cursor.Set(float64(version))
-	if l.hint {
-		// Best effort: the rows are committed, and followers poll anyway.
-		if err := l.store.Notify(ctx, version); hintUnsupported(err) {
-			l.hint = false
-			l.log.Info("the database has no NOTIFY: followers find changes by polling")
-		} else if err != nil {
-			l.log.WithError(err).Debug("wake-up hint not sent")
-		}
-	}
+	l.wakeFollowers(ctx, version)
 	l.log.WithFields(logrus.Fields{"rows": written, "kind": kind, "version": version}).Debug("write done")
 	return nil
+}
+
+// wakeFollowers sends the PostgreSQL wake-up hint for version, if on. Best
+// effort: the rows are committed, and followers poll anyway.
+func (l *leaderLoop) wakeFollowers(ctx context.Context, version int64) {
+	if !l.hint {
+		return
+	}
+	if err := l.store.Notify(ctx, version); hintUnsupported(err) {
+		l.hint = false
+		l.log.Info("the database has no NOTIFY: followers find changes by polling")
+	} else if err != nil {
+		l.log.WithError(err).Debug("wake-up hint not sent")
+	}
 }
 
 // fetch completes the changes of Secrets that the cache keeps without
@@ -480,6 +499,10 @@ func (o owner) owns(key ObjectKey, row RowState) bool {
 	return ok && v == row.Version
 }
 
+// unfetched is the payload of a change until fetch reads it: shared by
+// every such change (100,000 of them in a first pass), so never changed.
+var unfetched = &Payload{}
+
 // rowChanges decides the rows the leader writes for keys (duplicates
 // allowed, in any order): a Secret (as source returns it, nil when it is
 // gone or not labelled) whose keyed hash differs from its stored row, or a
@@ -489,10 +512,6 @@ func (o owner) owns(key ObjectKey, row RowState) bool {
 // this cluster's rows under the new key. The changes come sorted by
 // namespace and name.
 func rowChanges(keys []ObjectKey, source func(ObjectKey) *cachedSecret, stored map[ObjectKey]RowState, ring *Keyring, o owner, now time.Time) []Change {
-	slices.SortFunc(keys, func(a, b ObjectKey) int {
-		return cmp.Or(cmp.Compare(a.Namespace, b.Namespace), cmp.Compare(a.Name, b.Name))
-	})
-	keys = slices.Compact(keys)
 	var out []Change
 	for _, key := range keys {
 		row, ok := stored[key]
@@ -512,7 +531,7 @@ func rowChanges(keys []ObjectKey, source func(ObjectKey) *cachedSecret, stored m
 			}
 			// The cache keeps the hash, not the data: the payload is read
 			// only for the Secrets written (leaderLoop.fetch).
-			out = append(out, Change{ObjectKey: key, Hash: h, Payload: &Payload{}, Force: row.Damaged || takeover, Stripped: true, Size: s.sealedSize})
+			out = append(out, Change{ObjectKey: key, Hash: h, Payload: unfetched, Force: row.Damaged || takeover, Stripped: true, Size: s.sealedSize})
 			continue
 		}
 		// Only the writer's rows: a row of another cluster whose Secret
@@ -522,5 +541,9 @@ func rowChanges(keys []ObjectKey, source func(ObjectKey) *cachedSecret, stored m
 			out = append(out, Change{ObjectKey: key, Hash: ring.Hash(key.Namespace, key.Name, p), Payload: p, Force: row.Damaged})
 		}
 	}
-	return out
+	// Sorted after the fact: an idle pass of 100,000 Secrets sorts nothing.
+	slices.SortFunc(out, func(a, b Change) int {
+		return cmp.Or(cmp.Compare(a.Namespace, b.Namespace), cmp.Compare(a.Name, b.Name))
+	})
+	return slices.CompactFunc(out, func(a, b Change) bool { return a.ObjectKey == b.ObjectKey })
 }

@@ -34,6 +34,7 @@ type metrics struct {
 	writerEpoch   prometheus.Gauge
 	claimRenewals prometheus.Counter
 	foreignRows   prometheus.Gauge
+	unverified    prometheus.Gauge
 
 	// heartbeat is the Unix time of the last loop iteration, for /healthz.
 	heartbeat atomic.Int64
@@ -107,8 +108,12 @@ func newMetrics() *metrics {
 		Name: "kube_secret_sync_foreign_rows",
 		Help: "Leader: live rows written by another cluster that this writer holds no Secret for (or no copy at the row's version): kept as they are, never deleted.",
 	})
+	m.unverified = prometheus.NewGauge(prometheus.GaugeOpts{
+		Name: "kube_secret_sync_rows_unverified",
+		Help: "Leader: rows this writer answers for whose ciphertext it has not opened since it started (or since their header changed); each full pass opens some.",
+	})
 	for _, c := range []prometheus.Collector{m.rowsWritten, m.rowsApplied, m.rowErrors, m.conflicts, m.reconciles,
-		m.reconcileTime, m.cursor, m.active, m.lastSuccess, m.deletesHeld, m.writer, m.writerEpoch, m.claimRenewals, m.foreignRows,
+		m.reconcileTime, m.cursor, m.active, m.lastSuccess, m.deletesHeld, m.writer, m.writerEpoch, m.claimRenewals, m.foreignRows, m.unverified,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{})} {
 		f(c)
 	}

@@ -1,29 +1,42 @@
 package main
 
-// The leader's verification of the rows it owns. Its full pass compares
-// row states (hash, tombstone flag, key id), which a database writer can
-// leave intact while changing what followers act on: the ciphertext, the
-// version, the source cluster. So every full pass also reads a slice of
-// the table, opens the rows this leader owns as a follower would, and
-// rewrites the ones that do not say what it wrote.
+// The leader's verification of the rows it answers for. Its full pass
+// compares row headers (hash, tombstone flag, key id, version, source),
+// which a database writer can leave intact while changing what followers
+// act on: the ciphertext. So the leader opens each row it answers for once,
+// as a follower would, and from then on has the database hash the
+// ciphertexts (MD5, in bucket digests like the headers' of digest.go) and
+// compares the hashes with those of what it wrote or verified, without
+// reading a ciphertext again unless its hash changed. A row that does not
+// say what the leader wrote is marked damaged, and the same pass rewrites
+// it.
 
 import (
+	"cmp"
 	"context"
 	"crypto/hmac"
+	"crypto/md5"
+	"encoding/hex"
 	"fmt"
+	"slices"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/sirupsen/logrus"
 )
 
-// What one full pass verifies, and how much of it is held at once. A full
-// table of N rows totalling B bytes of ciphertext is verified once every
-// max(⌈N/verifyPassRows⌉, ⌈B/verifyPassBytes⌉) full passes, so a damaged
-// row is rewritten within that many ticks plus one.
+// What one full pass verifies. Opening: the rows not verified yet (after a
+// start, or since their headers changed), at most verifyPassRows and
+// verifyPassBytes of ciphertext read, verifyBatchBytes at a time. Hashing:
+// the next buckets after the previous pass's, up to sealPassBytes of
+// ciphertext for the database to hash. A table of N rows and B bytes is
+// opened once within max(⌈N/verifyPassRows⌉, ⌈B/verifyPassBytes⌉) passes
+// of a start, and after that a ciphertext changed behind the leader's back
+// is found within ⌈B/sealPassBytes⌉ passes and rewritten in the same pass.
 const (
-	verifyPassRows   = 1000
+	verifyPassRows   = 5000
 	verifyPassBytes  = 16 << 20
 	verifyBatchBytes = 4 << 20
-	verifyPage       = 500
+	sealPassBytes    = 64 << 20
 )
 
 // verifyRow reports whether r is what a leader holding keys wrote: it opens
@@ -48,58 +61,231 @@ func (l *leaderLoop) owns(r *Row) bool {
 	return r.SourceCluster == l.cfg.ClusterName || l.source(r.ObjectKey) != nil
 }
 
-// verify checks the next slice of the table, at most verifyPassRows rows
-// and verifyPassBytes of ciphertext, after where the previous pass
-// stopped, and marks the damaged rows it owns in l.known, so that this
-// pass rewrites them. At the end of the table it starts over.
-func (l *leaderLoop) verify(ctx context.Context) error {
-	rowsLeft, bytesLeft := verifyPassRows, int64(verifyPassBytes)
-	for rowsLeft > 0 && bytesLeft > 0 {
-		limit := min(verifyPage, rowsLeft)
-		rows, err := l.store.Headers(ctx, l.verifyAfter, limit)
-		if err != nil {
-			return err
+// answers reports whether the leader answers for the row of key: a row of
+// a Secret it syncs, whatever cluster the row names, or a row written under
+// its name.
+func (l *leaderLoop) answers(key ObjectKey, st *RowState) bool {
+	return st.SourceCluster == l.cfg.ClusterName || l.source(key) != nil
+}
+
+// verify opens the rows not verified yet, then compares the ciphertexts'
+// hashes of the next buckets (see the constants), and marks the damaged
+// rows in l.known, so that this pass rewrites them. maxVersion is the
+// counter the index was refreshed at.
+func (l *leaderLoop) verify(ctx context.Context, maxVersion int64) error {
+	width := bucketWidth(maxVersion)
+	var todo []ObjectKey
+	buckets := map[int64]*sealBucket{}
+	for k, st := range l.known {
+		answers := l.answers(k, &st)
+		if answers && !st.SealedKnown {
+			todo = append(todo, k)
 		}
-		var todo []*Row
-		for i := range rows {
-			if bytesLeft <= 0 {
-				break
-			}
-			r := &rows[i]
-			l.verifyAfter = r.ObjectKey
-			rowsLeft--
-			switch {
-			case !l.owns(r):
-			case r.Size > MaxCiphertextSize:
-				// No correct writer makes one, and it is never transferred:
-				// verifyRow refuses it by its size alone.
-				l.damaged(r, verifyRow(l.keys, r))
-			default:
-				bytesLeft -= r.Size
-				todo = append(todo, r)
-			}
+		b := bucketOf(st.Version, width)
+		if buckets[b] == nil {
+			buckets[b] = &sealBucket{known: true}
 		}
-		for _, batch := range byteBatches(todo, verifyBatchBytes) {
-			if err := l.store.FillCiphertexts(ctx, batch); err != nil {
-				return err
-			}
-			for _, r := range batch {
-				// Without a ciphertext the row was rewritten since it was
-				// read: it is verified next time round.
-				if r.Ciphertext != nil {
-					if err := verifyRow(l.keys, r); err != nil {
-						l.damaged(r, err)
-					}
-				}
-				r.Ciphertext = nil
-			}
-		}
-		if len(rows) < limit {
-			l.verifyAfter = ObjectKey{} // the end of the table: start over next pass
+		buckets[b].size += st.Size
+		buckets[b].known = buckets[b].known && (st.SealedKnown || !answers)
+	}
+	if err := l.open(ctx, todo); err != nil {
+		return err
+	}
+	return l.compareSeals(ctx, width, buckets)
+}
+
+// sealBucket is what compareSeals needs to know of a bucket: the size of
+// its ciphertexts, and whether the leader knows the hash of each row it
+// answers for.
+type sealBucket struct {
+	size  int64
+	known bool
+}
+
+// open reads and opens the next of todo, the rows the leader answers for
+// whose ciphertext it has not verified, in key order after the last pass's.
+func (l *leaderLoop) open(ctx context.Context, todo []ObjectKey) error {
+	unverified := len(todo)
+	defer func() { l.metrics.unverified.Set(float64(unverified)) }()
+	if len(todo) == 0 {
+		return nil
+	}
+	slices.SortFunc(todo, func(a, b ObjectKey) int {
+		return cmp.Or(cmp.Compare(a.Namespace, b.Namespace), cmp.Compare(a.Name, b.Name))
+	})
+	// Start after the last pass's, and wrap round.
+	i, _ := slices.BinarySearchFunc(todo, l.verifyAfter, func(a, b ObjectKey) int {
+		return cmp.Or(cmp.Compare(a.Namespace, b.Namespace), cmp.Compare(a.Name, b.Name))
+	})
+	todo = append(todo[i:], todo[:i]...)
+	var rows []*Row
+	var bytes int64
+	for _, k := range todo {
+		if len(rows) == verifyPassRows || bytes >= verifyPassBytes {
 			break
 		}
+		st := l.known[k]
+		r := headerRow(k, &st)
+		l.verifyAfter = k
+		if r.Size > MaxCiphertextSize {
+			// No correct writer makes one, and it is never transferred:
+			// verifyRow refuses it by its size alone.
+			l.damaged(r, verifyRow(l.keys, r))
+			continue
+		}
+		bytes += r.Size
+		rows = append(rows, r)
 	}
-	return nil
+	verified, err := l.openRows(ctx, rows)
+	unverified -= verified
+	return err
+}
+
+// openRows reads the ciphertexts of rows (headers), a few MiB at a time,
+// and verifies each: it records the hash of those that say what the leader
+// wrote, and marks the others damaged. It returns how many verified.
+func (l *leaderLoop) openRows(ctx context.Context, rows []*Row) (verified int, err error) {
+	for _, batch := range byteBatches(rows, verifyBatchBytes) {
+		if err := l.store.FillCiphertexts(ctx, batch); err != nil {
+			return verified, err
+		}
+		for _, r := range batch {
+			// Without a ciphertext the row was rewritten since it was
+			// read: the next refresh brings its new header.
+			if r.Ciphertext == nil {
+				continue
+			}
+			if err := verifyRow(l.keys, r); err != nil {
+				l.damaged(r, err)
+			} else {
+				l.sealed(r.ObjectKey, r.Version, md5.Sum(r.Ciphertext))
+				verified++
+			}
+			r.Ciphertext = nil
+		}
+	}
+	return verified, nil
+}
+
+// sealed records that the row of key at version holds a ciphertext of MD5
+// sum that says what the leader wrote.
+func (l *leaderLoop) sealed(key ObjectKey, version int64, sum [md5.Size]byte) {
+	if st, ok := l.known[key]; ok && st.Version == version {
+		st.Sealed, st.SealedKnown = sum, true
+		l.known[key] = st
+	}
+}
+
+// compareSeals has the database hash the ciphertexts of the next buckets
+// where the leader knows the hash of every row it answers for, and
+// compares: in a bucket that differs, each row whose hash changed is
+// opened now. The hash of a row the leader does not answer for is only
+// recorded.
+func (l *leaderLoop) compareSeals(ctx context.Context, width int64, buckets map[int64]*sealBucket) error {
+	ids := slices.Sorted(func(yield func(int64) bool) {
+		for id, b := range buckets {
+			if b.known && !yield(id) {
+				return
+			}
+		}
+	})
+	if len(ids) == 0 {
+		return nil
+	}
+	i, _ := slices.BinarySearch(ids, l.sealAfter+1)
+	ids = append(ids[i:], ids[:i]...)
+	var next []int64
+	var size int64
+	for _, id := range ids {
+		if len(next) > 0 && size+buckets[id].size > sealPassBytes {
+			break
+		}
+		next = append(next, id)
+		size += buckets[id].size
+	}
+	l.sealAfter = next[len(next)-1]
+	remote, err := l.store.SealDigests(ctx, next, width)
+	if err != nil {
+		return err
+	}
+	local := l.known.sealDigests(width, next)
+	var differ []int64
+	for _, id := range next {
+		if remote[id] != local[id] {
+			differ = append(differ, id)
+		}
+	}
+	if len(differ) == 0 {
+		return nil
+	}
+	seals, err := l.store.SealsIn(ctx, differ, width)
+	if err != nil {
+		return err
+	}
+	var todo []*Row
+	for _, s := range seals {
+		st, ok := l.known[s.key]
+		if !ok || st.Version != s.version || st.Sealed == s.sum {
+			continue // a header changed meanwhile: the next refresh brings it
+		}
+		if !l.answers(s.key, &st) {
+			l.sealed(s.key, s.version, s.sum)
+			continue
+		}
+		st.SealedKnown = false
+		l.known[s.key] = st
+		todo = append(todo, headerRow(s.key, &st))
+	}
+	_, err = l.openRows(ctx, todo)
+	return err
+}
+
+// rowSeal is the MD5 of a row's ciphertext, as the database computes it.
+type rowSeal struct {
+	key     ObjectKey
+	version int64
+	sum     [md5.Size]byte
+}
+
+// sealDigestSQL is digestSQL over the ciphertexts' MD5s, for the buckets
+// in $2 only: the database reads and hashes those ciphertexts, and sends
+// one digest per bucket.
+const sealDigestSQL = `
+SELECT bucket, md5(string_agg(sum, ',' ORDER BY version, key_sum))
+FROM (
+    SELECT s.version - s.version % $1 AS bucket, s.version, md5(s.namespace || '/' || s.name) AS key_sum, md5(s.ciphertext) AS sum
+    FROM kss_secrets AS s JOIN unnest($2::BIGINT[]) AS b (lo) ON s.version >= b.lo AND s.version < b.lo + $1
+) AS r
+GROUP BY bucket`
+
+// SealDigests returns, for each of buckets (of width versions) that holds
+// rows, the digest of its rows' ciphertexts' MD5s.
+func (s *Store) SealDigests(ctx context.Context, buckets []int64, width int64) (map[int64]string, error) {
+	return s.bucketSums(ctx, "read ciphertext digests", sealDigestSQL, width, buckets)
+}
+
+// SealsIn returns the MD5 of the ciphertext of each row in buckets.
+func (s *Store) SealsIn(ctx context.Context, buckets []int64, width int64) ([]rowSeal, error) {
+	rows, err := s.pool.Query(ctx, `
+SELECT s.namespace, s.name, s.version, md5(s.ciphertext)
+FROM kss_secrets AS s JOIN unnest($1::BIGINT[]) AS b (lo) ON s.version >= b.lo AND s.version < b.lo + $2`, buckets, width)
+	if err != nil {
+		return nil, fmt.Errorf("read ciphertext hashes: %w", err)
+	}
+	var out []rowSeal
+	var r rowSeal
+	var sum string
+	_, err = pgx.ForEachRow(rows, []any{&r.key.Namespace, &r.key.Name, &r.version, &sum}, func() error {
+		if n, err := hex.Decode(r.sum[:], []byte(sum)); err != nil || n != md5.Size {
+			return fmt.Errorf("MD5 %q of %s: not 32 hex digits", sum, r.key)
+		}
+		out = append(out, r)
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("read ciphertext hashes: %w", err)
+	}
+	return out, nil
 }
 
 // damaged reports a row that does not say what this leader wrote and

@@ -3,6 +3,9 @@ package main
 import (
 	"crypto/tls"
 	"maps"
+	"os"
+	"regexp"
+	"strings"
 	"testing"
 	"time"
 
@@ -210,5 +213,24 @@ func TestListeningSockets(t *testing.T) {
 	}
 	if got := listeningSockets(tcp, 0x7049); !got["socket:[333]"] || len(got) != 1 {
 		t.Errorf("listeningSockets(*:%d) = %v; want socket:[333]", 0x7049, got)
+	}
+}
+
+// TestDeploymentMemoryLimit: the bench's GOMEMLIMIT is the one the
+// Deployment gives the daemon (from its memory limit).
+func TestDeploymentMemoryLimit(t *testing.T) {
+	b, err := os.ReadFile("../../deploy/base/deployment.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	limit := regexp.MustCompile(`(?m)^\s+limits:\s*\n\s+memory:\s*(\S+)`).FindSubmatch(b)
+	if limit == nil {
+		t.Fatal("no memory limit in deploy/base/deployment.yaml")
+	}
+	if want := strings.TrimSuffix(string(limit[1]), "i") + "iB"; deploymentMemoryLimit != want {
+		t.Errorf("deploymentMemoryLimit = %s; the Deployment's limit is %s, so GOMEMLIMIT is %s", deploymentMemoryLimit, limit[1], want)
+	}
+	if !strings.Contains(string(b), "name: GOMEMLIMIT") {
+		t.Error("the Deployment no longer sets GOMEMLIMIT: the bench should not either")
 	}
 }

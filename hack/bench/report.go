@@ -61,6 +61,7 @@ type result struct {
 	IdleWindowS              *float64 `json:"idle_window_s"`
 	IdleFullPassesLeader     *int64   `json:"idle_full_passes_leader"`
 	IdleFullPassesFollow     *int64   `json:"idle_full_passes_follower"`
+	IdleVerifiedAfterPasses  *int64   `json:"idle_leader_verified_after_passes"`
 	IdleDBRowsChanged        *int64   `json:"idle_db_rows_changed"`
 	IdleClaimRenewals        *int64   `json:"idle_claim_renewals"`
 	IdleDBBytesPerPassLeader *int64   `json:"idle_db_bytes_per_pass_leader"`
@@ -188,6 +189,7 @@ func tableRows() []row {
 			return verdict(i0(r.IdleDBRowWrites), true, r.IdleDBRowWrites != nil && *r.IdleDBRowWrites == 0)
 		}},
 		{"idle writer-claim renewals (not row writes)", "", func(r *result) string { return i0(r.IdleClaimRenewals) }},
+		{"leader full passes until every row verified after a start", "", func(r *result) string { return i0(r.IdleVerifiedAfterPasses) }},
 		{"idle DB bytes read per full pass, leader (KiB)", "≤ 64 at N = 100,000", func(r *result) string {
 			return verdict(kib(r.IdleDBBytesPerPassLeader), r.N >= 100000, r.IdleDBBytesPerPassLeader != nil && *r.IdleDBBytesPerPassLeader <= 64<<10)
 		}},

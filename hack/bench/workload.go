@@ -237,6 +237,9 @@ func (w *workload) daemonVars(d *daemon, extra map[string]string) map[string]str
 	if d.role == "leader" {
 		vars["LEADER"] = "1"
 	}
+	if w.opts.goMemLimit != "" {
+		vars["GOMEMLIMIT"] = w.opts.goMemLimit
+	}
 	maps.Copy(vars, extra)
 	return vars
 }
@@ -466,6 +469,7 @@ func (w *workload) initialSync(ctx context.Context) (leader, follower *daemon, e
 		}
 	}
 	deadline := time.After(w.opts.syncTimeout)
+	halfway := false // heap profiles taken halfway (--profile)
 	progress := time.NewTicker(10 * time.Second)
 	defer progress.Stop()
 	alive := time.NewTicker(200 * time.Millisecond)
@@ -482,6 +486,12 @@ func (w *workload) initialSync(ctx context.Context) (leader, follower *daemon, e
 		case <-progress.C:
 			m, n, _ := w.tr.progress()
 			w.logf("N=%d: initial sync: %d/%d copies equal after %s", w.n, m, n, secs(time.Since(start)))
+			if w.opts.profile > 0 && !halfway && 2*m >= n {
+				halfway = true
+				for _, d := range []*daemon{leader, follower} {
+					w.saveProfile(ctx, d, "halfway.heap", "/debug/pprof/heap")
+				}
+			}
 		case <-alive.C:
 			for _, d := range []*daemon{leader, follower} {
 				if err := d.Exited(); err != nil {
@@ -759,6 +769,26 @@ func (w *workload) idlePhase(ctx context.Context) error {
 			return err
 		}
 	}
+	// A leader opens every row it answers for once after a start, a slice
+	// per pass (verify.go); the idle figures are those of the steady state
+	// after that, whose time is reported.
+	warm := time.Now()
+	err = poll(ctx, time.Duration(4*tick+60)*time.Second+time.Duration(w.n/1000)*time.Duration(tick)*time.Second, 200*time.Millisecond, pair, func(ctx context.Context) error {
+		ss, err := leader.samples(ctx)
+		if err != nil {
+			return err
+		}
+		if n := sumSamples(ss, "kube_secret_sync_rows_unverified", nil); n != 0 {
+			return fmt.Errorf("leader: %v rows not verified yet (kube_secret_sync_rows_unverified)", n)
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	passes, _ := fullPasses(ctx, leader)
+	w.res.IdleVerifiedAfterPasses = ptr(passes)
+	w.logf("N=%d: idle: the leader had verified every row after %d full passes (%s after both had made 2)", w.n, passes, secs(time.Since(warm)))
 	if err := sleep(ctx, 2*time.Second, pair...); err != nil {
 		return err
 	}
