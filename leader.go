@@ -180,11 +180,14 @@ func (l *leaderLoop) reconcileFull(ctx context.Context) (idle bool, err error) {
 	}
 	// Events that arrive from now on are handled after this pass too,
 	// which is harmless: an unchanged Secret writes nothing.
+	// A fresh map: the cache's first fill marks every Secret dirty, and a
+	// cleared map would keep that size.
 	l.mu.Lock()
-	clear(l.dirty)
+	l.dirty = map[ObjectKey]struct{}{}
 	l.mu.Unlock()
-	var keys []ObjectKey
-	for _, s := range l.sources.list() {
+	sources := l.sources.list()
+	keys := make([]ObjectKey, 0, len(sources)+len(l.known))
+	for _, s := range sources {
 		keys = append(keys, s.key())
 	}
 	rows := len(l.known)

@@ -36,7 +36,7 @@ const (
 	verifyPassRows   = 5000
 	verifyPassBytes  = 16 << 20
 	verifyBatchBytes = 4 << 20
-	sealPassBytes    = 64 << 20
+	sealPassBytes    = 16 << 20
 )
 
 // verifyRow reports whether r is what a leader holding keys wrote: it opens

@@ -207,9 +207,17 @@ func tableRows() []row {
 		{"latency p99 (ms), PG_NOTIFY=0", "≤ POLL_SECONDS + 500 (+ 2 DB round trips)", func(r *result) string {
 			return verdict(f1(r.LatencyNohintP99, ""), r.PollS != nil, r.PollS != nil && le(r.LatencyNohintP99, *r.PollS*1000+500+r.twoRTTMs()))
 		}},
-		{"leader peak RSS (MiB)", "", func(r *result) string { return f1(r.LeaderRSSMiB, "") }},
-		{"follower peak RSS (MiB)", "≤ 150 at N = 10,000", func(r *result) string {
-			return verdict(f1(r.FollowerRSSMiB, ""), r.N <= 10000, le(r.FollowerRSSMiB, 150))
+		{"leader peak RSS (MiB)", "≤ 256 at N = 100,000", func(r *result) string {
+			return verdict(f1(r.LeaderRSSMiB, ""), r.N >= 100000, le(r.LeaderRSSMiB, 256))
+		}},
+		{"follower peak RSS (MiB)", "≤ 256 at N = 100,000", func(r *result) string {
+			return verdict(f1(r.FollowerRSSMiB, ""), r.N >= 100000, le(r.FollowerRSSMiB, 256))
+		}},
+		{"leader CPU per synced Secret in initial sync (ms)", "≤ 0.1 at N = 10,000", func(r *result) string {
+			return perSecret(r.LeaderCPUSyncS, r.N, 0.1, r.N == 10000)
+		}},
+		{"follower CPU per synced Secret in initial sync (ms)", "≤ 0.3 at N = 10,000", func(r *result) string {
+			return perSecret(r.FollowerCPUSyncS, r.N, 0.3, r.N == 10000)
 		}},
 		{"leader CPU (s)", "", func(r *result) string { return f1(r.LeaderCPUS, "") }},
 		{"follower CPU (s)", "", func(r *result) string { return f1(r.FollowerCPUS, "") }},
@@ -312,4 +320,14 @@ func kib(v *int64) string {
 		return "–"
 	}
 	return fmt.Sprintf("%.1f", float64(*v)/1024)
+}
+
+// perSecret is cpu seconds over n Secrets, in ms, checked against limit
+// where check.
+func perSecret(cpu *float64, n int, limit float64, check bool) string {
+	if n == 0 || cpu == nil {
+		return "–"
+	}
+	ms := *cpu * 1000 / float64(n)
+	return verdict(fmt.Sprintf("%.3f", ms), check, ms <= limit)
 }
