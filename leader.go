@@ -285,7 +285,9 @@ func (l *leaderLoop) sync(ctx context.Context, kind string, keys []ObjectKey) er
 			l.log.WithFields(logrus.Fields{
 				"namespace": c.Namespace, "name": c.Name, "tombstone": c.Payload.Deleted, "version": c.Version,
 			}).Info("stored")
-			c.Payload.Data = nil // sealed and stored: let it go
+			// Sealed and stored: let it go (a first pass holds 100,000
+			// changes until its last transaction).
+			c.Payload = nil
 		}
 		// A pass of many transactions wakes the followers after its first
 		// too: they page through what is written while the rest is.
