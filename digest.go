@@ -198,12 +198,14 @@ func (idx rowIndex) digestsOf(width int64, only map[int64]bool, line func(b []by
 // differed. Rows written meanwhile may be missed or seen half: the next
 // refresh finds them.
 func (idx rowIndex) refresh(ctx context.Context, store *Store, maxVersion int64) (int, error) {
+	var local map[int64]string
 	width := bucketWidth(maxVersion)
-	remote, err := store.Digests(ctx, width)
+	// The database computes its digests while this computes the index's.
+	remote, err := concurrently(func() (map[int64]string, error) { return store.Digests(ctx, width) },
+		func() { local = idx.digests(width) })
 	if err != nil {
 		return 0, err
 	}
-	local := idx.digests(width)
 	var differ []int64
 	for b, sum := range remote {
 		if local[b] != sum {
@@ -270,4 +272,19 @@ func loadIndex(ctx context.Context, store *Store) (rowIndex, error) {
 	idx := rowIndex{}
 	_, err = idx.refresh(ctx, store, max)
 	return idx, err
+}
+
+// concurrently runs query in a goroutine of its own while it runs work,
+// and returns query's result once both are done.
+func concurrently[T any](query func() (T, error), work func()) (T, error) {
+	var v T
+	var err error
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		v, err = query()
+	}()
+	work()
+	<-done
+	return v, err
 }

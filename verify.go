@@ -204,11 +204,12 @@ func (l *leaderLoop) compareSeals(ctx context.Context, width int64, buckets map[
 		size += buckets[id].size
 	}
 	l.sealAfter = next[len(next)-1]
-	remote, err := l.store.SealDigests(ctx, next, width)
+	var local map[int64]string
+	remote, err := concurrently(func() (map[int64]string, error) { return l.store.SealDigests(ctx, next, width) },
+		func() { local = l.known.sealDigests(width, next) })
 	if err != nil {
 		return err
 	}
-	local := l.known.sealDigests(width, next)
 	var differ []int64
 	for _, id := range next {
 		if remote[id] != local[id] {
