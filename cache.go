@@ -204,9 +204,9 @@ func (c *secretCache) count(namespace string) int {
 // sync of a namespace of thousands reads it in a few requests, and one
 // changed Secret costs one GET.
 const (
-	listMin      = 16
+	listMin      = 4
 	listPage     = 500
-	getWorkers   = 16
+	readWorkers  = 16
 	listMaxWaste = 4 // list only if at most this many Secrets come per one wanted
 )
 
@@ -220,51 +220,56 @@ func readLive(ctx context.Context, client kubernetes.Interface, selector labels.
 		byNamespace[k.Namespace] = append(byNamespace[k.Namespace], k)
 	}
 	out := make(map[ObjectKey]*corev1.Secret, len(keys))
-	var gets []ObjectKey
+	var mu sync.Mutex
+	keep := func(k ObjectKey, s *corev1.Secret) {
+		mu.Lock()
+		out[k] = s
+		mu.Unlock()
+	}
+	// The lists and GETs run side by side: a chunk of 2,000 Secrets spans
+	// tens of namespaces.
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(readWorkers)
 	for ns, want := range byNamespace {
 		if len(want) < listMin || inCache(ns) > listMaxWaste*len(want) {
-			gets = append(gets, want...)
+			for _, k := range want {
+				g.Go(func() error {
+					s, err := client.CoreV1().Secrets(k.Namespace).Get(gctx, k.Name, metav1.GetOptions{})
+					if apierrors.IsNotFound(err) {
+						return nil
+					}
+					if err != nil {
+						return fmt.Errorf("read %s: %w", k, err)
+					}
+					if selector.Matches(labels.Set(s.Labels)) {
+						keep(k, s)
+					}
+					return nil
+				})
+			}
 			continue
 		}
 		wanted := make(map[string]bool, len(want))
 		for _, k := range want {
 			wanted[k.Name] = true
 		}
-		opts := metav1.ListOptions{LabelSelector: selector.String(), Limit: listPage}
-		for {
-			list, err := client.CoreV1().Secrets(ns).List(ctx, opts)
-			if err != nil {
-				return nil, fmt.Errorf("list secrets in %s: %w", ns, err)
-			}
-			for i := range list.Items {
-				if s := list.Items[i]; wanted[s.Name] {
-					// A copy, so that the page can go before the Secrets do.
-					out[ObjectKey{ns, s.Name}] = &s
+		g.Go(func() error {
+			opts := metav1.ListOptions{LabelSelector: selector.String(), Limit: listPage}
+			for {
+				list, err := client.CoreV1().Secrets(ns).List(gctx, opts)
+				if err != nil {
+					return fmt.Errorf("list secrets in %s: %w", ns, err)
+				}
+				for i := range list.Items {
+					if s := list.Items[i]; wanted[s.Name] {
+						// A copy, so that the page can go before the Secrets do.
+						keep(ObjectKey{ns, s.Name}, &s)
+					}
+				}
+				if opts.Continue = list.Continue; opts.Continue == "" {
+					return nil
 				}
 			}
-			if opts.Continue = list.Continue; opts.Continue == "" {
-				break
-			}
-		}
-	}
-	var mu sync.Mutex
-	g, gctx := errgroup.WithContext(ctx)
-	g.SetLimit(getWorkers)
-	for _, k := range gets {
-		g.Go(func() error {
-			s, err := client.CoreV1().Secrets(k.Namespace).Get(gctx, k.Name, metav1.GetOptions{})
-			if apierrors.IsNotFound(err) {
-				return nil
-			}
-			if err != nil {
-				return fmt.Errorf("read %s: %w", k, err)
-			}
-			if selector.Matches(labels.Set(s.Labels)) {
-				mu.Lock()
-				out[k] = s
-				mu.Unlock()
-			}
-			return nil
 		})
 	}
 	return out, g.Wait()

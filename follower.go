@@ -24,11 +24,6 @@ import (
 // pullPage is how many rows a follower reads per query.
 const pullPage = 500
 
-// headerPage is how many row headers (no ciphertext, about 150 bytes
-// each) a full pass reads per query: few round trips to a database in
-// another region.
-const headerPage = 5000
-
 // fillBatchBytes bounds the ciphertexts a full pass fetches at once.
 const fillBatchBytes = 16 << 20
 

@@ -262,14 +262,17 @@ func (l *leaderLoop) sync(ctx context.Context, kind string, keys []ObjectKey) er
 	var written int
 	var version int64
 	// One transaction per chunk, each with the data of its Secrets only:
-	// what is held at once is bounded by bytes, also for Secrets that the
-	// cache keeps without their data.
+	// what is held at once is bounded by bytes. The next chunk's Secrets
+	// are read from the API server while this one is sealed and written.
 	chunks := writeChunks(changes)
+	reads := l.readAhead(ctx, chunks)
+	defer reads.stop()
 	for n, chunk := range chunks {
-		chunk, err := l.fetch(ctx, chunk)
+		live, err := reads.next()
 		if err != nil {
 			return err
 		}
+		chunk = l.complete(chunk, live)
 		chunk = l.sealable(chunk)
 		if len(chunk) == 0 {
 			continue
@@ -319,25 +322,74 @@ func (l *leaderLoop) wakeFollowers(ctx context.Context, version int64) {
 	}
 }
 
-// fetch completes the changes of Secrets that the cache keeps without
-// their data (Change.Stripped) from the live Secrets, read in one go
-// (readLive): their payloads and keyed hashes. A Secret gone or unlabelled
-// since is left to the watch event that says so, and one whose live
-// content is what its row holds is dropped.
-func (l *leaderLoop) fetch(ctx context.Context, chunk []Change) ([]Change, error) {
-	var want []ObjectKey
-	for _, c := range chunk {
-		if c.Stripped {
-			want = append(want, c.ObjectKey)
+// liveReads reads, in a goroutine of its own, the live Secrets of each
+// chunk's changes that the cache keeps without their data (Change.Stripped),
+// one chunk ahead of the writes.
+type liveReads struct {
+	results chan liveRead
+	cancel  context.CancelFunc
+	done    chan struct{}
+}
+
+type liveRead struct {
+	live map[ObjectKey]*corev1.Secret
+	err  error
+}
+
+// readAhead starts reading the live Secrets of chunks, in order.
+func (l *leaderLoop) readAhead(ctx context.Context, chunks [][]Change) *liveReads {
+	// The keys are taken now: the loop changes the chunks' changes.
+	wants := make([][]ObjectKey, len(chunks))
+	for i, chunk := range chunks {
+		for _, c := range chunk {
+			if c.Stripped {
+				wants[i] = append(wants[i], c.ObjectKey)
+			}
 		}
 	}
-	if len(want) == 0 {
-		return chunk, nil
+	ctx, cancel := context.WithCancel(ctx)
+	r := &liveReads{results: make(chan liveRead, 1), cancel: cancel, done: make(chan struct{})}
+	go func() {
+		defer close(r.done)
+		for _, want := range wants {
+			var res liveRead
+			if len(want) > 0 {
+				res.live, res.err = readLive(ctx, l.client, l.cfg.selector, want, l.sources.count)
+			}
+			select {
+			case r.results <- res:
+			case <-ctx.Done():
+				return
+			}
+			if res.err != nil {
+				return
+			}
+		}
+	}()
+	return r
+}
+
+// next returns the next chunk's live Secrets.
+func (r *liveReads) next() (map[ObjectKey]*corev1.Secret, error) {
+	res, ok := <-r.results
+	if !ok {
+		return nil, errors.New("live reads stopped")
 	}
-	live, err := readLive(ctx, l.client, l.cfg.selector, want, l.sources.count)
-	if err != nil {
-		return nil, err
-	}
+	return res.live, res.err
+}
+
+// stop ends the reads and waits for their goroutine.
+func (r *liveReads) stop() {
+	r.cancel()
+	<-r.done
+}
+
+// complete fills the changes of Secrets that the cache keeps without their
+// data (Change.Stripped) from live, the live Secrets: their payloads and
+// keyed hashes. A Secret gone or unlabelled since is left to the watch
+// event that says so, and one whose live content is what its row holds is
+// dropped.
+func (l *leaderLoop) complete(chunk []Change, live map[ObjectKey]*corev1.Secret) []Change {
 	out := chunk[:0]
 	for _, c := range chunk {
 		if c.Stripped {
@@ -355,7 +407,7 @@ func (l *leaderLoop) fetch(ctx context.Context, chunk []Change) ([]Change, error
 		}
 		out = append(out, c)
 	}
-	return out, nil
+	return out
 }
 
 // deleteGuardMin is how many deletes a pass may always make: a few Secrets

@@ -76,8 +76,8 @@ func collectRows(rows pgx.Rows, what string) ([]Row, error) {
 	return out, nil
 }
 
-// FillCiphertexts loads the ciphertext of rows read by PullHeaders or
-// Headers, in one query. A row rewritten since keeps a nil Ciphertext: it
+// FillCiphertexts loads the ciphertext of rows known by their headers (a
+// daemon's index, digest.go), in one query. A row rewritten since keeps a nil Ciphertext: it
 // has a newer version now, which the next incremental pull brings. So does
 // a row whose ciphertext is larger than MaxCiphertextSize, which no correct
 // writer produces and which is never transferred.
