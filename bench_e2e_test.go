@@ -98,8 +98,9 @@ func (e *syncEnv) deps(cfg *Config, store *Store, client kubernetes.Interface) l
 }
 
 // BenchmarkLeaderIdlePass measures the leader's full reconcile of a fleet
-// that has not changed (read row states, hash every Secret, write
-// nothing), against the pass that first stored the fleet.
+// that has not changed (the database's bucket digests against the index's,
+// every cached hash compared, nothing written), against the pass that
+// first read and stored the fleet.
 func BenchmarkLeaderIdlePass(b *testing.B) {
 	e := newSyncEnv(b)
 	cfg := e.config(true)
@@ -130,11 +131,10 @@ func BenchmarkLeaderIdlePass(b *testing.B) {
 }
 
 // BenchmarkFollowerIdlePass measures the follower's full reconcile of a
-// fleet that is in sync: the copies from the watched cache, one paged read
-// of the row headers, a keyed hash per copy and nothing decrypted or
-// written. The ratio
-// compares it with only decrypting every row, the work the hash check
-// saves.
+// fleet that is in sync: the copies from the watched cache, the database's
+// bucket digests against the index's, a cached hash compared per copy, and
+// nothing decrypted or written. The ratio compares it with only decrypting
+// every row, the work the hash check saves.
 func BenchmarkFollowerIdlePass(b *testing.B) {
 	e := newSyncEnv(b)
 	e.mustCreateMany("s", benchSecrets)
