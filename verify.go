@@ -55,12 +55,6 @@ func verifyRow(keys *Keyring, r *Row) error {
 	return nil
 }
 
-// owns reports whether the leader answers for r: a row of a Secret it
-// syncs, whatever cluster the row names, or a row written under its name.
-func (l *leaderLoop) owns(r *Row) bool {
-	return r.SourceCluster == l.cfg.ClusterName || l.source(r.ObjectKey) != nil
-}
-
 // answers reports whether the leader answers for the row of key: a row of
 // a Secret it syncs, whatever cluster the row names, or a row written under
 // its name.
@@ -78,7 +72,9 @@ func (l *leaderLoop) verify(ctx context.Context, maxVersion int64) error {
 	buckets := map[int64]*sealBucket{}
 	for k, st := range l.known {
 		answers := l.answers(k, &st)
-		if answers && !st.SealedKnown {
+		// A row found damaged is not opened again: this pass rewrites it,
+		// and until then it stays marked (and reported once).
+		if answers && !st.SealedKnown && !st.Damaged {
 			todo = append(todo, k)
 		}
 		b := bucketOf(st.Version, width)
