@@ -400,13 +400,7 @@ func (a *rowApplier) firstReport(r *Row) bool {
 // that `kubectl get events -n <namespace>` shows it). The message carries
 // the reason and the error, which hold sizes and key ids, never data.
 func (a *rowApplier) recordRejected(r *Row, reason string, err error) {
-	ref := secretRef(r.ObjectKey, nil)
-	if a.copies != nil {
-		if c := a.copies.get(r.ObjectKey); c != nil {
-			ref.UID, ref.ResourceVersion = c.uid, c.resourceVersion
-		}
-	}
-	a.recorder.Eventf(ref, corev1.EventTypeWarning, "RowRejected",
+	a.recorder.Eventf(a.copies.ref(r.ObjectKey), corev1.EventTypeWarning, "RowRejected",
 		"kube-secret-sync did not apply database row version %d (%s): %v", r.Version, reason, err)
 }
 

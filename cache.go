@@ -189,6 +189,19 @@ func (c *secretCache) list() []*cachedSecret {
 	return out
 }
 
+// ref is what an Event about the Secret key names (secretRef), with the
+// UID and resourceVersion of the cached Secret, if c holds it (c may be
+// nil).
+func (c *secretCache) ref(key ObjectKey) *corev1.ObjectReference {
+	ref := secretRef(key, nil)
+	if c != nil {
+		if s := c.get(key); s != nil {
+			ref.UID, ref.ResourceVersion = s.uid, s.resourceVersion
+		}
+	}
+	return ref
+}
+
 // count is how many Secrets the cache holds in namespace.
 func (c *secretCache) count(namespace string) int {
 	i := c.indexer(namespace)

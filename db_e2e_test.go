@@ -479,7 +479,7 @@ func TestFillCiphertexts(t *testing.T) {
 		if !ok {
 			t.Fatalf("%s is not in the index", r.ObjectKey)
 		}
-		h := *headerRow(r.ObjectKey, &st)
+		h := headerRow(r.ObjectKey, &st)
 		h.Ciphertext, h.UpdatedAt = r.Ciphertext, r.UpdatedAt
 		if !reflect.DeepEqual(h, r) {
 			t.Errorf("the index's header row = %+v; want %+v without ciphertext", h, r)
@@ -518,17 +518,8 @@ func TestWriteRoundTrips(t *testing.T) {
 	if err := direct.Migrate(t.Context(), "test"); err != nil {
 		t.Fatal(err)
 	}
-	u, err := url.Parse(dsn)
-	if err != nil {
-		t.Fatal(err)
-	}
-	proxy, err := testenv.StartDelayProxy(u.Host, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = proxy.Close() })
-	u.Host = proxy.Addr
-	s := mustOpenStore(t, u.String())
+	proxied, proxy := proxiedDSN(t, dsn)
+	s := mustOpenStore(t, proxied)
 	claim := claimFor(t, direct, dbTestCluster)
 	if _, err := s.Write(t.Context(), claim, "kid", []Change{change("ns", "first", 1)}, labelSeal); err != nil {
 		t.Fatal(err)
@@ -547,4 +538,21 @@ func TestWriteRoundTrips(t *testing.T) {
 			t.Errorf("Write of %d rows (%d transactions): %d round trips; want %d", n, transactions, got, 2*transactions)
 		}
 	}
+}
+
+// proxiedDSN is dsn through a counting TCP proxy of its own (no delay),
+// closed when the test ends.
+func proxiedDSN(t *testing.T, dsn string) (string, *testenv.DelayProxy) {
+	t.Helper()
+	u, err := url.Parse(dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := testenv.StartDelayProxy(u.Host, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = p.Close() })
+	u.Host = p.Addr
+	return u.String(), p
 }

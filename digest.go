@@ -258,8 +258,8 @@ func (idx rowIndex) record(r *Row) {
 
 // headerRow is the row, without its ciphertext, that the index knows as
 // key's.
-func headerRow(k ObjectKey, st *RowState) *Row {
-	return &Row{ObjectKey: k, KeyID: st.KeyID, Hash: st.Hash, Tombstone: st.Tombstone, Version: st.Version, SourceCluster: st.SourceCluster, Size: st.Size}
+func headerRow(k ObjectKey, st *RowState) Row {
+	return Row{ObjectKey: k, KeyID: st.KeyID, Hash: st.Hash, Tombstone: st.Tombstone, Version: st.Version, SourceCluster: st.SourceCluster, Size: st.Size}
 }
 
 // load reads the whole table's row states into a fresh index (the first

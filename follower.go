@@ -263,14 +263,15 @@ func (f *followerLoop) reconcileFull(ctx context.Context) (idle bool, err error)
 	var upTo Cursor
 	var todo []*Row
 	for k, st := range f.rows {
-		r := headerRow(k, &st)
 		// Not past the counter: a row above it has a forged version (see
 		// Store.Pull).
-		if c := (Cursor{r.Version, r.Namespace, r.Name}); r.Version <= maxVersion && cursorLess(upTo, c) {
+		if c := (Cursor{st.Version, k.Namespace, k.Name}); st.Version <= maxVersion && cursorLess(upTo, c) {
 			upTo = c
 		}
-		if !f.apply.skips(r) && !inSync(r, copies[k]) && !f.apply.isSettled(r, copies[k]) {
-			todo = append(todo, r)
+		// A value on the stack: only the rows out of sync are kept.
+		if r := headerRow(k, &st); !f.apply.skips(&r) && !inSync(&r, copies[k]) && !f.apply.isSettled(&r, copies[k]) {
+			kept := r
+			todo = append(todo, &kept)
 		}
 	}
 	defer func() {

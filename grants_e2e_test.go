@@ -253,7 +253,8 @@ func grantsWork(ctx context.Context, role string, s *Store, round int) error {
 	}
 	var headers []*Row
 	for k, st := range idx {
-		headers = append(headers, headerRow(k, &st))
+		r := headerRow(k, &st)
+		headers = append(headers, &r)
 	}
 	if err := s.FillCiphertexts(ctx, headers); err != nil {
 		return err

@@ -2,7 +2,6 @@ package main
 
 import (
 	"fmt"
-	"net/url"
 	"sync"
 	"testing"
 	"time"
@@ -19,17 +18,8 @@ func TestIdlePassesReadDigestsOnly(t *testing.T) {
 	const n = 1500
 	e := newSyncEnv(t)
 	proxied := func(cfg *Config) *testenv.DelayProxy {
-		u, err := url.Parse(cfg.DSN)
-		if err != nil {
-			t.Fatal(err)
-		}
-		p, err := testenv.StartDelayProxy(u.Host, 0)
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { _ = p.Close() })
-		u.Host = p.Addr
-		cfg.DSN = u.String()
+		var p *testenv.DelayProxy
+		cfg.DSN, p = proxiedDSN(t, cfg.DSN)
 		cfg.PollSeconds = 1 // one poll per pass: the polls are not what is measured
 		return p
 	}

@@ -498,11 +498,7 @@ func (l *leaderLoop) event(key ObjectKey, eventType, reason, format string, args
 	if l.recorder == nil {
 		return
 	}
-	ref := secretRef(key, nil)
-	if s := l.sources.get(key); s != nil {
-		ref.UID, ref.ResourceVersion = s.uid, s.resourceVersion
-	}
-	l.recorder.Eventf(ref, eventType, reason, format, args...)
+	l.recorder.Eventf(l.sources.ref(key), eventType, reason, format, args...)
 }
 
 // sealable drops the changes whose Secret cannot be sealed faithfully (a

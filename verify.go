@@ -121,7 +121,8 @@ func (l *leaderLoop) open(ctx context.Context, todo []ObjectKey) error {
 			break
 		}
 		st := l.known[k]
-		r := headerRow(k, &st)
+		row := headerRow(k, &st)
+		r := &row
 		l.verifyAfter = k
 		if r.Size > MaxCiphertextSize {
 			// No correct writer makes one, and it is never transferred:
@@ -231,7 +232,8 @@ func (l *leaderLoop) compareSeals(ctx context.Context, width int64, buckets map[
 		}
 		st.SealedKnown = false
 		l.known[s.key] = st
-		todo = append(todo, headerRow(s.key, &st))
+		r := headerRow(s.key, &st)
+		todo = append(todo, &r)
 	}
 	_, err = l.openRows(ctx, todo)
 	return err
