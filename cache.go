@@ -16,7 +16,7 @@ import (
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/apimachinery/pkg/types"
-	"k8s.io/client-go/informers"
+	coreinformers "k8s.io/client-go/informers/core/v1"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/cache"
 )
@@ -30,6 +30,11 @@ import (
 type secretCache struct {
 	cfg      *Config
 	indexers map[string]cache.Indexer // by namespace; "" = all
+	// counts is how many Secrets each namespace holds: kept by an event
+	// handler instead of a namespace index, whose sets of keys would cost
+	// about 90 bytes per Secret.
+	mu     sync.Mutex
+	counts map[string]int
 }
 
 // cachedSecret is what a secretCache keeps of a Secret: about 400 bytes
@@ -118,17 +123,25 @@ func (c *cachedSecret) DeepCopyObject() runtime.Object {
 // take every Secret missing from it as deleted. The cache keeps each Secret
 // as slim makes it, with its keyed hash under each of hashKeyIDs.
 func startSecretCache(ctx context.Context, client kubernetes.Interface, cfg *Config, selector labels.Selector, handler cache.ResourceEventHandler, keys *Keyring, hashKeyIDs []string) (*secretCache, error) {
-	c := &secretCache{cfg: cfg, indexers: map[string]cache.Indexer{}}
+	c := &secretCache{cfg: cfg, indexers: map[string]cache.Indexer{}, counts: map[string]int{}}
 	namespaces := cfg.Namespaces
 	if len(namespaces) == 0 {
 		namespaces = []string{metav1.NamespaceAll}
 	}
 	var synced []cache.InformerSynced
+	tally := cache.ResourceEventHandlerFuncs{
+		AddFunc: func(obj any) { c.tally(obj, 1) },
+		DeleteFunc: func(obj any) {
+			if d, ok := obj.(cache.DeletedFinalStateUnknown); ok {
+				obj = d.Obj
+			}
+			c.tally(obj, -1)
+		},
+	}
 	for _, ns := range namespaces {
-		factory := informers.NewSharedInformerFactoryWithOptions(client, 0,
-			informers.WithNamespace(ns),
-			informers.WithTweakListOptions(func(o *metav1.ListOptions) { o.LabelSelector = selector.String() }))
-		inf := factory.Core().V1().Secrets().Informer()
+		// No indexers (the factory's informer indexes by namespace).
+		inf := coreinformers.NewFilteredSecretInformer(client, ns, 0, cache.Indexers{},
+			func(o *metav1.ListOptions) { o.LabelSelector = selector.String() })
 		transform := func(obj any) (any, error) {
 			if s, ok := obj.(*corev1.Secret); ok {
 				return slim(s, keys, hashKeyIDs), nil
@@ -138,14 +151,17 @@ func startSecretCache(ctx context.Context, client kubernetes.Interface, cfg *Con
 		if err := inf.SetTransform(transform); err != nil {
 			return nil, err
 		}
-		if handler != nil {
-			if _, err := inf.AddEventHandler(handler); err != nil {
+		for _, h := range []cache.ResourceEventHandler{tally, handler} {
+			if h == nil {
+				continue
+			}
+			if _, err := inf.AddEventHandler(h); err != nil {
 				return nil, err
 			}
 		}
 		c.indexers[ns] = inf.GetIndexer()
 		synced = append(synced, inf.HasSynced)
-		factory.Start(ctx.Done())
+		go inf.Run(ctx.Done())
 	}
 	if !cache.WaitForCacheSync(ctx.Done(), synced...) {
 		return nil, fmt.Errorf("watch secrets (%s): cache not synced: %w", selector, context.Cause(ctx))
@@ -204,12 +220,23 @@ func (c *secretCache) ref(key ObjectKey) *corev1.ObjectReference {
 
 // count is how many Secrets the cache holds in namespace.
 func (c *secretCache) count(namespace string) int {
-	i := c.indexer(namespace)
-	if i == nil {
-		return 0
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.counts[namespace]
+}
+
+// tally counts obj, a Secret added (delta 1) or deleted (-1), in its
+// namespace.
+func (c *secretCache) tally(obj any, delta int) {
+	s, ok := obj.(*cachedSecret)
+	if !ok {
+		return
 	}
-	keys, _ := i.IndexKeys(cache.NamespaceIndex, namespace)
-	return len(keys)
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.counts[s.namespace] += delta; c.counts[s.namespace] <= 0 {
+		delete(c.counts, s.namespace)
+	}
 }
 
 // listMin is how many Secrets of one namespace a read needs before it lists

@@ -2,12 +2,15 @@ package main
 
 import (
 	"bytes"
+	"maps"
 	"strings"
 	"testing"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/client-go/kubernetes/fake"
 )
 
 // TestSlim: the cache keeps what the loops compare of a Secret, not its
@@ -50,4 +53,51 @@ func TestSlim(t *testing.T) {
 	if unlabelled := slim(plain, ring, ring.IDs()); unlabelled.managed || unlabelled.version != -1 {
 		t.Errorf("slim of a source Secret: managed %v, version %d; want false, -1", unlabelled.managed, unlabelled.version)
 	}
+}
+
+// TestCacheCounts: the per-namespace counts that decide between listing a
+// namespace and getting each Secret (readLive) follow adds and deletes.
+func TestCacheCounts(t *testing.T) {
+	client := fake.NewClientset()
+	ring := mustKeyring(t, configTestKey)
+	add := func(ns, name string, lbl map[string]string) {
+		t.Helper()
+		s := &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name, Labels: lbl}}
+		if _, err := client.CoreV1().Secrets(ns).Create(t.Context(), s, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	on := map[string]string{"kube-secret-sync": "true"}
+	for _, name := range []string{"x", "y", "z"} {
+		add("a", name, on)
+	}
+	add("b", "x", on)
+	add("b", "unlabelled", nil)
+	c, err := startSecretCache(t.Context(), client, &Config{}, labels.SelectorFromSet(on), nil, ring, ring.IDs())
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := func(counts map[string]int) {
+		t.Helper()
+		deadline := time.Now().Add(10 * time.Second)
+		for {
+			got := map[string]int{}
+			for ns := range counts {
+				got[ns] = c.count(ns)
+			}
+			if maps.Equal(got, counts) {
+				return
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("counts = %v; want %v", got, counts)
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
+	want(map[string]int{"a": 3, "b": 1, "c": 0})
+	if err := client.CoreV1().Secrets("a").Delete(t.Context(), "y", metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	add("c", "x", on)
+	want(map[string]int{"a": 2, "b": 1, "c": 1})
 }

@@ -235,3 +235,73 @@ func eachCollation(t *testing.T, test func(t *testing.T, s *Store, icu bool)) {
 		})
 	}
 }
+
+// TestDigestsReadAhead: a full pass that uses the database's digests read
+// before rows were written and pulled (digestsAhead, so that the loops go
+// on meanwhile) still leaves each daemon's index equal to the table, writes
+// nothing again, and does not take the follower's cursor, now past the
+// counter it read, for a database restored from a backup.
+func TestDigestsReadAhead(t *testing.T) {
+	testenv.SkipShort(t)
+	e := newSyncEnv(t)
+	ctx := t.Context()
+	e.mustCreateMany("s", 3)
+	lcfg := e.config(true)
+	store := e.mustStore(lcfg)
+	l := newLeaderLoop(e.deps(lcfg, store, e.leader.Clientset), claimFor(t, store, lcfg.ClusterName))
+	if err := l.startWatch(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := l.reconcileFull(ctx); err != nil {
+		t.Fatal(err)
+	}
+	f := newFollowerLoop(e.deps(e.config(false), store, e.follower.Clientset))
+	if err := f.startWatch(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.reconcileFull(ctx); err != nil {
+		t.Fatal(err)
+	}
+
+	leaderAhead, followerAhead := <-digestsAhead(ctx, store), <-digestsAhead(ctx, store)
+	f.cursorAhead = f.cursor
+	e.mustCreateMany("t", 3)
+	eventually(t, syncTimeout, func() error {
+		if n := len(l.sources.list()); n < 6 {
+			return fmt.Errorf("%d Secrets cached", n)
+		}
+		return nil
+	})
+	if _, err := l.reconcileFull(ctx); err != nil { // writes the three
+		t.Fatal(err)
+	}
+	if _, err := f.pull(ctx); err != nil {
+		t.Fatal(err)
+	}
+	written := mustMaxVersion(t, store)
+	if f.cursor.Version <= followerAhead.maxVersion || f.cursor.Version != written {
+		t.Fatalf("after the pull the cursor is at %d; want %d, past the %d read ahead", f.cursor.Version, written, followerAhead.maxVersion)
+	}
+
+	if _, err := l.reconcileFullFrom(ctx, &leaderAhead); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.reconcileFullFrom(ctx, &followerAhead); err != nil {
+		t.Fatal(err)
+	}
+	table := allStates(t, store)
+	if v := mustMaxVersion(t, store); v != written {
+		t.Errorf("the leader's pass wrote again: version %d -> %d", written, v)
+	}
+	if f.cursor.Version != written {
+		t.Errorf("after the full pass the follower's cursor is at %d; want %d (taken for a restored backup?)", f.cursor.Version, written)
+	}
+	for who, idx := range map[string]rowIndex{"leader": l.known, "follower": f.rows} {
+		if d := indexDiff(idx, table); d != "[]" {
+			t.Errorf("the %s's index differs from the table: %s", who, d)
+		}
+	}
+	for _, name := range []string{"s-0", "t-2"} {
+		e.waitSynced(name)
+	}
+}

@@ -40,6 +40,9 @@ type followerLoop struct {
 	copies *secretCache
 
 	cursor Cursor
+	// cursorAhead is the cursor when the next full pass's database
+	// version was read, which a restored backup's is below.
+	cursorAhead Cursor
 	// rows is the index of the table's row headers (digest.go), kept by
 	// the full pass and by pulls.
 	rows rowIndex
@@ -133,14 +136,19 @@ func (f *followerLoop) run(ctx context.Context) error {
 	defer tick.Stop()
 	poll := time.NewTicker(f.cfg.Poll())
 	defer poll.Stop()
+	// The ticks' full passes read the database's digests beforehand
+	// (ahead), while pulls go on, and run once they are in (ready): a row
+	// written then waits for no query over every row.
+	var ahead <-chan dbDigests
+	var ready *dbDigests
 	for {
 		// A failed pass is logged by passes.run, and the schedule is its
 		// retry: a failed pull is repeated at the next poll, a failed full
 		// pass at the next tick (a row that failed to apply is retried by
 		// every full pass until it applies).
-		if full {
-			_ = f.passes.run(ctx, "full", f.reconcileFull)
-			full = false
+		if full || ready != nil {
+			_ = f.passes.run(ctx, "full", func(ctx context.Context) (bool, error) { return f.reconcileFullFrom(ctx, ready) })
+			full, ready = false, nil
 		} else {
 			_ = f.passes.run(ctx, "incremental", f.pull)
 		}
@@ -159,7 +167,12 @@ func (f *followerLoop) run(ctx context.Context) error {
 			}
 			return nil
 		case <-tick.C:
-			full = true
+			if ahead == nil {
+				ahead = digestsAhead(ctx, f.store)
+				f.cursorAhead = f.cursor
+			}
+		case db := <-ahead:
+			ahead, ready = nil, &db
 		case <-poll.C:
 		case <-f.wake:
 		}
@@ -234,6 +247,14 @@ func (f *followerLoop) saveCursor(ctx context.Context, before Cursor) error {
 // not even decrypted; only the rows out of sync have their ciphertexts
 // read.
 func (f *followerLoop) reconcileFull(ctx context.Context) (idle bool, err error) {
+	f.cursorAhead = f.cursor
+	return f.reconcileFullFrom(ctx, nil)
+}
+
+// reconcileFullFrom is reconcileFull with the database's digests read
+// beforehand (digestsAhead) when f.cursor was f.cursorAhead, or read now
+// if db is nil.
+func (f *followerLoop) reconcileFullFrom(ctx context.Context, db *dbDigests) (idle bool, err error) {
 	// The watched cache may lag the API server by a moment: a copy seen
 	// stale is applied against its cached state, and an update that loses
 	// the race fails with a conflict and is retried by the next pass.
@@ -242,18 +263,16 @@ func (f *followerLoop) reconcileFull(ctx context.Context) (idle bool, err error)
 	for _, s := range cached {
 		copies[s.key()] = s
 	}
-	maxVersion, err := f.store.MaxVersion(ctx)
-	if err != nil {
-		return false, fmt.Errorf("read the database's version: %w", err)
-	}
-	if maxVersion < f.cursor.Version {
-		f.log.WithFields(logrus.Fields{"cursor": f.cursor.Version, "database": maxVersion}).
-			Warn("the database's version is behind this follower's cursor (restored from a backup?): starting over from version 0")
-		f.cursor = Cursor{}
-	}
-	buckets, err := f.rows.refresh(ctx, f.store, maxVersion)
+	maxVersion, buckets, err := f.rows.refreshAt(ctx, f.store, db)
 	if err != nil {
 		return false, err
+	}
+	// Against the cursor of when the counter was read: pulls since may
+	// have passed it.
+	if maxVersion < f.cursorAhead.Version {
+		f.log.WithFields(logrus.Fields{"cursor": f.cursorAhead.Version, "database": maxVersion}).
+			Warn("the database's version is behind this follower's cursor (restored from a backup?): starting over from version 0")
+		f.cursor = Cursor{}
 	}
 	before := f.cursor
 	// The row the cursor may move to: every row up to the counter is in

@@ -21,12 +21,14 @@ import (
 	"context"
 	"crypto/rand"
 	"fmt"
+	"math"
 	"net"
 	"os"
 	"os/signal"
 	"syscall"
 	"time"
 
+	"github.com/KimMachineGun/automemlimit/memlimit"
 	"github.com/sirupsen/logrus"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/client-go/kubernetes"
@@ -103,6 +105,28 @@ func main() {
 	}
 }
 
+// memoryLimitRatio is the share of the container's memory limit that the
+// Go runtime's soft limit gets: the rest is for what it does not count (the
+// binary's own pages, the kernel's buffers). Prometheus's --auto-gomemlimit
+// uses the same 0.9.
+const memoryLimitRatio = 0.9
+
+// setMemoryLimit sets the Go runtime's soft memory limit to
+// memoryLimitRatio of the cgroup's (the container's) memory limit, so that
+// the runtime collects garbage harder near it instead of the kernel
+// OOM-killing the process. A GOMEMLIMIT in the environment wins, and
+// AUTOMEMLIMIT sets another ratio or "off" (as automemlimit reads them).
+func setMemoryLimit(log *logrus.Entry) {
+	limit, err := memlimit.Set(memlimit.WithRatio(memoryLimitRatio), memlimit.WithProvider(memlimit.FromCgroup))
+	if err != nil {
+		log.WithError(err).Debug("no container memory limit found: the Go runtime's memory limit is not set")
+		return
+	}
+	if limit != math.MaxInt64 {
+		log.WithField("GOMEMLIMIT", limit).Debug("Go runtime memory limit set")
+	}
+}
+
 // restConfig uses KUBECONFIG when set, else the in-cluster configuration.
 func restConfig(cfg *Config) (*rest.Config, error) {
 	var rc *rest.Config
@@ -128,6 +152,7 @@ func restConfig(cfg *Config) (*rest.Config, error) {
 
 // run is the daemon: it returns when ctx ends (nil) or on a fatal error.
 func run(ctx context.Context, cfg *Config, log *logrus.Entry) error {
+	setMemoryLimit(log)
 	keys, err := cfg.keyring()
 	if err != nil {
 		return err

@@ -111,7 +111,7 @@ func TestLargestSecretSyncs(t *testing.T) {
 
 // TestManyLargeSecretsFitTheMemoryLimit: 200 Secrets of nearly 1 MiB each
 // sync with the real binaries under the Deployment's default memory limit
-// (256 MiB, with GOMEMLIMIT from it as in deploy/), and neither daemon's
+// (256 MiB, with the GOMEMLIMIT the daemon sets from it), and neither daemon's
 // peak RSS exceeds it.
 func TestManyLargeSecretsFitTheMemoryLimit(t *testing.T) {
 	testenv.SkipShort(t)
