@@ -15,11 +15,14 @@ WITH_ASSETS = set -euo pipefail; \
 	export KSS_KUBE_ASSETS="$$(hack/kube-assets.sh)"; \
 	export KSS_PG_BIN="$$(hack/postgres.sh)";
 
-# Also exports the real peers that the cert-manager tests run: the
-# cert-manager controllers and Pebble (Let's Encrypt's test ACME server).
+# Also exports the real peers that tests run: the cert-manager controllers
+# and Pebble (Let's Encrypt's test ACME server) for the cert-manager tests,
+# Helm for the chart's, and Prometheus's promtool for the alerting rules'.
 WITH_PEERS = $(WITH_ASSETS) \
 	export KSS_CERT_MANAGER="$$(hack/cert-manager.sh)"; \
-	export KSS_PEBBLE="$$(hack/pebble.sh)";
+	export KSS_PEBBLE="$$(hack/pebble.sh)"; \
+	export KSS_HELM="$$(hack/helm.sh)"; \
+	export KSS_PROMTOOL="$$(hack/promtool.sh)";
 
 .PHONY: all build test test-short fuzz soak lint demo devenv bench bench-smoke bench-micro img image assets clean
 
@@ -96,7 +99,7 @@ bench-micro:
 ## assets: build or install every server and peer the tests use, and print
 ## the variables that point the tests at them.
 assets:
-	@$(WITH_PEERS) for v in KSS_KUBE_ASSETS KSS_PG_BIN KSS_CERT_MANAGER KSS_PEBBLE; do echo "$$v=$${!v}"; done
+	@$(WITH_PEERS) for v in KSS_KUBE_ASSETS KSS_PG_BIN KSS_CERT_MANAGER KSS_PEBBLE KSS_HELM KSS_PROMTOOL; do echo "$$v=$${!v}"; done
 
 ## img: regenerate img/architecture.png from img/architecture.dot.
 img:

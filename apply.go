@@ -15,7 +15,6 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
-	"k8s.io/client-go/tools/record"
 )
 
 // rowApplier applies rows to the follower's cluster and reports the ones it
@@ -27,7 +26,7 @@ type rowApplier struct {
 	log      *logrus.Entry
 	client   kubernetes.Interface
 	metrics  *metrics
-	recorder record.EventRecorder
+	recorder *eventRecorder
 	writer   *secretWriter
 	// copies is the follower's watched cache of managed copies, set once
 	// the watch has started; Events about a row point at its copy.
@@ -301,6 +300,7 @@ func (a *rowApplier) row(ctx context.Context, r *Row, cached *cachedSecret) {
 		a.metrics.rowsApplied.WithLabelValues(action).Inc()
 		if action != "unchanged" {
 			log.WithField("action", action).Info("applied")
+			a.recordApplied(r, action)
 		} else {
 			log.Debug("already in sync")
 		}
@@ -400,8 +400,26 @@ func (a *rowApplier) firstReport(r *Row) bool {
 // that `kubectl get events -n <namespace>` shows it). The message carries
 // the reason and the error, which hold sizes and key ids, never data.
 func (a *rowApplier) recordRejected(r *Row, reason string, err error) {
-	a.recorder.Eventf(a.copies.ref(r.ObjectKey), corev1.EventTypeWarning, "RowRejected",
+	a.recorder.warn(a.copies.ref(r.ObjectKey), "RowRejected", "Apply",
 		"kube-secret-sync did not apply database row version %d (%s): %v", r.Version, reason, err)
+}
+
+// appliedEvents are the reason and note of the Normal Event for each action
+// that changed a copy.
+var appliedEvents = map[string][2]string{
+	"created":   {"Created", "kube-secret-sync created this copy from row version %d, written by cluster %s"},
+	"updated":   {"Updated", "kube-secret-sync updated this copy to row version %d, written by cluster %s"},
+	"recreated": {"Recreated", "kube-secret-sync recreated this copy (its type changed) from row version %d, written by cluster %s"},
+	"deleted":   {"Deleted", "kube-secret-sync deleted this copy: row version %d, written by cluster %s, says its source is gone"},
+	"retained":  {"Retained", "kube-secret-sync kept this copy although row version %d, written by cluster %s, says its source is gone (DELETE_POLICY=retain); it is no longer synced"},
+}
+
+// recordApplied puts a Normal Event about what action did to the copy of
+// r, within the Normal events' rate limit.
+func (a *rowApplier) recordApplied(r *Row, action string) {
+	if e, ok := appliedEvents[action]; ok {
+		a.recorder.normalf(a.copies.ref(r.ObjectKey), e[0], "Apply", e[1], r.Version, r.SourceCluster)
+	}
 }
 
 // recordConflict puts a Warning Event on the unmanaged Secret, where
@@ -412,6 +430,6 @@ func (a *rowApplier) recordConflict(ctx context.Context, key ObjectKey) {
 	if err != nil {
 		return
 	}
-	a.recorder.Eventf(secretRef(key, s), corev1.EventTypeWarning, "NotManaged",
+	a.recorder.warn(secretRef(key, s), "NotManaged", "Apply",
 		"kube-secret-sync did not overwrite this Secret: it exists without the %s=true label", managedLabel)
 }

@@ -2,10 +2,10 @@ package main
 
 import (
 	"context"
+	"crypto/sha256"
 	"fmt"
 	"slices"
 	"sync"
-	"time"
 	"unique"
 
 	"golang.org/x/sync/errgroup"
@@ -52,16 +52,17 @@ type cachedSecret struct {
 	// version is the row version a managed copy was written from
 	// (appliedVersion), -1 for none.
 	version int64
-	// lastChange is lastChange of the Secret.
-	lastChange time.Time
 	// sealedSize estimates the sealed payload's size (ApproxSealedSize).
 	sealedSize int
-	hashes     []keyedHash
+	// hashed is the hash under the first key id, more under the others
+	// (during a key rotation): inline, one allocation fewer per Secret.
+	hashed keyedHash
+	more   []keyedHash
 }
 
 type keyedHash struct {
 	keyID string
-	sum   []byte
+	sum   [sha256.Size]byte
 }
 
 // slim is what the cache keeps of s: the keyed hash of its payload under
@@ -76,13 +77,19 @@ func slim(s *corev1.Secret, keys *Keyring, ids []string) *cachedSecret {
 		typ:             corev1.SecretType(unique.Make(string(s.Type)).Value()),
 		managed:         isManaged(s),
 		version:         appliedVersion(s),
-		lastChange:      p.UpdatedAt,
 		sealedSize:      ApproxSealedSize(p),
-		hashes:          make([]keyedHash, 0, len(ids)),
 	}
-	for _, id := range ids {
-		if h, ok := keys.HashFor(id, s.Namespace, s.Name, p); ok {
-			c.hashes = append(c.hashes, keyedHash{id, h})
+	for i, id := range ids {
+		h, ok := keys.HashFor(id, s.Namespace, s.Name, p)
+		if !ok {
+			continue
+		}
+		kh := keyedHash{keyID: id}
+		copy(kh.sum[:], h)
+		if i == 0 {
+			c.hashed = kh
+		} else {
+			c.more = append(c.more, kh)
 		}
 	}
 	return c
@@ -91,9 +98,12 @@ func slim(s *corev1.Secret, keys *Keyring, ids []string) *cachedSecret {
 // hash is the keyed hash of the Secret's payload under keyID; ok is false
 // for a key id the cache does not keep.
 func (c *cachedSecret) hash(keyID string) (sum []byte, ok bool) {
-	for _, h := range c.hashes {
-		if h.keyID == keyID {
-			return h.sum, true
+	if c.hashed.keyID == keyID && keyID != "" {
+		return c.hashed.sum[:], true
+	}
+	for i := range c.more {
+		if c.more[i].keyID == keyID {
+			return c.more[i].sum[:], true
 		}
 	}
 	return nil, false
@@ -114,7 +124,7 @@ func (c *cachedSecret) GetObjectKind() schema.ObjectKind { return schema.EmptyOb
 
 func (c *cachedSecret) DeepCopyObject() runtime.Object {
 	cp := *c
-	cp.hashes = slices.Clone(c.hashes)
+	cp.more = slices.Clone(c.more)
 	return &cp
 }
 
@@ -125,7 +135,7 @@ func (c *cachedSecret) DeepCopyObject() runtime.Object {
 func startSecretCache(ctx context.Context, client kubernetes.Interface, cfg *Config, selector labels.Selector, handler cache.ResourceEventHandler, keys *Keyring, hashKeyIDs []string) (*secretCache, error) {
 	c := &secretCache{cfg: cfg, indexers: map[string]cache.Indexer{}, counts: map[string]int{}}
 	namespaces := cfg.Namespaces
-	if len(namespaces) == 0 {
+	if cfg.watchesAll() {
 		namespaces = []string{metav1.NamespaceAll}
 	}
 	var synced []cache.InformerSynced

@@ -36,6 +36,7 @@ type Config struct {
 	LabelSelector     string   `envconfig:"LABEL_SELECTOR" default:"kube-secret-sync=true" desc:"leader: which Secrets to sync"`
 	Namespaces        []string `envconfig:"NAMESPACES" desc:"comma-separated namespaces to sync (default: all)"`
 	ExcludeNamespaces []string `envconfig:"EXCLUDE_NAMESPACES" desc:"comma-separated namespaces never synced"`
+	NamespaceSelector string   `envconfig:"NAMESPACE_SELECTOR" desc:"label selector on Namespaces: also sync every namespace whose labels match, picked up as it gains or loses them (watches Namespaces cluster-wide)"`
 	DeletePolicy      string   `envconfig:"DELETE_POLICY" default:"delete" desc:"follower: delete or retain the copy when the source is deleted or unlabelled"`
 	CreateNamespaces  bool     `envconfig:"CREATE_NAMESPACES" default:"true" desc:"follower: create a missing namespace"`
 	PollSeconds       float64  `envconfig:"POLL_SECONDS" default:"1" desc:"follower: seconds between pulls of changed rows (at most TICK_SECONDS)"`
@@ -54,7 +55,12 @@ type Config struct {
 	PodName           string   `envconfig:"POD_NAME" desc:"identity in the Lease (default: hostname)"`
 
 	// Derived at load time.
-	selector labels.Selector
+	selector   labels.Selector
+	nsSelector labels.Selector // nil without NAMESPACE_SELECTOR
+
+	// namespaces watches the namespaces that NAMESPACE_SELECTOR selects,
+	// once the sync loop has started it (nil before, or without one).
+	namespaces *namespaceWatch
 
 	// wrapTransport, if set, wraps the Kubernetes client's transport
 	// (tests count the API writes a daemon makes).
@@ -147,6 +153,13 @@ func (c *Config) validate() error {
 				return fmt.Errorf("invalid %s: %q is not a namespace name: %s", v.name, ns, errs[0])
 			}
 		}
+	}
+	if c.NamespaceSelector != "" {
+		sel, err := labels.Parse(c.NamespaceSelector)
+		if err != nil || sel.Empty() {
+			return fmt.Errorf("invalid NAMESPACE_SELECTOR: must be a non-empty Kubernetes label selector, such as team=web")
+		}
+		c.nsSelector = sel
 	}
 	switch c.DeletePolicy {
 	case deletePolicyDelete, deletePolicyRetain:
@@ -267,23 +280,22 @@ const (
 	deletePolicyRetain = "retain"
 )
 
-// namespaceAllowed applies NAMESPACES and EXCLUDE_NAMESPACES.
+// namespaceAllowed applies NAMESPACES, NAMESPACE_SELECTOR and
+// EXCLUDE_NAMESPACES: a namespace is synced if it is listed or its labels
+// match (with neither set, every namespace is), and it is not excluded.
 func (c *Config) namespaceAllowed(ns string) bool {
-	for _, ex := range c.ExcludeNamespaces {
-		if ex == ns {
-			return false
-		}
+	if slices.Contains(c.ExcludeNamespaces, ns) {
+		return false
 	}
-	if len(c.Namespaces) == 0 {
+	if len(c.Namespaces) == 0 && c.nsSelector == nil {
 		return true
 	}
-	for _, in := range c.Namespaces {
-		if in == ns {
-			return true
-		}
-	}
-	return false
+	return slices.Contains(c.Namespaces, ns) || c.namespaces.selects(ns)
 }
+
+// watchesAll reports whether the Secret watches are cluster-wide: without
+// NAMESPACES, or with NAMESPACE_SELECTOR (whose namespaces come and go).
+func (c *Config) watchesAll() bool { return len(c.Namespaces) == 0 || c.nsSelector != nil }
 
 // usage prints the --help text: every variable with its default.
 func usage() {

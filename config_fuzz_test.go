@@ -34,7 +34,7 @@ var configErrorForm = regexp.MustCompile(`^(?:invalid ([A-Z][A-Z0-9_]*): \S.*|([
 // configuration at a time.
 var fuzzConfigVars = []string{
 	"DSN", "ENCRYPTION_KEY", "PREVIOUS_ENCRYPTION_KEYS", "LEADER", "TICK_SECONDS", "POLL_SECONDS", "DEBUG", "PRETTY",
-	"CLUSTER_NAME", "LABEL_SELECTOR", "NAMESPACES", "EXCLUDE_NAMESPACES", "DELETE_POLICY", "CREATE_NAMESPACES",
+	"CLUSTER_NAME", "LABEL_SELECTOR", "NAMESPACES", "EXCLUDE_NAMESPACES", "NAMESPACE_SELECTOR", "DELETE_POLICY", "CREATE_NAMESPACES",
 	"KUBE_QPS", "KUBE_BURST", "APPLY_WORKERS", "WRITER_CLAIM_SECONDS", "DELETE_GUARD_PERCENT", "PG_NOTIFY", "KUBECONFIG", "METRICS_ADDR", "PPROF_ADDR", "LEADER_ELECTION", "LEASE_NAME",
 	"POD_NAMESPACE", "POD_NAME",
 }
@@ -121,6 +121,8 @@ func fuzzLoadConfigSeeds() []fuzzSeed {
 		seed("cluster-empty", pw, "DSN", url, "ENCRYPTION_KEY", key, "CLUSTER_NAME", ""),
 		seed("selector-everything", pw, "DSN", url, "ENCRYPTION_KEY", key, "LABEL_SELECTOR", ""),
 		seed("selector-bad", pw, "DSN", url, "ENCRYPTION_KEY", key, "LABEL_SELECTOR", "!!"),
+		seed("namespace-selector", pw, "DSN", url, "ENCRYPTION_KEY", key, "NAMESPACE_SELECTOR", "team in (web,api),!legacy"),
+		seed("namespace-selector-bad", pw, "DSN", url, "ENCRYPTION_KEY", key, "NAMESPACE_SELECTOR", "team=="),
 		seed("namespaces-bad", pw, "DSN", url, "ENCRYPTION_KEY", key, "NAMESPACES", "web,Bad_NS\n", "EXCLUDE_NAMESPACES", ",,"),
 		seed("delete-policy-bad", pw, "DSN", url, "ENCRYPTION_KEY", key, "DELETE_POLICY", "nuke\x1b[2J"),
 		seed("bool-bad", pw, "DSN", url, "ENCRYPTION_KEY", key, "CREATE_NAMESPACES", "maybe", "LEADER_ELECTION", "yes"),
@@ -157,13 +159,13 @@ func FuzzLoadConfig(f *testing.F) {
 	}
 	// The seeds committed under testdata/fuzz/FuzzLoadConfig are the corpus.
 	f.Fuzz(func(t *testing.T, password, dsn, key, previousKeys, leader, tick, poll, debug, pretty,
-		cluster, selector, namespaces, exclude, deletePolicy, createNamespaces,
+		cluster, selector, namespaces, exclude, nsSelector, deletePolicy, createNamespaces,
 		qps, burst, applyWorkers, writerClaim, deleteGuard, pgNotify, kubeconfig, metricsAddr, pprofAddr, leaderElection, leaseName, podNamespace, podName string) {
 		if strings.ContainsRune(password, 0) {
 			return // no environment can hold it
 		}
 		values := []string{dsn, key, previousKeys, leader, tick, poll, debug, pretty,
-			cluster, selector, namespaces, exclude, deletePolicy, createNamespaces,
+			cluster, selector, namespaces, exclude, nsSelector, deletePolicy, createNamespaces,
 			qps, burst, applyWorkers, writerClaim, deleteGuard, pgNotify, kubeconfig, metricsAddr, pprofAddr, leaderElection, leaseName, podNamespace, podName}
 		env := fuzzEnv(password, values)
 		setConfigEnv(t, env)

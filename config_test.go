@@ -255,6 +255,8 @@ func TestLoadConfigInvalid(t *testing.T) {
 		{"CLUSTER_NAME empty", validEnv(map[string]string{"CLUSTER_NAME": ""}), "CLUSTER_NAME"},
 		{"LABEL_SELECTOR !!", validEnv(map[string]string{"LABEL_SELECTOR": "!!"}), "LABEL_SELECTOR"},
 		{"LABEL_SELECTOR empty", validEnv(map[string]string{"LABEL_SELECTOR": ""}), "LABEL_SELECTOR"},
+		{"NAMESPACE_SELECTOR !!", validEnv(map[string]string{"NAMESPACE_SELECTOR": "!!"}), "NAMESPACE_SELECTOR"},
+		{"NAMESPACE_SELECTOR bad value", validEnv(map[string]string{"NAMESPACE_SELECTOR": "team=a b"}), "NAMESPACE_SELECTOR"},
 		{"NAMESPACES Bad_NS", validEnv(map[string]string{"NAMESPACES": "web,Bad_NS"}), "NAMESPACES"},
 		{"EXCLUDE_NAMESPACES Bad_NS", validEnv(map[string]string{"EXCLUDE_NAMESPACES": "Bad_NS"}), "EXCLUDE_NAMESPACES"},
 		{"DELETE_POLICY nuke", validEnv(map[string]string{"DELETE_POLICY": "nuke"}), "DELETE_POLICY"},

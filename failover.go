@@ -134,6 +134,7 @@ func waitForClaim(ctx context.Context, d loopDeps, retake bool) (c Claim, ok boo
 		default:
 			failing = false
 			retake = false
+			d.metrics.claimLeft.WithLabelValues().Set(st.ExpiresAt.Sub(st.Now).Seconds())
 			if st.Claim != seen && st.Holder != "" {
 				seen = st.Claim
 				d.metrics.writerEpoch.Set(float64(st.Epoch))
@@ -169,6 +170,11 @@ type heldClaim struct {
 func holdClaim(ctx context.Context, d loopDeps, c Claim) *heldClaim {
 	d.metrics.writerEpoch.Set(float64(c.Epoch))
 	ttl := d.cfg.ClaimTTL()
+	// By this replica's clock, from the last renewal: the database's is
+	// not read again while renewals fail.
+	claimLeft := d.metrics.claimLeft.WithLabelValues()
+	renewed := time.Now()
+	claimLeft.Set(ttl.Seconds())
 	hctx, cancel := context.WithCancel(ctx)
 	done := make(chan struct{})
 	go func() {
@@ -189,9 +195,12 @@ func holdClaim(ctx context.Context, d loopDeps, c Claim) *heldClaim {
 				return
 			case err != nil:
 				d.log.WithError(err).Warn("writer claim not renewed; retrying")
+				claimLeft.Set(time.Until(renewed.Add(ttl)).Seconds())
 				next = claimPoll(ttl)
 			default:
 				d.metrics.claimRenewals.Inc()
+				renewed = time.Now()
+				claimLeft.Set(ttl.Seconds())
 				next = ttl / 3
 			}
 		}

@@ -166,6 +166,9 @@ func (f *followerLoop) run(ctx context.Context) error {
 				}
 			}
 			return nil
+		case <-f.cfg.namespaces.changes():
+			// A namespace gained or lost NAMESPACE_SELECTOR's labels.
+			full = true
 		case <-tick.C:
 			if ahead == nil {
 				ahead = digestsAhead(ctx, f.store)
@@ -267,6 +270,7 @@ func (f *followerLoop) reconcileFullFrom(ctx context.Context, db *dbDigests) (id
 	if err != nil {
 		return false, err
 	}
+	f.metrics.dbVersion.Set(float64(maxVersion))
 	// Against the cursor of when the counter was read: pulls since may
 	// have passed it.
 	if maxVersion < f.cursorAhead.Version {

@@ -158,6 +158,9 @@ func (l *leaderLoop) run(ctx context.Context) error {
 		select {
 		case <-ctx.Done():
 			return nil
+		case <-l.cfg.namespaces.changes():
+			// A namespace gained or lost NAMESPACE_SELECTOR's labels.
+			full = true
 		case <-tick.C:
 			if ahead == nil && !full {
 				ahead = digestsAhead(ctx, l.store)
@@ -188,6 +191,7 @@ func (l *leaderLoop) reconcileFullFrom(ctx context.Context, db *dbDigests) (idle
 	if err != nil {
 		return false, err
 	}
+	l.metrics.dbVersion.Set(float64(maxVersion))
 	if err := l.verify(ctx, maxVersion); err != nil {
 		return false, err
 	}
@@ -346,6 +350,7 @@ func (l *leaderLoop) wakeFollowers(ctx context.Context, version int64) {
 // one chunk ahead of the writes.
 type liveReads struct {
 	results chan liveRead
+	ctx     context.Context
 	cancel  context.CancelFunc
 	done    chan struct{}
 }
@@ -357,20 +362,22 @@ type liveRead struct {
 
 // readAhead starts reading the live Secrets of chunks, in order.
 func (l *leaderLoop) readAhead(ctx context.Context, chunks [][]Change) *liveReads {
-	// The keys are taken now: the loop changes the chunks' changes.
-	wants := make([][]ObjectKey, len(chunks))
-	for i, chunk := range chunks {
-		for _, c := range chunk {
-			if c.Stripped {
-				wants[i] = append(wants[i], c.ObjectKey)
-			}
-		}
-	}
+	// The chunks are only read, here and by the loop: complete() copies
+	// what it changes.
 	ctx, cancel := context.WithCancel(ctx)
-	r := &liveReads{results: make(chan liveRead, 1), cancel: cancel, done: make(chan struct{})}
+	r := &liveReads{results: make(chan liveRead, 1), ctx: ctx, cancel: cancel, done: make(chan struct{})}
 	go func() {
 		defer close(r.done)
-		for _, want := range wants {
+		// next() then says that the reads stopped (the pass's context
+		// ended), rather than waiting for a chunk that never comes.
+		defer close(r.results)
+		for _, chunk := range chunks {
+			var want []ObjectKey
+			for i := range chunk {
+				if chunk[i].Stripped {
+					want = append(want, chunk[i].ObjectKey)
+				}
+			}
 			var res liveRead
 			if len(want) > 0 {
 				res.live, res.err = readLive(ctx, l.client, l.cfg.selector, want, l.sources.count)
@@ -392,7 +399,7 @@ func (l *leaderLoop) readAhead(ctx context.Context, chunks [][]Change) *liveRead
 func (r *liveReads) next() (map[ObjectKey]*corev1.Secret, error) {
 	res, ok := <-r.results
 	if !ok {
-		return nil, errors.New("live reads stopped")
+		return nil, fmt.Errorf("live reads stopped: %w", context.Cause(r.ctx))
 	}
 	return res.live, res.err
 }
@@ -403,13 +410,14 @@ func (r *liveReads) stop() {
 	<-r.done
 }
 
-// complete fills the changes of Secrets that the cache keeps without their
-// data (Change.Stripped) from live, the live Secrets: their payloads and
-// keyed hashes. A Secret gone or unlabelled since is left to the watch
-// event that says so, and one whose live content is what its row holds is
-// dropped.
+// complete returns chunk's changes with those of Secrets that the cache
+// keeps without their data (Change.Stripped) filled from live, the live
+// Secrets: their payloads and keyed hashes. A Secret gone or unlabelled
+// since is left to the watch event that says so, and one whose live
+// content is what its row holds is dropped. chunk itself is not changed
+// (readAhead reads it meanwhile).
 func (l *leaderLoop) complete(chunk []Change, live map[ObjectKey]*corev1.Secret) []Change {
-	out := chunk[:0]
+	out := make([]Change, 0, len(chunk))
 	for _, c := range chunk {
 		if c.Stripped {
 			s := live[c.ObjectKey]
@@ -505,19 +513,16 @@ func (l *leaderLoop) source(key ObjectKey) *cachedSecret {
 		l.metrics.rowErrors.WithLabelValues("credentials").Inc()
 		l.log.WithFields(logrus.Fields{"namespace": key.Namespace, "name": key.Name, "type": s.typ, "reason": "credentials"}).
 			Warn("Secret not synced: its type holds this cluster's own credentials, which never leave it")
-		l.event(key, corev1.EventTypeWarning, "NotSynced",
+		l.warn(key, "NotSynced",
 			"kube-secret-sync never syncs Secrets of type %s, even when labelled: they are this cluster's credentials", s.typ)
 	}
 	return nil
 }
 
-// event records an Event on the labelled Secret key in this cluster,
+// warn records a Warning Event on the labelled Secret key in this cluster,
 // through a reference: the Secret's data never goes near the recorder.
-func (l *leaderLoop) event(key ObjectKey, eventType, reason, format string, args ...any) {
-	if l.recorder == nil {
-		return
-	}
-	l.recorder.Eventf(l.sources.ref(key), eventType, reason, format, args...)
+func (l *leaderLoop) warn(key ObjectKey, reason, format string, args ...any) {
+	l.recorder.warn(l.sources.ref(key), reason, "Sync", format, args...)
 }
 
 // sealable drops the changes whose Secret cannot be sealed faithfully (a
@@ -545,7 +550,7 @@ func (l *leaderLoop) sealable(changes []Change) []Change {
 		l.metrics.rowErrors.WithLabelValues("invalid").Inc()
 		l.log.WithFields(logrus.Fields{"namespace": c.Namespace, "name": c.Name, "reason": "invalid"}).WithError(err).
 			Error("Secret not stored: it cannot be sealed faithfully; fix it at the source")
-		l.event(c.ObjectKey, corev1.EventTypeWarning, "NotSynced",
+		l.warn(c.ObjectKey, "NotSynced",
 			"kube-secret-sync did not store this Secret, so no other cluster gets this version of it: %v", err)
 		return true
 	})
@@ -584,33 +589,22 @@ var unfetched = &Payload{}
 // this cluster's rows under the new key. The changes come sorted by
 // namespace and name.
 func rowChanges(keys iter.Seq[ObjectKey], source func(ObjectKey) *cachedSecret, stored map[ObjectKey]RowState, ring *Keyring, o owner, now time.Time) []Change {
-	var out []Change
+	// Counted, then made in a slice of that size: a first pass of 100,000
+	// changes never holds a slice and its grown copy at once. An idle pass
+	// counts none and stops there.
+	n := 0
 	for key := range keys {
-		row, ok := stored[key]
-		if s := source(key); s != nil {
-			h, _ := s.hash(ring.ID())
-			if ok && !row.Tombstone && !row.Damaged && row.SourceCluster == o.cluster && hmac.Equal(row.Hash, h) {
-				continue
-			}
-			// A row another cluster wrote is taken over (this leader took
-			// the writer claim over, or was renamed), so that deleting the
-			// Secret later reaches the followers; but never from a copy
-			// that is not yet at the row's version, which would write
-			// older content over the newer row.
-			takeover := ok && row.SourceCluster != o.cluster
-			if takeover && s.managed && s.version < row.Version {
-				continue
-			}
-			// The cache keeps the hash, not the data: the payload is read
-			// only for the Secrets written (leaderLoop.fetch).
-			out = append(out, Change{ObjectKey: key, Hash: h, Payload: unfetched, Force: row.Damaged || takeover, Stripped: true, Size: s.sealedSize})
-			continue
+		if _, ok := rowChange(key, source, stored, ring, o, now); ok {
+			n++
 		}
-		// Only the writer's rows: a row of another cluster whose Secret
-		// this cluster never had is not ours to delete.
-		if ok && o.owns(key, row) && (!row.Tombstone || row.KeyID != ring.ID() || row.Damaged) {
-			p := &Payload{Deleted: true, UpdatedAt: now.UTC()}
-			out = append(out, Change{ObjectKey: key, Hash: ring.Hash(key.Namespace, key.Name, p), Payload: p, Force: row.Damaged})
+	}
+	if n == 0 {
+		return nil
+	}
+	out := make([]Change, 0, n)
+	for key := range keys {
+		if c, ok := rowChange(key, source, stored, ring, o, now); ok {
+			out = append(out, c)
 		}
 	}
 	// Sorted after the fact: an idle pass of 100,000 Secrets sorts nothing.
@@ -618,4 +612,34 @@ func rowChanges(keys iter.Seq[ObjectKey], source func(ObjectKey) *cachedSecret, 
 		return cmp.Or(cmp.Compare(a.Namespace, b.Namespace), cmp.Compare(a.Name, b.Name))
 	})
 	return slices.CompactFunc(out, func(a, b Change) bool { return a.ObjectKey == b.ObjectKey })
+}
+
+// rowChange is the change rowChanges makes for key, if any.
+func rowChange(key ObjectKey, source func(ObjectKey) *cachedSecret, stored map[ObjectKey]RowState, ring *Keyring, o owner, now time.Time) (Change, bool) {
+	row, ok := stored[key]
+	if s := source(key); s != nil {
+		h, _ := s.hash(ring.ID())
+		if ok && !row.Tombstone && !row.Damaged && row.SourceCluster == o.cluster && hmac.Equal(row.Hash, h) {
+			return Change{}, false
+		}
+		// A row another cluster wrote is taken over (this leader took the
+		// writer claim over, or was renamed), so that deleting the Secret
+		// later reaches the followers; but never from a copy that is not
+		// yet at the row's version, which would write older content over
+		// the newer row.
+		takeover := ok && row.SourceCluster != o.cluster
+		if takeover && s.managed && s.version < row.Version {
+			return Change{}, false
+		}
+		// The cache keeps the hash, not the data: the payload is read only
+		// for the Secrets written (leaderLoop.complete).
+		return Change{ObjectKey: key, Hash: h, Payload: unfetched, Force: row.Damaged || takeover, Stripped: true, Size: s.sealedSize}, true
+	}
+	// Only the writer's rows: a row of another cluster whose Secret this
+	// cluster never had is not ours to delete.
+	if ok && o.owns(key, row) && (!row.Tombstone || row.KeyID != ring.ID() || row.Damaged) {
+		p := &Payload{Deleted: true, UpdatedAt: now.UTC()}
+		return Change{ObjectKey: key, Hash: ring.Hash(key.Namespace, key.Name, p), Payload: p, Force: row.Damaged}, true
+	}
+	return Change{}, false
 }

@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"fmt"
 	"maps"
 	"slices"
@@ -12,6 +13,8 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/client-go/kubernetes/fake"
 )
 
 // TestRowChanges covers the leader's one decision: which rows a pass
@@ -227,4 +230,38 @@ func managedCopy(s *corev1.Secret, version int64) *corev1.Secret {
 	c.Labels[managedLabel] = "true"
 	c.Annotations[versionAnnotation] = strconv.FormatInt(version, 10)
 	return c
+}
+
+// TestReadAheadStopsWithItsContext: once the pass's context ends, the
+// next chunk's read returns instead of waiting for ever. (The reading
+// goroutine used to return on the context without a word, and a writer
+// fenced in the middle of a pass hung in it: TestPausedWriterIsFenced saw
+// it under load.)
+func TestReadAheadStopsWithItsContext(t *testing.T) {
+	for range 50 {
+		client := fake.NewClientset(&corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: "s", Labels: map[string]string{"kube-secret-sync": "true"}}})
+		ring := mustKeyring(t, configTestKey)
+		cfg := &Config{selector: labels.SelectorFromSet(labels.Set{"kube-secret-sync": "true"})}
+		l := newLeaderLoop(loopDeps{cfg: cfg, keys: ring, client: client, log: quietLog(), metrics: newMetrics()}, Claim{})
+		l.sources = &secretCache{cfg: cfg, counts: map[string]int{}}
+		chunk := []Change{{ObjectKey: ObjectKey{"ns", "s"}, Stripped: true}}
+		ctx, cancel := context.WithCancel(t.Context())
+		cancel()
+		reads := l.readAhead(ctx, [][]Change{chunk, chunk, chunk})
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			for range 3 {
+				if _, err := reads.next(); err != nil {
+					return
+				}
+			}
+		}()
+		select {
+		case <-done:
+		case <-time.After(10 * time.Second):
+			t.Fatal("next() still waits 10s after the context ended")
+		}
+		reads.stop()
+	}
 }

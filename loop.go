@@ -11,7 +11,6 @@ import (
 
 	"github.com/sirupsen/logrus"
 	"k8s.io/client-go/kubernetes"
-	"k8s.io/client-go/tools/record"
 )
 
 // loopDeps is what a loop is given: the configuration, the keyring, and
@@ -23,7 +22,7 @@ type loopDeps struct {
 	store    *Store
 	client   kubernetes.Interface
 	metrics  *metrics
-	recorder record.EventRecorder
+	recorder *eventRecorder
 }
 
 // runRole runs this cluster's role, leader or follower (LEADER), until ctx
@@ -31,6 +30,16 @@ type loopDeps struct {
 func runRole(ctx context.Context, d loopDeps) error {
 	d.metrics.setRunning(true)
 	defer d.metrics.setRunning(false)
+	if d.cfg.nsSelector != nil {
+		w, err := startNamespaceWatch(ctx, d.client, d.cfg.nsSelector)
+		if err != nil {
+			return shutdownOr(ctx, err)
+		}
+		// A copy for this term: the watch ends with ctx.
+		cfg := *d.cfg
+		cfg.namespaces = w
+		d.cfg = &cfg
+	}
 	if d.cfg.IsLeader() {
 		return runLeader(ctx, d)
 	}

@@ -30,13 +30,9 @@ import (
 
 	"github.com/KimMachineGun/automemlimit/memlimit"
 	"github.com/sirupsen/logrus"
-	corev1 "k8s.io/api/core/v1"
 	"k8s.io/client-go/kubernetes"
-	"k8s.io/client-go/kubernetes/scheme"
-	typedcorev1 "k8s.io/client-go/kubernetes/typed/core/v1"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
-	"k8s.io/client-go/tools/record"
 )
 
 // version is set at build time (-ldflags -X main.version=…).
@@ -162,6 +158,7 @@ func run(ctx context.Context, cfg *Config, log *logrus.Entry) error {
 		return err
 	}
 	m := newMetrics()
+	m.describe(cfg)
 	if cfg.MetricsAddr != "" {
 		ln, err := net.Listen("tcp", cfg.MetricsAddr)
 		if err != nil {
@@ -196,10 +193,8 @@ func run(ctx context.Context, cfg *Config, log *logrus.Entry) error {
 	defer store.Close()
 	m.ready.Store(true)
 
-	broadcaster := record.NewBroadcaster(record.WithContext(ctx))
-	broadcaster.StartRecordingToSink(&typedcorev1.EventSinkImpl{Interface: client.CoreV1().Events("")})
-	defer broadcaster.Shutdown()
-	recorder := broadcaster.NewRecorder(scheme.Scheme, corev1.EventSource{Component: "kube-secret-sync"})
+	recorder, stopEvents := startEvents(ctx, client, m)
+	defer stopEvents()
 
 	d := loopDeps{cfg: cfg, keys: keys, log: log, store: store, client: client, metrics: m, recorder: recorder}
 	work := func(ctx context.Context) error { return runRole(ctx, d) }

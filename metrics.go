@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/pprof"
+	"runtime"
 	"sync/atomic"
 	"time"
 
@@ -35,6 +36,13 @@ type metrics struct {
 	claimRenewals prometheus.Counter
 	foreignRows   prometheus.Gauge
 	unverified    prometheus.Gauge
+	buildInfo     *prometheus.GaugeVec
+	eventsDropped prometheus.Counter
+	tick          prometheus.Gauge
+	dbVersion     prometheus.Gauge
+	// claimLeft has no labels; a vector, so that only a leader, once it
+	// has read the claim, exports it.
+	claimLeft *prometheus.GaugeVec
 
 	// heartbeat is the Unix time of the last loop iteration, for /healthz.
 	heartbeat atomic.Int64
@@ -112,13 +120,44 @@ func newMetrics() *metrics {
 		Name: "kube_secret_sync_rows_unverified",
 		Help: "Leader: rows this writer answers for whose ciphertext it has not opened since it started (or since their header changed); each full pass opens some.",
 	})
+	m.buildInfo = prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Name: "kube_secret_sync_build_info",
+		Help: "Always 1: the binary's version, the Go version that built it, and the role it runs in (LEADER: leader or follower).",
+	}, []string{"version", "goversion", "role"})
+	m.eventsDropped = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "kube_secret_sync_events_dropped_total",
+		Help: "Normal Events (a copy created, updated or deleted) not recorded because more came at once than the rate limit allows; the log lines and rows_applied_total still count each.",
+	})
+	m.tick = prometheus.NewGauge(prometheus.GaugeOpts{
+		Name: "kube_secret_sync_tick_seconds",
+		Help: "TICK_SECONDS: the interval of full reconcile passes (the alerting rules' stall threshold is a multiple of it).",
+	})
+	m.dbVersion = prometheus.NewGauge(prometheus.GaugeOpts{
+		Name: "kube_secret_sync_database_version",
+		Help: "The database's version counter, as the last full pass read it (a follower's lag is this minus cursor_version).",
+	})
+	m.claimLeft = prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Name: "kube_secret_sync_writer_claim_remaining_seconds",
+		Help: "Leader: seconds until the writer claim expires unless renewed, as this cluster last read or renewed it (by the database's clock); 0 or less: no cluster holds it. Not exported by a follower.",
+	}, nil)
 	for _, c := range []prometheus.Collector{m.rowsWritten, m.rowsApplied, m.rowErrors, m.conflicts, m.reconciles,
 		m.reconcileTime, m.cursor, m.active, m.lastSuccess, m.deletesHeld, m.writer, m.writerEpoch, m.claimRenewals, m.foreignRows, m.unverified,
+		m.buildInfo, m.eventsDropped, m.tick, m.dbVersion, m.claimLeft,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{})} {
 		f(c)
 	}
 	m.beat()
 	return m
+}
+
+// describe exports what cfg and the build say about this daemon.
+func (m *metrics) describe(cfg *Config) {
+	role := "follower"
+	if cfg.IsLeader() {
+		role = "leader"
+	}
+	m.buildInfo.WithLabelValues(version, runtime.Version(), role).Set(1)
+	m.tick.Set(cfg.Tick().Seconds())
 }
 
 // observe records one reconcile pass.

@@ -9,6 +9,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"flag"
 	"fmt"
 	"io"
 	"strings"
@@ -40,6 +41,13 @@ type statusReport struct {
 	// Cursor is how far this cluster has applied the rows: for a
 	// follower or a standby leader, nil for the writer.
 	Cursor *cursorStatus `json:"cursor,omitempty"`
+	// Secrets counts this cluster's copies by state, for a follower or a
+	// standby leader (nil for the writer).
+	Secrets *secretCounts `json:"secrets,omitempty"`
+	// Diff is what this cluster would create, update or delete now
+	// (status --diff).
+	Diff   []diffEntry `json:"diff,omitempty"`
+	diffed bool        // --diff asked for Diff
 	// Attention lists what an operator should look at, with what to do.
 	Attention []string `json:"attention"`
 }
@@ -69,15 +77,17 @@ type cursorStatus struct {
 
 // runStatus is the status subcommand; it returns the exit code.
 func runStatus(args []string, stdout, stderr io.Writer) int {
-	asJSON := false
-	switch strings.Join(args, " ") {
-	case "":
-	case "-o json", "-o=json", "--output json", "--output=json":
-		asJSON = true
-	default:
-		fmt.Fprintf(stderr, "kube-secret-sync: status: unknown arguments %q (want nothing, or -o json)\n", strings.Join(args, " "))
+	flags := flag.NewFlagSet("status", flag.ContinueOnError)
+	flags.SetOutput(io.Discard)
+	var output string
+	flags.StringVar(&output, "o", "", "output format: json")
+	flags.StringVar(&output, "output", "", "output format: json")
+	diff := flags.Bool("diff", false, "list what this cluster would create, update or delete now")
+	if err := flags.Parse(args); err != nil || flags.NArg() > 0 || (output != "" && output != "json") {
+		fmt.Fprintf(stderr, "kube-secret-sync: status: unknown arguments %q (want [--diff] [-o json])\n", strings.Join(args, " "))
 		return statusUsage
 	}
+	asJSON := output == "json"
 	cfg, err := loadConfig()
 	if err != nil {
 		fmt.Fprintln(stderr, "kube-secret-sync: "+err.Error())
@@ -102,6 +112,9 @@ func runStatus(args []string, stdout, stderr io.Writer) int {
 	}
 	defer store.Close()
 	r, err := readStatus(ctx, cfg, store, client, time.Now())
+	if err == nil && r.Cursor != nil {
+		err = r.readSecrets(ctx, cfg, store, client, *diff)
+	}
 	if err != nil {
 		fmt.Fprintln(stderr, "kube-secret-sync: status: "+err.Error())
 		return statusUnreachable
@@ -226,7 +239,18 @@ func (r *statusReport) print(w io.Writer) {
 		}
 		fmt.Fprintf(tw, "cursor:\t%d (%s)\n", c.Version, behind)
 	}
+	if c := r.Secrets; c != nil {
+		fmt.Fprintf(tw, "secrets:\t%s\n", c)
+	}
 	_ = tw.Flush()
+	if r.diffed && len(r.Diff) == 0 {
+		fmt.Fprintln(w, "would change no Secret")
+	} else if r.diffed {
+		fmt.Fprintf(w, "would change %d Secrets:\n", len(r.Diff))
+		for _, d := range r.Diff {
+			fmt.Fprintf(w, "  %s %s/%s (row version %d)\n", d.Action, d.Namespace, d.Name, d.Version)
+		}
+	}
 	if len(r.Attention) == 0 {
 		fmt.Fprintln(w, "nothing needs attention")
 		return

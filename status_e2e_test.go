@@ -3,9 +3,14 @@ package main
 import (
 	"encoding/json"
 	"fmt"
+	"reflect"
 	"slices"
 	"strings"
 	"testing"
+
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/kube-secret-sync/kube-secret-sync/internal/testenv"
 )
@@ -116,5 +121,86 @@ func TestStatus(t *testing.T) {
 	down.DSN = "postgresql://kss:" + testPassword + "@127.0.0.1:1/kss?connect_timeout=2"
 	if _, _, code := status(&down); code != statusUnreachable {
 		t.Errorf("status with an unreachable database: exit %d; want %d", code, statusUnreachable)
+	}
+}
+
+// TestStatusSecrets: status counts a stopped follower's Secrets by state,
+// names each one that needs attention with what to do, and with --diff
+// lists what the follower would create, update and delete, changing
+// nothing.
+func TestStatusSecrets(t *testing.T) {
+	testenv.SkipShort(t)
+	bin := buildBinary(t)
+	e := newSyncEnv(t)
+	leaderCfg, followerCfg := e.config(true), e.config(false)
+	leader, follower := e.start(leaderCfg), e.start(followerCfg)
+	src := e.secrets(e.leader)
+	for _, name := range []string{"kept", "upd", "gone", "bad"} {
+		mustCreate(t, src, labelled(name, map[string]string{"k": "v1"}))
+	}
+	for _, name := range []string{"kept", "upd", "gone", "bad"} {
+		e.waitSynced(name)
+	}
+	follower.stop(t)
+	// What the follower has not applied yet.
+	for _, name := range []string{"upd", "bad"} {
+		s, err := src.Get(t.Context(), name, metav1.GetOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		s.Data["k"] = []byte("v2")
+		if _, err := src.Update(t.Context(), s, metav1.UpdateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := src.Delete(t.Context(), "gone", metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	mustCreate(t, src, labelled("new", nil))
+	mustCreate(t, src, labelled("taken", nil))
+	mustCreate(t, e.secrets(e.follower), &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: "taken"}, Data: map[string][]byte{"own": []byte("x")}})
+	leader.waitMetric(t, "kube_secret_sync_rows_written_total", 9)
+	// The leader stops before it could heal the row damaged now.
+	leader.stop(t)
+	store := e.mustStore(followerCfg)
+	if _, err := store.pool.Exec(t.Context(), `UPDATE kss_secrets SET ciphertext = ciphertext || '\x00'::bytea WHERE namespace = $1 AND name = 'bad'`, e.ns); err != nil {
+		t.Fatal(err)
+	}
+	before := mustMaxVersion(t, store)
+
+	stdout, stderr, code := runBinary(t, bin, followerCfg.env(), "status", "--diff", "-o", "json")
+	var r statusReport
+	if err := json.Unmarshal([]byte(stdout), &r); err != nil {
+		t.Fatalf("status --diff -o json: %v\n%s\n%s", err, stdout, stderr)
+	}
+	want := secretCounts{InSync: 1, Pending: 3, Rejected: map[string]int{"tampered": 1}, Unmanaged: 1}
+	if r.Secrets == nil || !reflect.DeepEqual(*r.Secrets, want) {
+		t.Errorf("secrets = %+v; want %+v", r.Secrets, want)
+	}
+	var diff []string
+	for _, d := range r.Diff {
+		diff = append(diff, d.Action+" "+d.Name)
+	}
+	if want := []string{"delete gone", "create new", "update upd"}; !slices.Equal(diff, want) {
+		t.Errorf("diff = %q; want %q", diff, want)
+	}
+	if code != statusAttention || !slices.ContainsFunc(r.Attention, func(a string) bool {
+		return strings.Contains(a, "/bad (row version") && strings.Contains(a, "tampered")
+	}) ||
+		!slices.ContainsFunc(r.Attention, func(a string) bool { return strings.Contains(a, "/taken") && strings.Contains(a, "managed=true label") }) {
+		t.Errorf("exit %d, attention %q; want 1, naming bad (tampered) and taken (unmanaged) with what to do", code, r.Attention)
+	}
+	text, _, _ := runBinary(t, bin, followerCfg.env(), "status", "--diff")
+	for _, line := range []string{"secrets:", "1 in sync, 3 pending, 1 rejected (tampered 1), 1 unmanaged, 0 retained", "would change 3 Secrets:", "create " + e.ns + "/new"} {
+		if !strings.Contains(text, line) {
+			t.Errorf("status --diff lacks %q:\n%s", line, text)
+		}
+	}
+	// It changed nothing.
+	if _, err := e.secrets(e.follower).Get(t.Context(), "new", metav1.GetOptions{}); !apierrors.IsNotFound(err) {
+		t.Errorf("after status, copy new: %v; want not found", err)
+	}
+	if v := mustMaxVersion(t, store); v != before {
+		t.Errorf("after status, database version %d; want %d", v, before)
 	}
 }

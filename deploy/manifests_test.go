@@ -10,6 +10,7 @@ package deploy_test
 import (
 	"bufio"
 	"bytes"
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -54,7 +55,8 @@ const (
 	unlistedNamespace = "shop"
 )
 
-// overlay is one deployable kustomization.
+// overlay is one deployable kustomization, and the Helm chart's values
+// that deploy the same (TestChartMatchesKustomize).
 type overlay struct {
 	role, dir string
 	leader    bool
@@ -64,6 +66,8 @@ type overlay struct {
 	// failover: a leader of a failover setup, which follows the writer's
 	// rows while on standby.
 	failover bool
+	// values are the chart's --set values for the same install.
+	values []string
 }
 
 // writes reports whether the overlay's daemon writes Secrets: a follower,
@@ -72,12 +76,46 @@ func (o overlay) writes() bool { return !o.leader || o.failover }
 
 // overlays are the deployable kustomizations, by role.
 var overlays = []overlay{
-	{"leader", "overlays/leader", true, nil, false},
-	{"follower", "overlays/follower", false, nil, false},
-	{"leader-namespaced", "overlays/leader-namespaced", true, []string{"web", "api"}, false},
-	{"follower-namespaced", "overlays/follower-namespaced", false, []string{"web", "api"}, false},
-	{"failover-leader", "overlays/failover-leader", true, nil, true},
-	{"failover-leader-namespaced", "overlays/failover-leader-namespaced", true, []string{"web", "api"}, true},
+	{"leader", "overlays/leader", true, nil, false, []string{"role=leader", "clusterName=leader"}},
+	{"follower", "overlays/follower", false, nil, false, []string{"role=follower", "clusterName=follower"}},
+	{"leader-namespaced", "overlays/leader-namespaced", true, []string{"web", "api"}, false,
+		[]string{"role=leader", "clusterName=leader", "namespaces={web,api}"}},
+	{"follower-namespaced", "overlays/follower-namespaced", false, []string{"web", "api"}, false,
+		[]string{"role=follower", "clusterName=follower", "namespaces={web,api}"}},
+	{"failover-leader", "overlays/failover-leader", true, nil, true, []string{"role=failover-leader", "clusterName=leader"}},
+	{"failover-leader-namespaced", "overlays/failover-leader-namespaced", true, []string{"web", "api"}, true,
+		[]string{"role=failover-leader", "clusterName=leader", "namespaces={web,api}"}},
+}
+
+// sources are the two ways to install an overlay: its kustomization, or
+// the Helm chart with its values. Every overlay test runs on both.
+var sources = []string{"kustomize", "helm"}
+
+// mustRender renders o from source. The chart creates no Namespace (Helm's
+// convention: the namespace is the install's), so the helm rendering
+// starts with deploy/base's, which an operator applies first (README).
+func mustRender(tb testing.TB, o overlay, source string) []manifest {
+	tb.Helper()
+	if source == "kustomize" {
+		return mustKustomize(tb, o.dir)
+	}
+	return append(mustReadManifests(tb, "base/namespace.yaml"), mustHelmTemplate(tb, o.values...)...)
+}
+
+// mustRenderFile writes o rendered from source to a file for kubectl -f.
+func mustRenderFile(tb testing.TB, o overlay, source string) string {
+	tb.Helper()
+	var b bytes.Buffer
+	for _, m := range mustRender(tb, o, source) {
+		b.WriteString("---\n")
+		b.Write(m.raw)
+		b.WriteString("\n")
+	}
+	file := filepath.Join(tb.TempDir(), source+".yaml")
+	if err := os.WriteFile(file, b.Bytes(), 0o644); err != nil {
+		tb.Fatal(err)
+	}
+	return file
 }
 
 // namespacesExample declares the application namespaces of the examples and
@@ -171,6 +209,9 @@ func clusterWideAccess(readOnly bool) []access {
 		{"delete", "", "namespaces", "", otherNamespace, false},
 		{"deletecollection", "", "secrets", otherNamespace, "", false},
 		{"patch", "rbac.authorization.k8s.io", "clusterroles", "", "kube-secret-sync-leader", false},
+		// NAMESPACE_SELECTOR's watch.
+		{"list", "", "namespaces", "", "", true},
+		{"watch", "", "namespaces", "", "", true},
 	})
 	if readOnly {
 		return append(both,
@@ -257,83 +298,87 @@ func namespacedAccess(o overlay) []access {
 // evaluating the rendered rules.
 func TestOverlayManifests(t *testing.T) {
 	for _, o := range overlays {
-		t.Run(o.role, func(t *testing.T) {
-			objs := mustKustomize(t, o.dir)
+		for _, source := range sources {
+			t.Run(o.role+"/"+source, func(t *testing.T) { checkOverlay(t, o, mustRender(t, o, source)) })
+		}
+	}
+}
 
-			// Only the daemon's namespace, and the Roles of a namespaced
-			// overlay in the namespaces it lists; a namespaced overlay has
-			// nothing cluster-wide but its own Namespace.
-			for _, obj := range objs {
-				switch obj.Kind {
-				case "Namespace":
-					if obj.Name != namespace {
-						t.Errorf("Namespace %s: an overlay may create only its own namespace (application namespaces belong to the applications)", obj.Name)
-					}
-				case "ClusterRole", "ClusterRoleBinding":
-					if o.namespaces != nil {
-						t.Errorf("%s %s in a namespaced overlay; want Roles in the listed namespaces", obj.Kind, obj.Name)
-					}
-				case "Role", "RoleBinding":
-					if obj.Namespace != namespace && !slices.Contains(o.namespaces, obj.Namespace) {
-						t.Errorf("%s %s: namespace %q; want %q or a listed namespace %v", obj.Kind, obj.Name, obj.Namespace, namespace, o.namespaces)
-					}
-				default:
-					if obj.Namespace != namespace {
-						t.Errorf("%s %s: namespace %q; want %q", obj.Kind, obj.Name, obj.Namespace, namespace)
-					}
-				}
+// checkOverlay is TestOverlayManifests for o's objects, objs.
+func checkOverlay(t *testing.T, o overlay, objs []manifest) {
+	t.Helper()
+	// Only the daemon's namespace, and the Roles of a namespaced
+	// overlay in the namespaces it lists; a namespaced overlay has
+	// nothing cluster-wide but its own Namespace.
+	for _, obj := range objs {
+		switch obj.Kind {
+		case "Namespace":
+			if obj.Name != namespace {
+				t.Errorf("Namespace %s: an overlay may create only its own namespace (application namespaces belong to the applications)", obj.Name)
 			}
-
-			var ns corev1.Namespace
-			mustFind(t, objs, "Namespace", namespace).into(t, &ns)
-			if got := ns.Labels["pod-security.kubernetes.io/enforce"]; got != "restricted" {
-				t.Errorf("namespace label pod-security.kubernetes.io/enforce = %q; want restricted", got)
-			}
-
-			var d appsv1.Deployment
-			mustFind(t, objs, "Deployment", "kube-secret-sync").into(t, &d)
-			checkDeployment(t, &d, o)
-
-			var svc corev1.Service
-			mustFind(t, objs, "Service", "kube-secret-sync").into(t, &svc)
-			if len(svc.Spec.Ports) != 1 || svc.Spec.Ports[0].Port != 8080 || svc.Spec.Ports[0].TargetPort != intstr.FromString("metrics") {
-				t.Errorf("Service ports = %+v; want 8080 -> metrics", svc.Spec.Ports)
-			}
-			for k, v := range svc.Spec.Selector {
-				if d.Spec.Template.Labels[k] != v {
-					t.Errorf("Service selector %s=%s does not select the Deployment's pods (labels %v)", k, v, d.Spec.Template.Labels)
-				}
-			}
-
-			p := policyFor(t, objs, namespace, serviceAccount)
-			for _, rule := range p.allRules() {
-				for _, field := range [][]string{rule.Verbs, rule.APIGroups, rule.Resources} {
-					if slices.Contains(field, "*") {
-						t.Errorf("rule %v uses a wildcard; list what is needed", rule)
-					}
-				}
-			}
-			for _, a := range expectedAccess(o) {
-				if got := p.allows(a); got != a.want {
-					t.Errorf("rendered RBAC: may %s: %v; want %v", a, got, a.want)
-				}
-			}
-			// NAMESPACES and the Roles must list the same namespaces: a
-			// Role without its namespace in NAMESPACES is an unused grant,
-			// and a listed namespace without its Role stops the daemon's
-			// watch (checkDeployment compares NAMESPACES with o.namespaces).
+		case "ClusterRole", "ClusterRoleBinding":
 			if o.namespaces != nil {
-				var withSecrets []string
-				for ns, rules := range p.namespaced {
-					if slices.ContainsFunc(rules, func(r rbacv1.PolicyRule) bool { return slices.Contains(r.Resources, "secrets") }) {
-						withSecrets = append(withSecrets, ns)
-					}
-				}
-				if !sameSet(withSecrets, o.namespaces) {
-					t.Errorf("Roles grant Secrets in %v; want exactly the listed namespaces %v", withSecrets, o.namespaces)
-				}
+				t.Errorf("%s %s in a namespaced overlay; want Roles in the listed namespaces", obj.Kind, obj.Name)
 			}
-		})
+		case "Role", "RoleBinding":
+			if obj.Namespace != namespace && !slices.Contains(o.namespaces, obj.Namespace) {
+				t.Errorf("%s %s: namespace %q; want %q or a listed namespace %v", obj.Kind, obj.Name, obj.Namespace, namespace, o.namespaces)
+			}
+		default:
+			if obj.Namespace != namespace {
+				t.Errorf("%s %s: namespace %q; want %q", obj.Kind, obj.Name, obj.Namespace, namespace)
+			}
+		}
+	}
+
+	var ns corev1.Namespace
+	mustFind(t, objs, "Namespace", namespace).into(t, &ns)
+	if got := ns.Labels["pod-security.kubernetes.io/enforce"]; got != "restricted" {
+		t.Errorf("namespace label pod-security.kubernetes.io/enforce = %q; want restricted", got)
+	}
+
+	var d appsv1.Deployment
+	mustFind(t, objs, "Deployment", "kube-secret-sync").into(t, &d)
+	checkDeployment(t, &d, o)
+
+	var svc corev1.Service
+	mustFind(t, objs, "Service", "kube-secret-sync").into(t, &svc)
+	if len(svc.Spec.Ports) != 1 || svc.Spec.Ports[0].Port != 8080 || svc.Spec.Ports[0].TargetPort != intstr.FromString("metrics") {
+		t.Errorf("Service ports = %+v; want 8080 -> metrics", svc.Spec.Ports)
+	}
+	for k, v := range svc.Spec.Selector {
+		if d.Spec.Template.Labels[k] != v {
+			t.Errorf("Service selector %s=%s does not select the Deployment's pods (labels %v)", k, v, d.Spec.Template.Labels)
+		}
+	}
+
+	p := policyFor(t, objs, namespace, serviceAccount)
+	for _, rule := range p.allRules() {
+		for _, field := range [][]string{rule.Verbs, rule.APIGroups, rule.Resources} {
+			if slices.Contains(field, "*") {
+				t.Errorf("rule %v uses a wildcard; list what is needed", rule)
+			}
+		}
+	}
+	for _, a := range expectedAccess(o) {
+		if got := p.allows(a); got != a.want {
+			t.Errorf("rendered RBAC: may %s: %v; want %v", a, got, a.want)
+		}
+	}
+	// NAMESPACES and the Roles must list the same namespaces: a
+	// Role without its namespace in NAMESPACES is an unused grant,
+	// and a listed namespace without its Role stops the daemon's
+	// watch (checkDeployment compares NAMESPACES with o.namespaces).
+	if o.namespaces != nil {
+		var withSecrets []string
+		for ns, rules := range p.namespaced {
+			if slices.ContainsFunc(rules, func(r rbacv1.PolicyRule) bool { return slices.Contains(r.Resources, "secrets") }) {
+				withSecrets = append(withSecrets, ns)
+			}
+		}
+		if !sameSet(withSecrets, o.namespaces) {
+			t.Errorf("Roles grant Secrets in %v; want exactly the listed namespaces %v", withSecrets, o.namespaces)
+		}
 	}
 }
 
@@ -558,42 +603,65 @@ func TestOverlaysRBAC(t *testing.T) {
 	clusters := testenv.Clusters(t, len(overlays))
 	for i, o := range overlays {
 		c := clusters[i]
-		t.Run(o.role, func(t *testing.T) {
-			if o.namespaces != nil {
-				// The listed namespaces come first, as the overlay's
-				// comment says: its Roles live in them.
-				mustKubectl(t, c.Kubeconfig, "apply", "--validate=strict", "-f", namespacesExample)
-			}
-			// The Namespace comes first and carries the restricted Pod
-			// Security labels, so the API server checks the Deployment's
-			// pod template against them and warns on any violation; it also
-			// warns about deprecated APIs. Neither is acceptable.
-			for _, dryRun := range []string{"--dry-run=none", "--dry-run=server"} {
-				_, stderr := mustKubectl(t, c.Kubeconfig, "apply", dryRun, "--validate=strict", "-k", o.dir)
-				if strings.Contains(stderr, "PodSecurity") || strings.Contains(stderr, "deprecated") {
-					t.Errorf("kubectl apply %s -k %s warned:\n%s", dryRun, o.dir, stderr)
-				}
-			}
+		// kustomize's objects, then, once they are deleted, the chart's.
+		for _, source := range sources {
+			t.Run(o.role+"/"+source, func(t *testing.T) { checkRBAC(t, c, o, source) })
+		}
+	}
+}
 
-			user := "system:serviceaccount:" + namespace + ":" + serviceAccount
-			groups := []string{"system:serviceaccounts", "system:serviceaccounts:" + namespace, "system:authenticated"}
-			for _, a := range expectedAccess(o) {
-				review := &authorizationv1.SubjectAccessReview{Spec: authorizationv1.SubjectAccessReviewSpec{
-					User:   user,
-					Groups: groups,
-					ResourceAttributes: &authorizationv1.ResourceAttributes{
-						Verb: a.verb, Group: a.group, Resource: a.resource, Namespace: a.namespace, Name: a.name,
-					},
-				}}
-				got, err := c.Clientset.AuthorizationV1().SubjectAccessReviews().Create(t.Context(), review, metav1.CreateOptions{})
-				if err != nil {
-					t.Fatalf("SubjectAccessReview for %s: %v", a, err)
-				}
-				if got.Status.Allowed != a.want {
-					t.Errorf("API server: may %s: %v (%s); want %v", a, got.Status.Allowed, got.Status.Reason, a.want)
-				}
+// checkRBAC is TestOverlaysRBAC for o installed from source into c; it
+// deletes what it installed (but the namespaces) when it is done.
+func checkRBAC(t *testing.T, c *testenv.Cluster, o overlay, source string) {
+	t.Helper()
+	if o.namespaces != nil {
+		// The listed namespaces come first, as the overlay's comment
+		// says: its Roles live in them.
+		mustKubectl(t, c.Kubeconfig, "apply", "--validate=strict", "-f", namespacesExample)
+	}
+	// The Namespace comes first and carries the restricted Pod Security
+	// labels, so the API server checks the Deployment's pod template
+	// against them and warns on any violation; it also warns about
+	// deprecated APIs. Neither is acceptable. The chart's objects go
+	// through server-side apply, as Helm 4 and Flux apply them.
+	objs := mustRender(t, o, source)
+	file := mustRenderFile(t, o, source)
+	apply := []string{"apply", "--validate=strict", "-f", file}
+	if source == "helm" {
+		apply = append(apply, "--server-side", "--field-manager=helm")
+	}
+	for _, dryRun := range []string{"--dry-run=none", "--dry-run=server"} {
+		_, stderr := mustKubectl(t, c.Kubeconfig, append(apply, dryRun)...)
+		if strings.Contains(stderr, "PodSecurity") || strings.Contains(stderr, "deprecated") {
+			t.Errorf("kubectl %s warned:\n%s", strings.Join(append(apply, dryRun), " "), stderr)
+		}
+	}
+	// The next source's objects have the same names.
+	t.Cleanup(func() {
+		for _, m := range objs {
+			if m.Kind != "Namespace" {
+				mustKubectl(t, c.Kubeconfig, "delete", "--wait", "--ignore-not-found", m.Kind, m.Name, "-n", cmp.Or(m.Namespace, namespace))
 			}
-		})
+		}
+	})
+
+	user := "system:serviceaccount:" + namespace + ":" + serviceAccount
+	groups := []string{"system:serviceaccounts", "system:serviceaccounts:" + namespace, "system:authenticated"}
+	for _, a := range expectedAccess(o) {
+		review := &authorizationv1.SubjectAccessReview{Spec: authorizationv1.SubjectAccessReviewSpec{
+			User:   user,
+			Groups: groups,
+			ResourceAttributes: &authorizationv1.ResourceAttributes{
+				Verb: a.verb, Group: a.group, Resource: a.resource, Namespace: a.namespace, Name: a.name,
+			},
+		}}
+		got, err := c.Clientset.AuthorizationV1().SubjectAccessReviews().Create(t.Context(), review, metav1.CreateOptions{})
+		if err != nil {
+			t.Fatalf("SubjectAccessReview for %s: %v", a, err)
+		}
+		if got.Status.Allowed != a.want {
+			t.Errorf("API server: may %s: %v (%s); want %v", a, got.Status.Allowed, got.Status.Reason, a.want)
+		}
 	}
 }
 
@@ -602,14 +670,20 @@ func TestOverlaysRBAC(t *testing.T) {
 func TestOverlaysServerDryRun(t *testing.T) {
 	c := testenv.Clusters(t, 1)[0]
 	for _, o := range overlays {
-		t.Run(o.role, func(t *testing.T) {
-			// Under dry-run the Namespace is not created, so the namespaced
-			// objects need their namespaces to exist already.
-			for _, ns := range append([]string{namespace}, o.namespaces...) {
-				mustEnsureNamespace(t, c, ns)
-			}
-			mustKubectl(t, c.Kubeconfig, "apply", "--dry-run=server", "--validate=strict", "-k", o.dir)
-		})
+		for _, source := range sources {
+			t.Run(o.role+"/"+source, func(t *testing.T) {
+				// Under dry-run the Namespace is not created, so the
+				// namespaced objects need their namespaces to exist already.
+				for _, ns := range append([]string{namespace}, o.namespaces...) {
+					mustEnsureNamespace(t, c, ns)
+				}
+				apply := []string{"apply", "--dry-run=server", "--validate=strict", "-f", mustRenderFile(t, o, source)}
+				if source == "helm" {
+					apply = append(apply, "--server-side", "--field-manager=helm")
+				}
+				mustKubectl(t, c.Kubeconfig, apply...)
+			})
+		}
 	}
 }
 
@@ -625,13 +699,7 @@ func TestOverlaysPodSecurityRestricted(t *testing.T) {
 	// container is the daemon's container (the only one; checkDeployment
 	// makes sure).
 	container := func(s *corev1.PodSpec) *corev1.SecurityContext { return s.Containers[0].SecurityContext }
-	weakenings := []struct {
-		name   string
-		weaken func(*corev1.PodSpec)
-		// violation is how the PodSecurity admission names the check
-		// that refuses the Pod.
-		violation string
-	}{
+	weakenings := []weakening{
 		{"privilege escalation", func(s *corev1.PodSpec) {
 			container(s).AllowPrivilegeEscalation = ptr(true)
 		}, "allowPrivilegeEscalation != false"},
@@ -655,53 +723,68 @@ func TestOverlaysPodSecurityRestricted(t *testing.T) {
 		}, "host namespaces"},
 	}
 	for _, o := range overlays {
-		t.Run(o.role, func(t *testing.T) {
-			objs := mustKustomize(t, o.dir)
-			var ownNS corev1.Namespace
-			mustFind(t, objs, "Namespace", namespace).into(t, &ownNS)
-			if ownNS.Labels["pod-security.kubernetes.io/enforce"] != "restricted" {
-				t.Fatalf("Namespace %s labels %v; want pod-security.kubernetes.io/enforce=restricted", namespace, ownNS.Labels)
-			}
-			// A fresh namespace each: the daemon's own may exist already in
-			// this shared cluster, with other labels or none.
-			ns := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: testenv.UniqueName(t), Labels: ownNS.Labels}}
-			if _, err := c.Clientset.CoreV1().Namespaces().Create(t.Context(), ns, metav1.CreateOptions{}); err != nil {
-				t.Fatal(err)
-			}
-			t.Cleanup(func() { testenv.DeleteNamespace(t, c, ns.Name) })
-			// The ServiceAccount admission refuses a Pod whose ServiceAccount
-			// does not exist, which would hide what PodSecurity says.
-			sa := &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: serviceAccount}}
-			if _, err := c.Clientset.CoreV1().ServiceAccounts(ns.Name).Create(t.Context(), sa, metav1.CreateOptions{}); err != nil {
-				t.Fatal(err)
-			}
+		for _, source := range sources {
+			t.Run(o.role+"/"+source, func(t *testing.T) { checkPodSecurity(t, c, mustRender(t, o, source), weakenings) })
+		}
+	}
+}
 
-			var d appsv1.Deployment
-			mustFind(t, objs, "Deployment", "kube-secret-sync").into(t, &d)
-			podFrom := func(weaken func(*corev1.PodSpec)) *corev1.Pod {
-				pod := &corev1.Pod{
-					ObjectMeta: metav1.ObjectMeta{Name: "kube-secret-sync", Namespace: ns.Name, Labels: d.Spec.Template.Labels},
-					Spec:       *d.Spec.Template.Spec.DeepCopy(),
-				}
-				if weaken != nil {
-					weaken(&pod.Spec)
-				}
-				return pod
-			}
-			dryRun := metav1.CreateOptions{DryRun: []string{metav1.DryRunAll}}
-			pods := c.Clientset.CoreV1().Pods(ns.Name)
-			if _, err := pods.Create(t.Context(), podFrom(nil), dryRun); err != nil {
-				t.Fatalf("the Deployment's pod is not admitted under the restricted Pod Security Standard: %v", err)
-			}
-			for _, w := range weakenings {
-				_, err := pods.Create(t.Context(), podFrom(w.weaken), dryRun)
-				// The Forbidden status carries no reason code per check:
-				// only its message says that PodSecurity refused, and why.
-				if !apierrors.IsForbidden(err) || !strings.Contains(err.Error(), `violates PodSecurity "restricted`) || !strings.Contains(err.Error(), w.violation) {
-					t.Errorf("%s: create = %v; want Forbidden by PodSecurity restricted for %q", w.name, err, w.violation)
-				}
-			}
-		})
+// weakening is a pod spec made to violate the restricted Pod Security
+// Standard.
+type weakening struct {
+	name   string
+	weaken func(*corev1.PodSpec)
+	// violation is how the PodSecurity admission names the check that
+	// refuses the Pod.
+	violation string
+}
+
+// checkPodSecurity is TestOverlaysPodSecurityRestricted for one rendering.
+func checkPodSecurity(t *testing.T, c *testenv.Cluster, objs []manifest, weakenings []weakening) {
+	t.Helper()
+	var ownNS corev1.Namespace
+	mustFind(t, objs, "Namespace", namespace).into(t, &ownNS)
+	if ownNS.Labels["pod-security.kubernetes.io/enforce"] != "restricted" {
+		t.Fatalf("Namespace %s labels %v; want pod-security.kubernetes.io/enforce=restricted", namespace, ownNS.Labels)
+	}
+	// A fresh namespace each: the daemon's own may exist already in
+	// this shared cluster, with other labels or none.
+	ns := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: testenv.UniqueName(t), Labels: ownNS.Labels}}
+	if _, err := c.Clientset.CoreV1().Namespaces().Create(t.Context(), ns, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { testenv.DeleteNamespace(t, c, ns.Name) })
+	// The ServiceAccount admission refuses a Pod whose ServiceAccount
+	// does not exist, which would hide what PodSecurity says.
+	sa := &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: serviceAccount}}
+	if _, err := c.Clientset.CoreV1().ServiceAccounts(ns.Name).Create(t.Context(), sa, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+
+	var d appsv1.Deployment
+	mustFind(t, objs, "Deployment", "kube-secret-sync").into(t, &d)
+	podFrom := func(weaken func(*corev1.PodSpec)) *corev1.Pod {
+		pod := &corev1.Pod{
+			ObjectMeta: metav1.ObjectMeta{Name: "kube-secret-sync", Namespace: ns.Name, Labels: d.Spec.Template.Labels},
+			Spec:       *d.Spec.Template.Spec.DeepCopy(),
+		}
+		if weaken != nil {
+			weaken(&pod.Spec)
+		}
+		return pod
+	}
+	dryRun := metav1.CreateOptions{DryRun: []string{metav1.DryRunAll}}
+	pods := c.Clientset.CoreV1().Pods(ns.Name)
+	if _, err := pods.Create(t.Context(), podFrom(nil), dryRun); err != nil {
+		t.Fatalf("the Deployment's pod is not admitted under the restricted Pod Security Standard: %v", err)
+	}
+	for _, w := range weakenings {
+		_, err := pods.Create(t.Context(), podFrom(w.weaken), dryRun)
+		// The Forbidden status carries no reason code per check:
+		// only its message says that PodSecurity refused, and why.
+		if !apierrors.IsForbidden(err) || !strings.Contains(err.Error(), `violates PodSecurity "restricted`) || !strings.Contains(err.Error(), w.violation) {
+			t.Errorf("%s: create = %v; want Forbidden by PodSecurity restricted for %q", w.name, err, w.violation)
+		}
 	}
 }
 
@@ -867,14 +950,20 @@ func TestExamplesServerDryRun(t *testing.T) {
 // hack/cert-manager-crds.sh (a download through the Go module proxy).
 func mustCertManagerCRDs(tb testing.TB) string {
 	tb.Helper()
+	return mustCRDs(tb, "cert-manager-crds.sh")
+}
+
+// mustCRDs returns the directory of CRDs that hack/script prints.
+func mustCRDs(tb testing.TB, script string) string {
+	tb.Helper()
 	ctx, cancel := context.WithTimeout(tb.Context(), 2*time.Minute)
 	defer cancel()
 	var stderr bytes.Buffer
-	cmd := exec.CommandContext(ctx, "../hack/cert-manager-crds.sh")
+	cmd := exec.CommandContext(ctx, "../hack/"+script)
 	cmd.Stderr = &stderr
 	out, err := cmd.Output()
 	if err != nil {
-		testenv.Missing(tb, fmt.Errorf("cert-manager CRDs: hack/cert-manager-crds.sh: %v: %s", err, stderr.String()))
+		testenv.Missing(tb, fmt.Errorf("CRDs: hack/%s: %v: %s", script, err, stderr.String()))
 	}
 	return strings.TrimSpace(string(out))
 }

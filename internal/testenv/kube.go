@@ -14,6 +14,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"syscall"
 	"time"
 
@@ -58,12 +59,44 @@ var ErrNoCertManager = errors.New("cert-manager controllers not found: set KSS_C
 
 // CertManagerBinary returns the cert-manager controllers' binary that
 // hack/cert-manager.sh built (KSS_CERT_MANAGER).
-func CertManagerBinary() (string, error) {
-	bin := os.Getenv("KSS_CERT_MANAGER")
+func CertManagerBinary() (string, error) { return binaryFrom("KSS_CERT_MANAGER", ErrNoCertManager) }
+
+// ErrNoHelm: KSS_HELM does not name the helm that hack/helm.sh builds.
+var ErrNoHelm = errors.New("helm not found: set KSS_HELM to the output of hack/helm.sh")
+
+// Helm returns the helm binary that hack/helm.sh built (KSS_HELM).
+func Helm() (string, error) { return binaryFrom("KSS_HELM", ErrNoHelm) }
+
+// ErrNoPromtool: KSS_PROMTOOL does not name the promtool that
+// hack/promtool.sh builds.
+var ErrNoPromtool = errors.New("promtool not found: set KSS_PROMTOOL to the output of hack/promtool.sh")
+
+// Promtool returns Prometheus's promtool that hack/promtool.sh built
+// (KSS_PROMTOOL).
+func Promtool() (string, error) { return binaryFrom("KSS_PROMTOOL", ErrNoPromtool) }
+
+// binaryFrom returns the executable that the variable env names, or
+// missing.
+func binaryFrom(env string, missing error) (string, error) {
+	bin := os.Getenv(env)
 	if bin == "" || !isExecutable(bin) {
-		return "", ErrNoCertManager
+		return "", missing
 	}
 	return bin, nil
+}
+
+// KubeVersion is the version of the kube-apiserver in the assets (their
+// VERSION file), such as v1.36.3.
+func KubeVersion() (string, error) {
+	dir, err := KubeAssetsDir()
+	if err != nil {
+		return "", err
+	}
+	b, err := os.ReadFile(filepath.Join(dir, "VERSION"))
+	if err != nil {
+		return "", fmt.Errorf("%w: %v", ErrNoKubeAssets, err)
+	}
+	return strings.TrimSpace(string(b)), nil
 }
 
 func isExecutable(path string) bool {

@@ -203,7 +203,9 @@ func MustKubectl(tb testing.TB, kubeconfig string, args ...string) (stdout, stde
 		// ~/.kube stays untouched.
 		args = append([]string{"--kubeconfig", kubeconfig, "--cache-dir", tb.TempDir()}, args...)
 	}
-	ctx, cancel := context.WithTimeout(tb.Context(), 2*time.Minute)
+	// Not tb.Context(): a cleanup (which deletes what a test applied) runs
+	// once it is canceled.
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	var outBuf, errBuf bytes.Buffer
 	cmd := exec.CommandContext(ctx, kubectl, args...)
