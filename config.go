@@ -18,6 +18,7 @@ import (
 	"github.com/kelseyhightower/envconfig"
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/util/validation"
+	"k8s.io/client-go/tools/clientcmd"
 )
 
 // Config is the daemon's whole configuration, read from the environment.
@@ -152,6 +153,13 @@ func (c *Config) validate() error {
 			if errs := validation.IsDNS1123Label(ns); len(errs) > 0 {
 				return fmt.Errorf("invalid %s: %q is not a namespace name: %s", v.name, ns, errs[0])
 			}
+		}
+	}
+	if c.Kubeconfig != "" {
+		// Loaded now, so that a wrong path or a file that is not a
+		// kubeconfig stops the process at start like any other value.
+		if _, err := clientcmd.BuildConfigFromFlags("", c.Kubeconfig); err != nil {
+			return fmt.Errorf("invalid KUBECONFIG: %s", printableError(err))
 		}
 	}
 	if c.NamespaceSelector != "" {
@@ -310,3 +318,10 @@ func usage() {
 // fleet may be limited by KUBE_QPS (1000 creates at 20/s take 50 s), and cutting
 // it short would only make the next pass redo the work.
 func (c *Config) passTimeout() time.Duration { return max(5*c.Tick(), 5*time.Minute) }
+
+// printableError is err's message on one line, with control characters
+// (which a path may hold) quoted.
+func printableError(err error) string {
+	q := strconv.Quote(err.Error())
+	return q[1 : len(q)-1]
+}

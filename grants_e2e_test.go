@@ -1,21 +1,23 @@
 package main
 
-// Tests of docs/database-grants.sql against real PostgreSQL: the roles it
-// creates are enough to sync (TestDatabaseGrantsSync), every privilege it
-// grants is needed and nothing else is allowed (TestDatabaseGrantsMinimal),
-// and it stays within SQL that CockroachDB runs too
+// Tests of docs/database-roles.sql and docs/database-grants.sql (steps 1
+// and 3; step 2 is kube-secret-sync migrate) against real PostgreSQL: the
+// README's commands run as written (TestDatabaseGrantsCommands), the roles
+// are enough to sync (TestDatabaseGrantsSync), every privilege granted is
+// needed and nothing else is allowed (TestDatabaseGrantsMinimal), and the
+// files stay within SQL that CockroachDB runs too
 // (TestDatabaseGrantsPortable).
 
 import (
 	"context"
 	"errors"
 	"fmt"
-	"maps"
 	"net/url"
 	"os"
+	"os/exec"
+	"path/filepath"
 	"regexp"
 	"slices"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -28,35 +30,23 @@ import (
 	"github.com/kube-secret-sync/kube-secret-sync/internal/testenv"
 )
 
-const grantsScriptPath = "docs/database-grants.sql"
+// grantsScripts are the SQL steps: step 1 as an administrator, step 3 as
+// the owner once step 2 (kube-secret-sync migrate) has made the tables.
+var grantsScripts = map[int]string{1: "docs/database-roles.sql", 3: "docs/database-grants.sql"}
 
 // grantsRoleNames are the roles the script creates, as it spells them.
 var grantsRoleNames = []string{"kss_owner", "kss_leader", "kss_follower"}
 
-// grantsStep matches the script's step headers ("-- Step 1: …").
-var grantsStep = regexp.MustCompile(`(?m)^-- Step (\d+):`)
-
-// grantsSteps reads the script and returns its steps by number, with every
-// role name given suffix.
+// grantsSteps reads the SQL steps, with every role name given suffix.
 func grantsSteps(tb testing.TB, suffix string) map[int]string {
 	tb.Helper()
-	b, err := os.ReadFile(grantsScriptPath)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	script := regexp.MustCompile(`\b(kss_(?:owner|leader|follower))\b`).ReplaceAllString(string(b), "${1}_"+suffix)
 	steps := map[int]string{}
-	headers := grantsStep.FindAllStringSubmatchIndex(script, -1)
-	for i, h := range headers {
-		n, _ := strconv.Atoi(script[h[2]:h[3]])
-		end := len(script)
-		if i+1 < len(headers) {
-			end = headers[i+1][0]
+	for n, file := range grantsScripts {
+		b, err := os.ReadFile(file)
+		if err != nil {
+			tb.Fatal(err)
 		}
-		steps[n] = script[h[0]:end]
-	}
-	if len(steps) != 3 {
-		tb.Fatalf("%s has steps %v; want 1, 2 and 3", grantsScriptPath, slices.Sorted(maps.Keys(steps)))
+		steps[n] = regexp.MustCompile(`\b(kss_(?:owner|leader|follower))\b`).ReplaceAllString(string(b), "${1}_"+suffix)
 	}
 	return steps
 }
@@ -394,31 +384,82 @@ func TestDatabaseGrantsMinimal(t *testing.T) {
 // cockroach sql does not know, no DO blocks), no syntax of one of them
 // only, and nothing SPEC §4 rules out.
 func TestDatabaseGrantsPortable(t *testing.T) {
-	b, err := os.ReadFile(grantsScriptPath)
+	for _, file := range grantsScripts {
+		b, err := os.ReadFile(file)
+		if err != nil {
+			t.Fatal(err)
+		}
+		forbidden := []struct {
+			re   *regexp.Regexp
+			what string
+		}{
+			{regexp.MustCompile(`(?m)^\s*\\`), "a psql meta-command"},
+			{regexp.MustCompile(`(?i)\bDO\s+(\$|')`), "a DO block (PostgreSQL only)"},
+			{regexp.MustCompile(`(?i)\bCREATE\s+(ROLE|USER)\s+IF\s+NOT\s+EXISTS\b`), "CREATE ROLE IF NOT EXISTS (CockroachDB only)"},
+			{regexp.MustCompile(`(?i)\bUPSERT\b`), "UPSERT (CockroachDB only)"},
+			{regexp.MustCompile(`(?i)\bGRANT\s+\w+\s*\(`), "a column privilege (CockroachDB has none)"},
+			{regexp.MustCompile(`(?i)\bSUPERUSER\b|\bBYPASSRLS\b|\bCREATEROLE\b|\bCREATEDB\b`), "a role attribute beyond LOGIN"},
+			{regexp.MustCompile(`(?i)\bPASSWORD\s+'`), "a password in the script"},
+		}
+		stmts := splitStatements(string(b))
+		if len(stmts) == 0 {
+			t.Fatalf("%s holds no statement", file)
+		}
+		for _, stmt := range stmts {
+			for _, f := range append(forbidden, nonPortable...) {
+				if f.re.MatchString(stmt) {
+					t.Errorf("%s: %q uses %s", file, stmt, f.what)
+				}
+			}
+		}
+	}
+}
+
+// TestDatabaseGrantsCommands runs the README's three commands as written,
+// with psql and the real binary, on a PostgreSQL server of its own (the
+// roles are the files' own names, which are server-wide), and then reads
+// the table as the follower's role. Step 3 before step 2 fails: the order
+// is not a choice.
+func TestDatabaseGrantsCommands(t *testing.T) {
+	testenv.SkipShort(t)
+	bin := buildBinary(t)
+	pg, err := testenv.StartPostgres(t.Context())
+	if err != nil {
+		testenv.Missing(t, err)
+	}
+	t.Cleanup(pg.Stop)
+	admin, err := pg.CreateDatabase(t.Context(), "kss")
 	if err != nil {
 		t.Fatal(err)
 	}
-	forbidden := []struct {
-		re   *regexp.Regexp
-		what string
-	}{
-		{regexp.MustCompile(`(?m)^\s*\\`), "a psql meta-command"},
-		{regexp.MustCompile(`(?i)\bDO\s+(\$|')`), "a DO block (PostgreSQL only)"},
-		{regexp.MustCompile(`(?i)\bCREATE\s+(ROLE|USER)\s+IF\s+NOT\s+EXISTS\b`), "CREATE ROLE IF NOT EXISTS (CockroachDB only)"},
-		{regexp.MustCompile(`(?i)\bUPSERT\b`), "UPSERT (CockroachDB only)"},
-		{regexp.MustCompile(`(?i)\bGRANT\s+\w+\s*\(`), "a column privilege (CockroachDB has none)"},
-		{regexp.MustCompile(`(?i)\bSUPERUSER\b|\bBYPASSRLS\b|\bCREATEROLE\b|\bCREATEDB\b`), "a role attribute beyond LOGIN"},
-		{regexp.MustCompile(`(?i)\bPASSWORD\s+'`), "a password in the script"},
+	psqlBin, err := testenv.PostgresBinDir()
+	if err != nil {
+		testenv.Missing(t, err)
 	}
-	stmts := splitStatements(string(b))
-	if len(stmts) == 0 {
-		t.Fatalf("%s holds no statement", grantsScriptPath)
+	as := func(role string) string {
+		return strings.Replace(admin, "postgres://postgres@", "postgres://"+role+"@", 1)
 	}
-	for _, stmt := range stmts {
-		for _, f := range append(forbidden, nonPortable...) {
-			if f.re.MatchString(stmt) {
-				t.Errorf("%s: %q uses %s", grantsScriptPath, stmt, f.what)
-			}
+	psql := func(dsn, file string) (string, error) {
+		out, err := exec.CommandContext(t.Context(), filepath.Join(psqlBin, "psql"), "-v", "ON_ERROR_STOP=1", "-q", dsn, "-f", file).CombinedOutput()
+		return string(out), err
+	}
+	if out, err := psql(admin, "docs/database-roles.sql"); err != nil {
+		t.Fatalf("step 1, psql -f docs/database-roles.sql as an administrator: %v\n%s", err, out)
+	}
+	if out, err := psql(as("kss_owner"), "docs/database-grants.sql"); err == nil || !strings.Contains(out, "does not exist") {
+		t.Errorf("step 3 before step 2: %v\n%s; want it to fail on the tables that do not exist yet", err, out)
+	}
+	if _, stderr, code := runBinary(t, bin, []string{"DSN=" + as("kss_owner")}, "migrate"); code != 0 {
+		t.Fatalf("step 2, kube-secret-sync migrate as kss_owner: exit %d\n%s", code, stderr)
+	}
+	if out, err := psql(as("kss_owner"), "docs/database-grants.sql"); err != nil {
+		t.Fatalf("step 3, psql -f docs/database-grants.sql as kss_owner: %v\n%s", err, out)
+	}
+	for _, role := range []string{"kss_leader", "kss_follower"} {
+		conn := testenv.MustConnect(t, as(role))
+		var n int
+		if err := conn.QueryRow(t.Context(), "SELECT count(*) FROM kss_secrets").Scan(&n); err != nil {
+			t.Errorf("%s: SELECT FROM kss_secrets: %v", role, err)
 		}
 	}
 }

@@ -20,6 +20,7 @@ package main
 import (
 	"context"
 	"crypto/rand"
+	"errors"
 	"fmt"
 	"math"
 	"net"
@@ -93,6 +94,11 @@ func main() {
 		daemon = runRotateKey
 	}
 	if err := daemon(ctx, cfg, log); err != nil {
+		var bad *badSetting
+		if errors.As(err, &bad) {
+			fmt.Fprintln(os.Stderr, "kube-secret-sync: "+bad.Error())
+			os.Exit(2)
+		}
 		log.WithError(err).Error("exiting")
 		os.Exit(1)
 	}
@@ -122,6 +128,17 @@ func setMemoryLimit(log *logrus.Entry) {
 		log.WithField("GOMEMLIMIT", limit).Debug("Go runtime memory limit set")
 	}
 }
+
+// badSetting is a setting found invalid only once it is used (an address
+// that cannot be bound): the process stops as for an invalid value, with
+// exit code 2 and one line that names the variable.
+type badSetting struct {
+	name string
+	err  error
+}
+
+func (b *badSetting) Error() string { return "invalid " + b.name + ": " + printableError(b.err) }
+func (b *badSetting) Unwrap() error { return b.err }
 
 // restConfig uses KUBECONFIG when set, else the in-cluster configuration.
 func restConfig(cfg *Config) (*rest.Config, error) {
@@ -162,7 +179,7 @@ func run(ctx context.Context, cfg *Config, log *logrus.Entry) error {
 	if cfg.MetricsAddr != "" {
 		ln, err := net.Listen("tcp", cfg.MetricsAddr)
 		if err != nil {
-			return fmt.Errorf("METRICS_ADDR: %w", err)
+			return &badSetting{"METRICS_ADDR", err}
 		}
 		go func() {
 			if err := m.serve(ctx, ln, 3*cfg.Tick()+time.Minute); err != nil {
@@ -173,7 +190,7 @@ func run(ctx context.Context, cfg *Config, log *logrus.Entry) error {
 	if cfg.PprofAddr != "" {
 		ln, err := net.Listen("tcp", cfg.PprofAddr)
 		if err != nil {
-			return fmt.Errorf("PPROF_ADDR: %w", err)
+			return &badSetting{"PPROF_ADDR", err}
 		}
 		go func() {
 			if err := servePprof(ctx, ln); err != nil {

@@ -4,6 +4,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
@@ -70,17 +71,20 @@ func TestSubcommands(t *testing.T) {
 	})
 }
 
-// TestMetricsAddrInUseStopsAtStart: a METRICS_ADDR that cannot be bound
-// stops the process at start (exit 1, naming the variable) rather than
-// leaving it running without probes.
-func TestMetricsAddrInUseStopsAtStart(t *testing.T) {
+// TestExitCodes: the exit codes of the README's table that need no
+// server. A setting that is found invalid only when it is used at start (an
+// address that cannot be bound, a KUBECONFIG that cannot be loaded) stops
+// the process like any invalid value: exit 2 and one line that names the
+// variable, rather than a process left running without probes.
+func TestExitCodes(t *testing.T) {
 	bin := buildBinary(t)
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	inUse, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer ln.Close()
-	kubeconfig := filepath.Join(t.TempDir(), "kubeconfig")
+	defer inUse.Close()
+	dir := t.TempDir()
+	kubeconfig, garbage := filepath.Join(dir, "kubeconfig"), filepath.Join(dir, "garbage")
 	const minimal = `apiVersion: v1
 kind: Config
 clusters: [{name: c, cluster: {server: "https://127.0.0.1:1"}}]
@@ -91,9 +95,38 @@ current-context: x
 	if err := os.WriteFile(kubeconfig, []byte(minimal), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	_, stderr, code := runBinary(t, bin, []string{"DSN=postgres://u:" + testPassword + "@127.0.0.1:1/db", "ENCRYPTION_KEY=" + testKey,
-		"KUBECONFIG=" + kubeconfig, "METRICS_ADDR=" + ln.Addr().String(), "LEADER_ELECTION=false"})
-	if code != 1 || !strings.Contains(stderr, "METRICS_ADDR") || strings.Count(strings.TrimSpace(stderr), "\n") != 0 {
-		t.Errorf("with METRICS_ADDR in use: exit %d, stderr %q; want 1 and one line naming METRICS_ADDR", code, stderr)
+	if err := os.WriteFile(garbage, []byte("this: [is not a kubeconfig\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	base := []string{"DSN=postgres://u:" + testPassword + "@127.0.0.1:1/db", "ENCRYPTION_KEY=" + testKey, "LEADER_ELECTION=false"}
+	for _, tt := range []struct {
+		name  string
+		env   []string
+		args  []string
+		code  int
+		names string // what the one line of stderr names
+	}{
+		{"METRICS_ADDR in use", []string{"KUBECONFIG=" + kubeconfig, "METRICS_ADDR=" + inUse.Addr().String()}, nil, 2, "METRICS_ADDR"},
+		{"PPROF_ADDR in use", []string{"KUBECONFIG=" + kubeconfig, "METRICS_ADDR=", "PPROF_ADDR=" + inUse.Addr().String()}, nil, 2, "PPROF_ADDR"},
+		{"KUBECONFIG missing", []string{"KUBECONFIG=" + filepath.Join(dir, "nope")}, nil, 2, "KUBECONFIG"},
+		{"KUBECONFIG not a kubeconfig", []string{"KUBECONFIG=" + garbage}, nil, 2, "KUBECONFIG"},
+		{"status, KUBECONFIG missing", []string{"KUBECONFIG=" + filepath.Join(dir, "nope")}, []string{"status"}, 2, "KUBECONFIG"},
+		{"unknown argument", nil, []string{"--frobnicate"}, 2, "--frobnicate"},
+		{"status, unknown argument", nil, []string{"status", "-o", "yaml"}, 2, "status"},
+		{"help", nil, []string{"--help"}, 0, ""},
+		{"version", nil, []string{"--version"}, 0, ""},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			_, stderr, code := runBinary(t, bin, append(slices.Clone(base), tt.env...), tt.args...)
+			if code != tt.code {
+				t.Errorf("exit %d; want %d\n%s", code, tt.code, stderr)
+			}
+			if tt.names != "" && (!strings.Contains(stderr, tt.names) || strings.Count(strings.TrimSpace(stderr), "\n") != 0) {
+				t.Errorf("stderr %q; want one line naming %s", stderr, tt.names)
+			}
+			if strings.Contains(stderr, testPassword) || strings.Contains(stderr, testKey) {
+				t.Error("stderr shows the DSN password or the key")
+			}
+		})
 	}
 }

@@ -15,6 +15,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -485,7 +486,14 @@ func (w *workload) initialSync(ctx context.Context) (leader, follower *daemon, e
 			return leader, follower, fmt.Errorf("%w: %d of %d copies equal (%d present) after %s", errTimeout, m, n, present, w.opts.syncTimeout)
 		case <-progress.C:
 			m, n, _ := w.tr.progress()
-			w.logf("N=%d: initial sync: %d/%d copies equal after %s", w.n, m, n, secs(time.Since(start)))
+			// The resident sets as the sync goes, to tell when a peak comes.
+			var rss []string
+			for _, d := range []*daemon{leader, follower} {
+				if p, err := readProc(d.Pid()); err == nil {
+					rss = append(rss, fmt.Sprintf("%s RSS %.0f MiB (peak %.0f)", d.role, p.rssMiB, p.hwmMiB))
+				}
+			}
+			w.logf("N=%d: initial sync: %d/%d copies equal after %s; %s", w.n, m, n, secs(time.Since(start)), strings.Join(rss, ", "))
 			if w.opts.profile > 0 && !halfway && 2*m >= n {
 				halfway = true
 				for _, d := range []*daemon{leader, follower} {
