@@ -75,7 +75,7 @@ func main() {
 	remote := flag.String("remote-db-sizes", "10000", `sizes measured again with a delaying TCP proxy between each daemon and PostgreSQL (--db-rtt), as if the database were in another region ("" for none)`)
 	flag.DurationVar(&o.dbRTT, "db-rtt", 100*time.Millisecond, "round trip the proxy adds for --remote-db-sizes")
 	flag.StringVar(&o.goMemLimit, "gomemlimit", deploymentMemoryLimit, `GOMEMLIMIT of every daemon: in the Deployment's container the daemon sets 90% of its memory limit ("" for none)`)
-	flag.DurationVar(&o.profile, "profile", 0, "profile the daemons of each initial sync (PPROF_ADDR): CPU over its first this long, and the heap when it completes, into the log directory, which is then kept (0: none)")
+	flag.DurationVar(&o.profile, "profile", 0, "profile the daemons of each initial sync (PPROF_ADDR): CPU over its first this long, and the heap after 10 s, halfway and when it completes, into the log directory, which is then kept (0: none)")
 	smoke := flag.Bool("smoke", false, "a quick check that everything works: N = 200, 20 updates, 500 unlabelled, 2 idle ticks; writes no JSON unless --out is given")
 	flag.Parse()
 	if *smoke {

@@ -471,6 +471,7 @@ func (w *workload) initialSync(ctx context.Context) (leader, follower *daemon, e
 	}
 	deadline := time.After(w.opts.syncTimeout)
 	halfway := false // heap profiles taken halfway (--profile)
+	early := false   // and after the first 10 s
 	progress := time.NewTicker(10 * time.Second)
 	defer progress.Stop()
 	alive := time.NewTicker(200 * time.Millisecond)
@@ -494,6 +495,14 @@ func (w *workload) initialSync(ctx context.Context) (leader, follower *daemon, e
 				}
 			}
 			w.logf("N=%d: initial sync: %d/%d copies equal after %s; %s", w.n, m, n, secs(time.Since(start)), strings.Join(rss, ", "))
+			// The leader's resident set peaks early, while its cache fills
+			// and its first transactions are written: a heap profile then.
+			if w.opts.profile > 0 && !early {
+				early = true
+				for _, d := range []*daemon{leader, follower} {
+					w.saveProfile(ctx, d, "early.heap", "/debug/pprof/heap")
+				}
+			}
 			if w.opts.profile > 0 && !halfway && 2*m >= n {
 				halfway = true
 				for _, d := range []*daemon{leader, follower} {
