@@ -87,7 +87,7 @@ bench: build
 	@$(WITH_ASSETS) go run ./hack/bench --binary $(BIN) --sizes $(BENCH_SIZES) $(BENCH_FLAGS)
 	@$(MAKE) --no-print-directory bench-micro
 
-## bench-smoke: hack/bench at N = 200 with short phases (about 1.5 minutes);
+## bench-smoke: hack/bench at N = 200 with short phases (about 70 seconds);
 ## writes no JSON.
 bench-smoke: build
 	@$(WITH_ASSETS) go run ./hack/bench --binary $(BIN) --smoke
