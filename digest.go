@@ -318,12 +318,8 @@ func headerRow(k ObjectKey, st *RowState) Row {
 // load reads the whole table's row states into a fresh index (the first
 // refresh reads every bucket).
 func loadIndex(ctx context.Context, store *Store) (rowIndex, error) {
-	max, err := store.MaxVersion(ctx)
-	if err != nil {
-		return nil, err
-	}
 	idx := rowIndex{}
-	_, err = idx.refresh(ctx, store, max)
+	_, _, err := idx.refreshAt(ctx, store, nil)
 	return idx, err
 }
 

@@ -53,7 +53,7 @@ func (r *eventRecorder) warn(ref *corev1.ObjectReference, reason, action, note s
 	r.rec.Eventf(ref, nil, corev1.EventTypeWarning, reason, action, note, args...)
 }
 
-// normal records a Normal event about the Secret ref, unless more than the
+// normalf records a Normal event about the Secret ref, unless more than the
 // rate limit allows were recorded lately.
 func (r *eventRecorder) normalf(ref *corev1.ObjectReference, reason, action, note string, args ...any) {
 	if r == nil {

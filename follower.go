@@ -75,13 +75,19 @@ func newFollowerLoop(d loopDeps) *followerLoop {
 // labelled Secrets instead: its copies, which carry the label as their
 // sources do, and its former sources, which it may adopt.
 func (f *followerLoop) startWatch(ctx context.Context) (err error) {
-	watched := labels.SelectorFromSet(labels.Set{managedLabel: "true"})
-	if f.standby {
-		watched = f.cfg.selector
-	}
-	f.copies, err = startSecretCache(ctx, f.client, f.cfg, watched, nil, f.keys, f.keys.IDs())
+	f.copies, err = startSecretCache(ctx, f.client, f.cfg, copiesSelector(f.cfg, f.standby), nil, f.keys, f.keys.IDs())
 	f.apply.copies = f.copies
 	return err
+}
+
+// copiesSelector selects the Secrets a follower compares its rows with: its
+// managed copies, or for a standby leader its cluster's labelled Secrets
+// (which the writer's rows may update).
+func copiesSelector(cfg *Config, standby bool) labels.Selector {
+	if standby {
+		return cfg.selector
+	}
+	return labels.SelectorFromSet(labels.Set{managedLabel: "true"})
 }
 
 func (f *followerLoop) run(ctx context.Context) error {

@@ -30,16 +30,12 @@ type loopDeps struct {
 func runRole(ctx context.Context, d loopDeps) error {
 	d.metrics.setRunning(true)
 	defer d.metrics.setRunning(false)
-	if d.cfg.nsSelector != nil {
-		w, err := startNamespaceWatch(ctx, d.client, d.cfg.nsSelector)
-		if err != nil {
-			return shutdownOr(ctx, err)
-		}
-		// A copy for this term: the watch ends with ctx.
-		cfg := *d.cfg
-		cfg.namespaces = w
-		d.cfg = &cfg
+	// For this term: the namespace watch ends with ctx.
+	cfg, err := d.cfg.withNamespaceWatch(ctx, d.client)
+	if err != nil {
+		return shutdownOr(ctx, err)
 	}
+	d.cfg = cfg
 	if d.cfg.IsLeader() {
 		return runLeader(ctx, d)
 	}

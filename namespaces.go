@@ -62,6 +62,21 @@ func startNamespaceWatch(ctx context.Context, client kubernetes.Interface, selec
 	return w, nil
 }
 
+// withNamespaceWatch returns cfg itself without NAMESPACE_SELECTOR, else a
+// copy of it with a namespace watch started until ctx ends.
+func (c *Config) withNamespaceWatch(ctx context.Context, client kubernetes.Interface) (*Config, error) {
+	if c.nsSelector == nil {
+		return c, nil
+	}
+	w, err := startNamespaceWatch(ctx, client, c.nsSelector)
+	if err != nil {
+		return nil, err
+	}
+	cp := *c
+	cp.namespaces = w
+	return &cp, nil
+}
+
 // selects reports whether namespace matches (false for a nil watch).
 func (w *namespaceWatch) selects(namespace string) bool {
 	if w == nil {

@@ -17,7 +17,6 @@ import (
 
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/client-go/kubernetes"
 )
 
@@ -83,18 +82,11 @@ func (r *statusReport) readSecrets(ctx context.Context, cfg *Config, store *Stor
 	if err != nil {
 		return err
 	}
-	cfg = new(*cfg) // a copy, with its own namespace watch
-	if cfg.nsSelector != nil {
-		if cfg.namespaces, err = startNamespaceWatch(ctx, client, cfg.nsSelector); err != nil {
-			return err
-		}
+	if cfg, err = cfg.withNamespaceWatch(ctx, client); err != nil {
+		return err
 	}
 	standby := cfg.IsLeader()
-	watched := labels.SelectorFromSet(labels.Set{managedLabel: "true"})
-	if standby {
-		watched = cfg.selector
-	}
-	copies, err := startSecretCache(ctx, client, cfg, watched, nil, keys, keys.IDs())
+	copies, err := startSecretCache(ctx, client, cfg, copiesSelector(cfg, standby), nil, keys, keys.IDs())
 	if err != nil {
 		return err
 	}
