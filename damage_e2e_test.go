@@ -164,8 +164,10 @@ func TestPlantedHugeRowIsNeverTransferred(t *testing.T) {
 	}
 	base := map[string]int64{"leader": peakRSS(t, leaderProc.Pid), "follower": peakRSS(t, followerProc.Pid)}
 	// Made by the server, so that this process never holds it either. One
-	// row under the leader's name, one under another's.
-	for name, source := range map[string]string{"huge-ours": "cluster-a", "huge-theirs": "someone-else"} {
+	// row under the leader's name, two under another's: the leader may
+	// rewrite its own as a tombstone before the follower pulls it (each row
+	// version is reported once), but nobody rewrites the other two.
+	for name, source := range map[string]string{"huge-ours": "cluster-a", "huge-theirs": "someone-else", "huge-others": "someone-else"} {
 		_, err := e.dbConn().Exec(t.Context(), `
 WITH v AS (UPDATE kss_version SET version = version + 1 WHERE id = 1 RETURNING version)
 INSERT INTO kss_secrets (namespace, name, ciphertext, key_id, hash, tombstone, version, source_cluster)
@@ -175,8 +177,9 @@ SELECT $1, $2, decode(repeat('01', 64 * 1024 * 1024), 'hex'), $3, '\x00'::BYTEA,
 			t.Fatal(err)
 		}
 	}
-	// The follower meets both rows in its pull and in its full passes; the
-	// leader in its verification, which rewrites its own as a tombstone.
+	// The follower meets the other clusters' rows in its pull and in its
+	// full passes; the leader meets its own in its verification, which
+	// rewrites it as a tombstone.
 	follower.waitMetric(t, `kube_secret_sync_row_errors_total{reason="invalid"}`, 2)
 	leader.waitMetric(t, `kube_secret_sync_row_errors_total{reason="invalid"}`, 1)
 	passes := follower.metric(t, fullOK)
