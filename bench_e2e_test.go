@@ -224,7 +224,8 @@ func BenchmarkWrite(b *testing.B) {
 	claim := claimFor(b, s, dbTestCluster)
 	for b.Loop() {
 		for i := range changes {
-			changes[i] = Change{ObjectKey: keys[(n*writeChunk+i)%len(keys)], Hash: hashOf(uint64(n)), Payload: payload}
+			// Size as the leader estimates it.
+			changes[i] = Change{ObjectKey: keys[(n*writeChunk+i)%len(keys)], Hash: hashOf(uint64(n)), Payload: payload, Size: len(ct)}
 		}
 		if _, err := s.Write(b.Context(), claim, "kid", changes, seal); err != nil {
 			b.Fatal(err)

@@ -260,20 +260,28 @@ const (
 	listMaxWaste = 4 // list only if at most this many Secrets come per one wanted
 )
 
-// readLive reads from the API server the Secrets keys that match selector,
-// with their data: what the cache (see slim) does not keep. A key that is
-// missing or does not match is absent from the result. inCache is how many
-// cached Secrets a namespace has, which bounds what listing it reads.
-func readLive(ctx context.Context, client kubernetes.Interface, selector labels.Selector, keys []ObjectKey, inCache func(namespace string) int) (map[ObjectKey]*corev1.Secret, error) {
+// readLive reads from the API server the payloads of the Secrets keys
+// that match selector: the data that the cache (see slim) does not keep. A
+// key that is missing, does not match or is never synced (syncable) is
+// absent from the result. It keeps the payloads only, not the Secrets
+// (their metadata and managedFields are most of a decoded Secret): a
+// leader's first pass at N = 100,000 holds two chunks of them at once.
+// inCache is how many cached Secrets a namespace has, which bounds what
+// listing it reads.
+func readLive(ctx context.Context, client kubernetes.Interface, selector labels.Selector, keys []ObjectKey, inCache func(namespace string) int) (map[ObjectKey]*Payload, error) {
 	byNamespace := map[string][]ObjectKey{}
 	for _, k := range keys {
 		byNamespace[k.Namespace] = append(byNamespace[k.Namespace], k)
 	}
-	out := make(map[ObjectKey]*corev1.Secret, len(keys))
+	out := make(map[ObjectKey]*Payload, len(keys))
 	var mu sync.Mutex
 	keep := func(k ObjectKey, s *corev1.Secret) {
+		if !syncable(s) {
+			return
+		}
+		p := payloadOf(s)
 		mu.Lock()
-		out[k] = s
+		out[k] = p
 		mu.Unlock()
 	}
 	// The lists and GETs run side by side: a chunk of 2,000 Secrets spans
@@ -311,9 +319,8 @@ func readLive(ctx context.Context, client kubernetes.Interface, selector labels.
 					return fmt.Errorf("list secrets in %s: %w", ns, err)
 				}
 				for i := range list.Items {
-					if s := list.Items[i]; wanted[s.Name] {
-						// A copy, so that the page can go before the Secrets do.
-						keep(ObjectKey{ns, s.Name}, &s)
+					if s := &list.Items[i]; wanted[s.Name] {
+						keep(ObjectKey{ns, s.Name}, s)
 					}
 				}
 				if opts.Continue = list.Continue; opts.Continue == "" {

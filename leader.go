@@ -18,7 +18,6 @@ import (
 	"time"
 
 	"github.com/sirupsen/logrus"
-	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/tools/cache"
 )
@@ -356,7 +355,7 @@ type liveReads struct {
 }
 
 type liveRead struct {
-	live map[ObjectKey]*corev1.Secret
+	live map[ObjectKey]*Payload
 	err  error
 }
 
@@ -365,7 +364,10 @@ func (l *leaderLoop) readAhead(ctx context.Context, chunks [][]Change) *liveRead
 	// The chunks are only read, here and by the loop: complete() copies
 	// what it changes.
 	ctx, cancel := context.WithCancel(ctx)
-	r := &liveReads{results: make(chan liveRead, 1), ctx: ctx, cancel: cancel, done: make(chan struct{})}
+	// Unbuffered: the goroutine holds the next chunk's payloads until the
+	// loop takes them, and reads no further, so that two chunks at most
+	// are in memory (this one, being written, and the next).
+	r := &liveReads{results: make(chan liveRead), ctx: ctx, cancel: cancel, done: make(chan struct{})}
 	go func() {
 		defer close(r.done)
 		// next() then says that the reads stopped (the pass's context
@@ -396,7 +398,7 @@ func (l *leaderLoop) readAhead(ctx context.Context, chunks [][]Change) *liveRead
 }
 
 // next returns the next chunk's live Secrets.
-func (r *liveReads) next() (map[ObjectKey]*corev1.Secret, error) {
+func (r *liveReads) next() (map[ObjectKey]*Payload, error) {
 	res, ok := <-r.results
 	if !ok {
 		return nil, fmt.Errorf("live reads stopped: %w", context.Cause(r.ctx))
@@ -412,19 +414,19 @@ func (r *liveReads) stop() {
 
 // complete returns chunk's changes with those of Secrets that the cache
 // keeps without their data (Change.Stripped) filled from live, the live
-// Secrets: their payloads and keyed hashes. A Secret gone or unlabelled
+// Secrets' payloads, and their keyed hashes. A Secret gone or unlabelled
 // since is left to the watch event that says so, and one whose live
 // content is what its row holds is dropped. chunk itself is not changed
 // (readAhead reads it meanwhile).
-func (l *leaderLoop) complete(chunk []Change, live map[ObjectKey]*corev1.Secret) []Change {
+func (l *leaderLoop) complete(chunk []Change, live map[ObjectKey]*Payload) []Change {
 	out := make([]Change, 0, len(chunk))
 	for _, c := range chunk {
 		if c.Stripped {
-			s := live[c.ObjectKey]
-			if s == nil || !syncable(s) {
+			p := live[c.ObjectKey]
+			if p == nil {
 				continue
 			}
-			c.Payload = payloadOf(s)
+			c.Payload = p
 			c.Hash = l.keys.Hash(c.Namespace, c.Name, c.Payload)
 			c.Stripped = false
 			row, ok := l.known[c.ObjectKey]

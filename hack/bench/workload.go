@@ -615,6 +615,7 @@ func (w *workload) latencyPhase(ctx context.Context, label string, leader, follo
 	timeouts := 0
 	start := time.Now()
 	w.logf("N=%d: latency (%s): %d updates, one at a time", w.n, label, updates)
+	passesBefore := map[*daemon]passTimes{leader: passTimesOf(ctx, leader), follower: passTimesOf(ctx, follower)}
 	for i := range updates {
 		for _, d := range []*daemon{leader, follower} {
 			if err := d.Exited(); err != nil {
@@ -668,10 +669,55 @@ func (w *workload) latencyPhase(ctx context.Context, label string, leader, follo
 	w.res.LatencyUpdates = ptr(len(lat))
 	w.logf("N=%d: latency (%s): p50 %.1f ms, p99 %.1f ms, max %.1f ms, min %.1f ms over %d updates (%s)",
 		w.n, label, **p50, **p99, **pmax, ms(lat[0]), len(lat), secs(time.Since(start)))
+	// What the loops spent meanwhile: an update that arrives during a
+	// pass waits for it, which is where a tail comes from.
+	for _, d := range []*daemon{leader, follower} {
+		w.logf("N=%d: latency (%s): %s passes meanwhile: %s", w.n, label, d.role, passTimesOf(ctx, d).since(passesBefore[d]))
+	}
 	if timeouts > 0 {
 		return fmt.Errorf("%d updates not seen within %s (counted as %s)", timeouts, w.opts.updateTimeout, w.opts.updateTimeout)
 	}
 	return nil
+}
+
+// passTimes are a daemon's reconcile passes so far, by kind: how many, and
+// their total duration in seconds (reconcile_duration_seconds).
+type passTimes map[string][2]float64
+
+// passTimesOf scrapes d's passes; nil if it cannot.
+func passTimesOf(ctx context.Context, d *daemon) passTimes {
+	ss, err := d.samples(ctx)
+	if err != nil {
+		return nil
+	}
+	out := passTimes{}
+	for _, s := range ss {
+		i := map[string]int{"kube_secret_sync_reconcile_duration_seconds_count": 0, "kube_secret_sync_reconcile_duration_seconds_sum": 1}
+		if n, ok := i[s.name]; ok {
+			v := out[s.labels["kind"]]
+			v[n] += s.value
+			out[s.labels["kind"]] = v
+		}
+	}
+	return out
+}
+
+// since describes the passes after before: count and mean duration by kind.
+func (p passTimes) since(before passTimes) string {
+	if p == nil || before == nil {
+		return "not scraped"
+	}
+	var parts []string
+	for _, kind := range slices.Sorted(maps.Keys(p)) {
+		n, sum := p[kind][0]-before[kind][0], p[kind][1]-before[kind][1]
+		if n > 0 {
+			parts = append(parts, fmt.Sprintf("%s %.0f, mean %.1f ms", kind, n, sum/n*1000))
+		}
+	}
+	if len(parts) == 0 {
+		return "none"
+	}
+	return strings.Join(parts, "; ")
 }
 
 // memoryCheck shows what unlabelled Secrets cost the running leader, next
