@@ -336,6 +336,87 @@ func TestChartLeaseName(t *testing.T) {
 	}
 }
 
+// TestChartNames: with fullnameOverride and nameOverride every object takes
+// the override, and what refers to another object (the RBAC's subjects, the
+// pods' ServiceAccount, the selectors of the Deployment, the Service and
+// the PodDisruptionBudget) still finds it. topologySpreadConstraints
+// replaces the default spread.
+func TestChartNames(t *testing.T) {
+	objs := mustHelmTemplate(t, "clusterName=c", "role=follower", "fullnameOverride=kss-eu", "nameOverride=sync",
+		"topologySpreadConstraints[0].maxSkew=2", "topologySpreadConstraints[0].topologyKey=example.com/rack",
+		"topologySpreadConstraints[0].whenUnsatisfiable=DoNotSchedule")
+	for _, o := range objs {
+		if !strings.HasPrefix(o.Name, "kss-eu") {
+			t.Errorf("%s: want a name that starts with fullnameOverride kss-eu", o)
+		}
+	}
+	p := policyFor(t, objs, namespace, "kss-eu")
+	if a := (access{"update", "coordination.k8s.io", "leases", namespace, "kube-secret-sync", true}); !p.allows(a) {
+		t.Errorf("ServiceAccount kss-eu may not %s", a)
+	}
+	var d struct {
+		Spec struct {
+			Selector struct{ MatchLabels map[string]string }
+			Template struct {
+				Metadata struct{ Labels map[string]string }
+				Spec     struct {
+					ServiceAccountName        string
+					TopologySpreadConstraints []struct {
+						MaxSkew     int
+						TopologyKey string
+					}
+				}
+			}
+		}
+	}
+	mustFind(t, objs, "Deployment", "kss-eu").into(t, &d)
+	pod := d.Spec.Template.Metadata.Labels
+	if got := d.Spec.Template.Spec.ServiceAccountName; got != "kss-eu" {
+		t.Errorf("serviceAccountName = %q; want kss-eu", got)
+	}
+	if pod["app.kubernetes.io/name"] != "sync" {
+		t.Errorf("pod label app.kubernetes.io/name = %q; want nameOverride sync", pod["app.kubernetes.io/name"])
+	}
+	if got := d.Spec.Template.Spec.TopologySpreadConstraints; len(got) != 1 || got[0].MaxSkew != 2 || got[0].TopologyKey != "example.com/rack" {
+		t.Errorf("topologySpreadConstraints = %+v; want only the one set", got)
+	}
+	selectors := map[string]map[string]string{"Deployment": d.Spec.Selector.MatchLabels}
+	for kind, field := range map[string]string{"Service": "selector", "PodDisruptionBudget": "matchLabels"} {
+		for _, o := range objs {
+			if o.Kind != kind {
+				continue
+			}
+			var v struct {
+				Spec struct {
+					Selector map[string]any
+				}
+			}
+			o.into(t, &v)
+			sel := v.Spec.Selector
+			if field == "matchLabels" {
+				sel, _ = sel["matchLabels"].(map[string]any)
+			}
+			selectors[kind] = map[string]string{}
+			for k, val := range sel {
+				selectors[kind][k], _ = val.(string)
+			}
+		}
+	}
+	if len(selectors) != 3 {
+		t.Errorf("selectors of %v; want a Deployment, a Service and a PodDisruptionBudget", slices.Sorted(maps.Keys(selectors)))
+	}
+	for kind, sel := range selectors {
+		if len(sel) == 0 {
+			t.Errorf("%s: no selector", kind)
+		}
+		for k, v := range sel {
+			if pod[k] != v {
+				t.Errorf("%s selects %s=%s; the pods have %q", kind, k, v, pod[k])
+			}
+		}
+	}
+}
+
 // TestChartInstall installs the chart for real with helm into a real API
 // server: its NOTES say what to do next, and helm uninstall removes what
 // it installed.

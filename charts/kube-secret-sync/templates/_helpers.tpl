@@ -1,18 +1,29 @@
+{{/* name: the chart's name, or nameOverride. */}}
+{{- define "kss.name" -}}
+{{- .Values.nameOverride | default .Chart.Name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
 {{/*
-fullname: the release's name, or the release's name with the chart's when
-it does not contain it, at most 63 characters (Helm's convention).
+fullname: fullnameOverride, else the release's name, or the release's name
+with the chart's when it does not contain it, at most 63 characters (Helm's
+convention).
 */}}
 {{- define "kss.fullname" -}}
-{{- if contains .Chart.Name .Release.Name -}}
+{{- if .Values.fullnameOverride -}}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- $name := include "kss.name" . -}}
+{{- if contains $name .Release.Name -}}
 {{- .Release.Name | trunc 63 | trimSuffix "-" -}}
 {{- else -}}
-{{- printf "%s-%s" .Release.Name .Chart.Name | trunc 63 | trimSuffix "-" -}}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
 {{- end -}}
 {{- end -}}
 
 {{/* selectorLabels select this release's pods; they never change. */}}
 {{- define "kss.selectorLabels" -}}
-app.kubernetes.io/name: {{ .Chart.Name }}
+app.kubernetes.io/name: {{ include "kss.name" . }}
 app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end -}}
 
