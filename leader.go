@@ -201,17 +201,22 @@ func (l *leaderLoop) reconcileFullFrom(ctx context.Context, db *dbDigests) (idle
 	l.mu.Lock()
 	l.dirty = map[ObjectKey]struct{}{}
 	l.mu.Unlock()
-	// Every labelled Secret and every row, without a slice of their keys
-	// (200,000 at N = 100,000): the keys of both are compacted once sorted.
+	// Every labelled Secret, with the cached Secret in hand, then every
+	// row whose Secret is not (a tombstone to write, or not this
+	// leader's): one lookup per Secret and one per row, where looking each
+	// key up on both sides took twice as long (an idle pass at N = 100,000
+	// is that loop). A Secret deleted in between may come twice (stale,
+	// then gone): the write of stale content finds it gone when it reads
+	// it (complete), and its watch event comes next anyway.
 	sources := l.sources.list()
-	keys := func(yield func(ObjectKey) bool) {
+	keys := func(yield func(ObjectKey, *cachedSecret) bool) {
 		for _, s := range sources {
-			if !yield(s.key()) {
+			if !yield(s.key(), l.syncableSource(s)) {
 				return
 			}
 		}
 		for k := range l.known {
-			if !yield(k) {
+			if l.sources.get(k) == nil && !yield(k, nil) {
 				return
 			}
 		}
@@ -260,7 +265,7 @@ func (l *leaderLoop) reconcileDirty(ctx context.Context) (idle bool, err error) 
 	if len(keys) == 0 {
 		return true, nil
 	}
-	if err := l.sync(ctx, "incremental", slices.Values(keys)); err != nil {
+	if err := l.sync(ctx, "incremental", withSource(slices.Values(keys), l.source)); err != nil {
 		l.mu.Lock()
 		for _, k := range keys {
 			l.dirty[k] = struct{}{}
@@ -272,9 +277,9 @@ func (l *leaderLoop) reconcileDirty(ctx context.Context) (idle bool, err error) 
 }
 
 // sync writes the rows of keys whose content differs from what is stored.
-func (l *leaderLoop) sync(ctx context.Context, kind string, keys iter.Seq[ObjectKey]) error {
+func (l *leaderLoop) sync(ctx context.Context, kind string, keys iter.Seq2[ObjectKey, *cachedSecret]) error {
 	cluster := l.claim.Holder
-	changes := l.guardDeletes(kind, rowChanges(keys, l.source, l.known, l.keys, l.owner(), l.now()))
+	changes := l.guardDeletes(kind, rowChanges(keys, l.known, l.keys, l.owner(), l.now()))
 	seal := func(version int64, c *Change) ([]byte, error) {
 		b := Binding{Namespace: c.Namespace, Name: c.Name, Version: version, SourceCluster: cluster}
 		ciphertext, err := l.keys.Seal(l.rand, b, c.Payload)
@@ -506,10 +511,15 @@ func (l *leaderLoop) guardDeletes(kind string, changes []Change) []Change {
 // is reported once (a log line, a Warning Event, row_errors_total{reason=
 // "credentials"}).
 func (l *leaderLoop) source(key ObjectKey) *cachedSecret {
-	s := l.sources.get(key)
+	return l.syncableSource(l.sources.get(key))
+}
+
+// syncableSource is source for the cached Secret s (nil for none).
+func (l *leaderLoop) syncableSource(s *cachedSecret) *cachedSecret {
 	if s == nil || s.syncable() {
 		return s
 	}
+	key := s.key()
 	if l.credentials[key] != s.uid {
 		l.credentials[key] = s.uid
 		l.metrics.rowErrors.WithLabelValues("credentials").Inc()
@@ -583,20 +593,21 @@ func (o owner) owns(key ObjectKey, row RowState) bool {
 var unfetched = &Payload{}
 
 // rowChanges decides the rows the leader writes for keys (duplicates
-// allowed, in any order): a Secret (as source returns it, nil when it is
-// gone or not labelled) whose keyed hash differs from its stored row, or a
+// allowed, in any order), each with its Secret (as leaderLoop.source
+// returns it, nil when it is gone or not labelled): a Secret whose keyed
+// hash differs from its stored row, or a
 // tombstone, stamped now, for a row this writer owns whose Secret is
 // gone. A row found damaged is rewritten (forced) either way. After ENCRYPTION_KEY changes, every hash differs and every
 // tombstone is under an old key, so the first full pass rewrites all of
 // this cluster's rows under the new key. The changes come sorted by
 // namespace and name.
-func rowChanges(keys iter.Seq[ObjectKey], source func(ObjectKey) *cachedSecret, stored map[ObjectKey]RowState, ring *Keyring, o owner, now time.Time) []Change {
+func rowChanges(keys iter.Seq2[ObjectKey, *cachedSecret], stored map[ObjectKey]RowState, ring *Keyring, o owner, now time.Time) []Change {
 	// Counted, then made in a slice of that size: a first pass of 100,000
 	// changes never holds a slice and its grown copy at once. An idle pass
 	// counts none and stops there.
 	n := 0
-	for key := range keys {
-		if _, ok := rowChange(key, source, stored, ring, o, now); ok {
+	for key, s := range keys {
+		if _, ok := rowChange(key, s, stored, ring, o, now); ok {
 			n++
 		}
 	}
@@ -604,8 +615,8 @@ func rowChanges(keys iter.Seq[ObjectKey], source func(ObjectKey) *cachedSecret, 
 		return nil
 	}
 	out := make([]Change, 0, n)
-	for key := range keys {
-		if c, ok := rowChange(key, source, stored, ring, o, now); ok {
+	for key, s := range keys {
+		if c, ok := rowChange(key, s, stored, ring, o, now); ok {
 			out = append(out, c)
 		}
 	}
@@ -616,10 +627,22 @@ func rowChanges(keys iter.Seq[ObjectKey], source func(ObjectKey) *cachedSecret, 
 	return slices.CompactFunc(out, func(a, b Change) bool { return a.ObjectKey == b.ObjectKey })
 }
 
-// rowChange is the change rowChanges makes for key, if any.
-func rowChange(key ObjectKey, source func(ObjectKey) *cachedSecret, stored map[ObjectKey]RowState, ring *Keyring, o owner, now time.Time) (Change, bool) {
+// withSource pairs each of keys with its Secret as source returns it.
+func withSource(keys iter.Seq[ObjectKey], source func(ObjectKey) *cachedSecret) iter.Seq2[ObjectKey, *cachedSecret] {
+	return func(yield func(ObjectKey, *cachedSecret) bool) {
+		for k := range keys {
+			if !yield(k, source(k)) {
+				return
+			}
+		}
+	}
+}
+
+// rowChange is the change rowChanges makes for key, whose Secret is s (nil
+// for none), if any.
+func rowChange(key ObjectKey, s *cachedSecret, stored map[ObjectKey]RowState, ring *Keyring, o owner, now time.Time) (Change, bool) {
 	row, ok := stored[key]
-	if s := source(key); s != nil {
+	if s != nil {
 		h, _ := s.hash(ring.ID())
 		if ok && !row.Tombstone && !row.Damaged && row.SourceCluster == o.cluster && hmac.Equal(row.Hash, h) {
 			return Change{}, false

@@ -111,7 +111,7 @@ func TestRowChanges(t *testing.T) {
 				}
 				return nil
 			}
-			got := rowChanges(slices.Values(keys), source, tt.stored, ring, owner{cluster: cluster}, now)
+			got := rowChanges(withSource(slices.Values(keys), source), tt.stored, ring, owner{cluster: cluster}, now)
 			var names []want
 			for _, c := range got {
 				names = append(names, want{c.Name, c.Payload.Deleted})
@@ -156,7 +156,7 @@ func TestRowChangesAfterTakeover(t *testing.T) {
 		{"ns", "changed"}: {SourceCluster: "cluster-a", KeyID: ring.ID(), Version: 8},
 		{"ns", "never"}:   {SourceCluster: "cluster-a", KeyID: ring.ID(), Version: 7},
 	}
-	got := rowChanges(maps.Keys(stored), gone, stored, ring, o, now)
+	got := rowChanges(withSource(maps.Keys(stored), gone), stored, ring, o, now)
 	if len(got) != 1 || got[0].Name != "held" || !got[0].Payload.Deleted {
 		t.Errorf("rowChanges = %v; want only a tombstone for ns/held", got)
 	}
@@ -178,14 +178,14 @@ func TestRowChangesIdempotent(t *testing.T) {
 		}
 		return nil
 	}
-	first := rowChanges(slices.Values(keys), source, stored, ring, owner{cluster: "c"}, now)
+	first := rowChanges(withSource(slices.Values(keys), source), stored, ring, owner{cluster: "c"}, now)
 	if len(first) != 2 {
 		t.Fatalf("first pass: %d changes; want 2", len(first))
 	}
 	for _, c := range first {
 		stored[c.ObjectKey] = RowState{Hash: c.Hash, Tombstone: c.Payload.Deleted, SourceCluster: "c", KeyID: ring.ID()}
 	}
-	if again := rowChanges(slices.Values(keys), source, stored, ring, owner{cluster: "c"}, now.Add(time.Hour)); len(again) != 0 {
+	if again := rowChanges(withSource(slices.Values(keys), source), stored, ring, owner{cluster: "c"}, now.Add(time.Hour)); len(again) != 0 {
 		t.Errorf("second pass: %d changes; want none", len(again))
 	}
 }
