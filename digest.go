@@ -22,6 +22,7 @@ import (
 	"crypto/md5"
 	"encoding/hex"
 	"fmt"
+	"maps"
 	"slices"
 	"strconv"
 
@@ -226,30 +227,48 @@ func (idx rowIndex) refreshAt(ctx context.Context, store *Store, db *dbDigests) 
 		return 0, 0, db.err
 	}
 	width := bucketWidth(db.maxVersion)
-	buckets, err = idx.update(ctx, store, width, db.sums, idx.digests(width))
+	local := db.local
+	if local == nil {
+		local = idx.digests(width)
+	}
+	buckets, err = idx.update(ctx, store, width, db.sums, local)
 	return db.maxVersion, buckets, err
 }
 
-// dbDigests is the database's side of a refresh: its version counter and
-// the digests of its buckets at that counter's width.
+// dbDigests is what digestsAhead reads for a refresh: the database's
+// version counter and the digests of its buckets at that counter's width,
+// and the index's digests at that width as they were when the read began
+// (local; nil to compute them at the refresh).
 type dbDigests struct {
 	maxVersion int64
 	sums       map[int64]string
+	local      map[int64]string
 	err        error
 }
 
 // digestsAhead reads the database's digests in a goroutine of its own, so
 // that a loop goes on pulling or writing while the database hashes every
 // row's header (about 200 ms at 100,000 rows); the full pass that uses
-// them waits for no such query.
-func digestsAhead(ctx context.Context, store *Store) <-chan dbDigests {
+// them waits for no such query. The index's own digests are computed
+// there too, from a copy of idx taken now: at 100,000 rows they cost the
+// loop about as much again (the MD5 of every key and every line, and a
+// sort), and a change made during that time waited for them. The copy is
+// older than the index by the time the pass uses it, which is harmless:
+// what the loop wrote or pulled since is in the index and in the table
+// alike, so a bucket it touched either still agrees (the index holds what
+// the table does) or differs and is read again, as a bucket written after
+// the database's digests is; anything else the next pass's copy shows.
+func digestsAhead(ctx context.Context, store *Store, idx rowIndex) <-chan dbDigests {
+	snapshot := maps.Clone(idx)
 	ch := make(chan dbDigests, 1)
 	go func() {
 		var db dbDigests
 		if db.maxVersion, db.err = store.MaxVersion(ctx); db.err != nil {
 			db.err = fmt.Errorf("read the database's version: %w", db.err)
 		} else {
-			db.sums, db.err = store.Digests(ctx, bucketWidth(db.maxVersion))
+			width := bucketWidth(db.maxVersion)
+			db.sums, db.err = concurrently(func() (map[int64]string, error) { return store.Digests(ctx, width) },
+				func() { db.local = snapshot.digests(width) })
 		}
 		ch <- db
 	}()

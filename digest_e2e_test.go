@@ -263,7 +263,7 @@ func TestDigestsReadAhead(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	leaderAhead, followerAhead := <-digestsAhead(ctx, store), <-digestsAhead(ctx, store)
+	leaderAhead, followerAhead := <-digestsAhead(ctx, store, l.known), <-digestsAhead(ctx, store, f.rows)
 	f.cursorAhead = f.cursor
 	e.mustCreateMany("t", 3)
 	eventually(t, syncTimeout, func() error {

@@ -177,7 +177,7 @@ func (f *followerLoop) run(ctx context.Context) error {
 			full = true
 		case <-tick.C:
 			if ahead == nil {
-				ahead = digestsAhead(ctx, f.store)
+				ahead = digestsAhead(ctx, f.store, f.rows)
 				f.cursorAhead = f.cursor
 			}
 		case db := <-ahead:

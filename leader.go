@@ -162,7 +162,7 @@ func (l *leaderLoop) run(ctx context.Context) error {
 			full = true
 		case <-tick.C:
 			if ahead == nil && !full {
-				ahead = digestsAhead(ctx, l.store)
+				ahead = digestsAhead(ctx, l.store, l.known)
 			}
 		case db := <-ahead:
 			ahead, ready = nil, &db
