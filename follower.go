@@ -266,12 +266,10 @@ func (f *followerLoop) reconcileFull(ctx context.Context) (idle bool, err error)
 func (f *followerLoop) reconcileFullFrom(ctx context.Context, db *dbDigests) (idle bool, err error) {
 	// The watched cache may lag the API server by a moment: a copy seen
 	// stale is applied against its cached state, and an update that loses
-	// the race fails with a conflict and is retried by the next pass.
-	cached := f.copies.list()
-	copies := make(map[ObjectKey]*cachedSecret, len(cached))
-	for _, s := range cached {
-		copies[s.key()] = s
-	}
+	// the race fails with a conflict and is retried by the next pass. Each
+	// row's copy is looked up in the cache itself, not in a map of every
+	// copy made for the pass (100,000 inserts at N = 100,000, every tick).
+	copies := f.copies.get
 	maxVersion, buckets, err := f.rows.refreshAt(ctx, f.store, db)
 	if err != nil {
 		return false, err
@@ -298,13 +296,16 @@ func (f *followerLoop) reconcileFullFrom(ctx context.Context, db *dbDigests) (id
 			upTo = c
 		}
 		// A value on the stack: only the rows out of sync are kept.
-		if r := headerRow(k, &st); !f.apply.skips(&r) && !inSync(&r, copies[k]) && !f.apply.isSettled(&r, copies[k]) {
+		if r := headerRow(k, &st); !f.apply.skips(&r) {
+			if c := copies(k); inSync(&r, c) || f.apply.isSettled(&r, c) {
+				continue
+			}
 			kept := r
 			todo = append(todo, &kept)
 		}
 	}
 	defer func() {
-		f.log.WithFields(logrus.Fields{"rows": len(f.rows), "buckets_read": buckets, "out_of_sync": len(todo), "copies": len(copies), "cursor": f.cursor.Version}).Debug("full pass done")
+		f.log.WithFields(logrus.Fields{"rows": len(f.rows), "buckets_read": buckets, "out_of_sync": len(todo), "cursor": f.cursor.Version}).Debug("full pass done")
 	}()
 	// Ciphertexts are read in one goroutine and applied in stream's: the
 	// next batch is read while this one is applied.
@@ -314,7 +315,7 @@ func (f *followerLoop) reconcileFullFrom(ctx context.Context, db *dbDigests) (id
 		defer close(batches)
 		fetchErr = f.queueOutOfSync(ctx, todo, batches)
 	}()
-	f.apply.stream(ctx, batches, func(r *Row) *cachedSecret { return copies[r.ObjectKey] })
+	f.apply.stream(ctx, batches, func(r *Row) *cachedSecret { return copies(r.ObjectKey) })
 	if fetchErr != nil {
 		return false, fetchErr
 	}
