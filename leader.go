@@ -52,6 +52,14 @@ type leaderLoop struct {
 	// after which it compares ciphertexts' hashes.
 	verifyAfter ObjectKey
 	sealAfter   int64
+	// checks delivers the verification of the rows a full pass picked,
+	// which runs in a goroutine of its own (startChecks); checking is
+	// true until the loop has taken it.
+	checks   chan rowChecks
+	checking bool
+	// loopCtx is run's context, which outlives each pass's: the
+	// verification started by one runs under it.
+	loopCtx context.Context
 	// held is how many deletes the last full pass held back (guardDeletes).
 	held int
 	// credentials holds the UID of each labelled Secret of a type that is
@@ -83,6 +91,7 @@ func newLeaderLoop(d loopDeps, claim Claim) *leaderLoop {
 		wake:        make(chan struct{}, 1),
 		known:       rowIndex{},
 		refused:     map[ObjectKey][]byte{},
+		checks:      make(chan rowChecks, 1),
 		credentials: map[ObjectKey]types.UID{},
 		hint:        d.cfg.PgNotify,
 	}
@@ -92,12 +101,15 @@ func (l *leaderLoop) enqueue(obj any) {
 	if d, ok := obj.(cache.DeletedFinalStateUnknown); ok {
 		obj = d.Obj
 	}
-	s, ok := obj.(*cachedSecret)
-	if !ok {
-		return
+	if s, ok := obj.(*cachedSecret); ok {
+		l.markDirty(s.key())
 	}
+}
+
+// markDirty has the next incremental pass reconcile key.
+func (l *leaderLoop) markDirty(key ObjectKey) {
 	l.mu.Lock()
-	l.dirty[s.key()] = struct{}{}
+	l.dirty[key] = struct{}{}
 	l.mu.Unlock()
 	select {
 	case l.wake <- struct{}{}:
@@ -118,6 +130,7 @@ func (l *leaderLoop) startWatch(ctx context.Context) (err error) {
 }
 
 func (l *leaderLoop) run(ctx context.Context) error {
+	l.loopCtx = ctx
 	if err := l.startWatch(ctx); err != nil {
 		return shutdownOr(ctx, err)
 	}
@@ -166,6 +179,11 @@ func (l *leaderLoop) run(ctx context.Context) error {
 			}
 		case db := <-ahead:
 			ahead, ready = nil, &db
+		case c := <-l.checks:
+			// Rows found damaged are rewritten by the incremental
+			// pass that follows (applyChecks marks them dirty).
+			l.checking = false
+			l.applyChecks(c)
 		case <-retry:
 		case <-wake:
 			// Let a burst of events (a kubectl apply of many Secrets)
