@@ -81,7 +81,10 @@ func (d *daemon) samples(ctx context.Context) ([]sample, error) {
 type procStats struct {
 	hwmMiB float64 // VmHWM: peak resident set
 	rssMiB float64 // VmRSS: resident set now
-	cpuS   float64 // utime + stime
+	// fileMiB (RssFile) is the part of VmRSS that is file pages (the
+	// binary's own), which the kernel reclaims under a memory limit.
+	fileMiB float64
+	cpuS    float64 // utime + stime
 }
 
 // clockTicks is sysconf(_SC_CLK_TCK), the unit of /proc/<pid>/stat's times.
@@ -115,17 +118,21 @@ func parseProc(status, stat string, ticks float64) (procStats, error) {
 	found := 0
 	for _, line := range strings.Split(status, "\n") {
 		k, v, ok := strings.Cut(line, ":")
-		if !ok || (k != "VmHWM" && k != "VmRSS") {
+		if !ok || (k != "VmHWM" && k != "VmRSS" && k != "RssFile") {
 			continue
 		}
 		kb, err := strconv.ParseFloat(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 64)
 		if err != nil {
 			return p, fmt.Errorf("/proc status %s: %w", k, err)
 		}
-		if k == "VmHWM" {
+		switch k {
+		case "VmHWM":
 			p.hwmMiB = kb / 1024
-		} else {
+		case "VmRSS":
 			p.rssMiB = kb / 1024
+		case "RssFile":
+			p.fileMiB = kb / 1024
+			continue
 		}
 		found++
 	}

@@ -472,6 +472,7 @@ func (w *workload) initialSync(ctx context.Context) (leader, follower *daemon, e
 	deadline := time.After(w.opts.syncTimeout)
 	halfway := false // heap profiles taken halfway (--profile)
 	early := false   // and after the first 10 s
+	peakProfiled := map[*daemon]float64{}
 	progress := time.NewTicker(10 * time.Second)
 	defer progress.Stop()
 	alive := time.NewTicker(200 * time.Millisecond)
@@ -491,7 +492,7 @@ func (w *workload) initialSync(ctx context.Context) (leader, follower *daemon, e
 			var rss []string
 			for _, d := range []*daemon{leader, follower} {
 				if p, err := readProc(d.Pid()); err == nil {
-					rss = append(rss, fmt.Sprintf("%s RSS %.0f MiB (peak %.0f)", d.role, p.rssMiB, p.hwmMiB))
+					rss = append(rss, fmt.Sprintf("%s RSS %.0f MiB (peak %.0f; file pages %.0f%s)", d.role, p.rssMiB, p.hwmMiB, p.fileMiB, heapOf(ctx, d)))
 				}
 			}
 			w.logf("N=%d: initial sync: %d/%d copies equal after %s; %s", w.n, m, n, secs(time.Since(start)), strings.Join(rss, ", "))
@@ -513,6 +514,12 @@ func (w *workload) initialSync(ctx context.Context) (leader, follower *daemon, e
 			for _, d := range []*daemon{leader, follower} {
 				if err := d.Exited(); err != nil {
 					return leader, follower, err
+				}
+				// A heap profile each time the peak rises by 8 MiB or
+				// more: the last one is the nearest to the peak.
+				if p, err := readProc(d.Pid()); err == nil && w.opts.profile > 0 && p.hwmMiB >= peakProfiled[d]+8 {
+					peakProfiled[d] = p.hwmMiB
+					w.saveProfile(ctx, d, "peak.heap", "/debug/pprof/heap")
 				}
 			}
 		}
@@ -953,6 +960,17 @@ func (w *workload) daemonDSN(role string) string {
 	}
 	u.Host = w.proxies[role].Addr
 	return u.String()
+}
+
+// heapOf describes d's Go heap (go_memstats): in use, and the size at
+// which the next collection starts; "" if it cannot be scraped.
+func heapOf(ctx context.Context, d *daemon) string {
+	ss, err := d.samples(ctx)
+	if err != nil {
+		return ""
+	}
+	mib := func(name string) float64 { return sumSamples(ss, name, nil) / (1 << 20) }
+	return fmt.Sprintf("; heap in use %.0f, next GC at %.0f", mib("go_memstats_heap_inuse_bytes"), mib("go_memstats_next_gc_bytes"))
 }
 
 // profileVars gives each daemon of the next pair a PPROF_ADDR, when the
