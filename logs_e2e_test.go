@@ -47,7 +47,7 @@ func startBinary(t *testing.T, bin string, env []string, out *syncBuffer, args .
 
 // binaryPair is the real binary running as leader and follower of e, with
 // the GOMEMLIMIT it sets itself under the Deployment's 256 MiB memory
-// limit (90% of it).
+// limit (all but 64 MiB of it).
 type binaryPair struct {
 	leader, follower         *daemon // their metrics
 	leaderProc, followerProc *os.Process
@@ -61,7 +61,7 @@ func (e *syncEnv) startBinaries(t *testing.T, bin string, tick int) binaryPair {
 	p := binaryPair{leader: &daemon{metrics: e.config(true).MetricsAddr}, follower: &daemon{metrics: e.config(true).MetricsAddr},
 		leaderOut: &syncBuffer{}, followerOut: &syncBuffer{}}
 	common := []string{"DSN=" + e.dsn, "ENCRYPTION_KEY=" + testKey, fmt.Sprintf("TICK_SECONDS=%d", tick), "POLL_SECONDS=0.1",
-		"CLUSTER_NAME=cluster-a", "NAMESPACES=" + e.ns, "GOMEMLIMIT=241591910"}
+		"CLUSTER_NAME=cluster-a", "NAMESPACES=" + e.ns, "GOMEMLIMIT=201326592"}
 	p.leaderProc = startBinary(t, bin, append([]string{"LEADER=1", "KUBECONFIG=" + e.leader.Kubeconfig, "POD_NAMESPACE=" + e.sysA,
 		"POD_NAME=leader-0", "METRICS_ADDR=" + p.leader.metrics}, common...), p.leaderOut)
 	p.followerProc = startBinary(t, bin, append([]string{"KUBECONFIG=" + e.follower.Kubeconfig, "POD_NAMESPACE=" + e.sysB,

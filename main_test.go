@@ -47,3 +47,20 @@ func runBinary(t *testing.T, bin string, env []string, args ...string) (stdout, 
 	}
 	return o.String(), e.String(), code
 }
+
+// TestMemoryLimitRatio: the Go runtime gets all but 64 MiB of a container's
+// memory limit, and at least half of it.
+func TestMemoryLimitRatio(t *testing.T) {
+	for _, tt := range []struct {
+		limit, want uint64
+	}{
+		{256 << 20, 192 << 20}, // the Deployment's
+		{1 << 30, 960 << 20},
+		{128 << 20, 64 << 20},
+		{64 << 20, 32 << 20}, // half, not 0
+	} {
+		if got := uint64(float64(tt.limit) * memoryLimitRatio(tt.limit)); got != tt.want {
+			t.Errorf("limit %d MiB: GOMEMLIMIT %d MiB; want %d MiB", tt.limit>>20, got>>20, tt.want>>20)
+		}
+	}
+}

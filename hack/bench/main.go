@@ -32,10 +32,11 @@ import (
 
 // options are the command line.
 // deploymentMemoryLimit is the GOMEMLIMIT that the daemon gives itself in
-// deploy/base's container: 90% of its 256 MiB memory limit, in bytes
+// deploy/base's container: its 256 MiB memory limit less the daemon's
+// 64 MiB headroom (memoryLimitRatio), in bytes
 // (TestDeploymentMemoryLimit keeps them in step). The daemons here run in
 // no cgroup of their own, so the bench sets it.
-const deploymentMemoryLimit = "241591910"
+const deploymentMemoryLimit = "201326592"
 
 type options struct {
 	binary         string
@@ -74,7 +75,7 @@ func main() {
 	flag.IntVar(&o.createWorkers, "create-workers", 32, "concurrent creates of the (untimed) set-up in cluster-a and of the unthrottled writer")
 	remote := flag.String("remote-db-sizes", "10000", `sizes measured again with a delaying TCP proxy between each daemon and PostgreSQL (--db-rtt), as if the database were in another region ("" for none)`)
 	flag.DurationVar(&o.dbRTT, "db-rtt", 100*time.Millisecond, "round trip the proxy adds for --remote-db-sizes")
-	flag.StringVar(&o.goMemLimit, "gomemlimit", deploymentMemoryLimit, `GOMEMLIMIT of every daemon: in the Deployment's container the daemon sets 90% of its memory limit ("" for none)`)
+	flag.StringVar(&o.goMemLimit, "gomemlimit", deploymentMemoryLimit, `GOMEMLIMIT of every daemon: in the Deployment's container the daemon sets its memory limit less 64 MiB ("" for none)`)
 	flag.DurationVar(&o.profile, "profile", 0, "profile the daemons of each initial sync (PPROF_ADDR): CPU over its first this long, and the heap after 10 s, halfway and when it completes, into the log directory, which is then kept (0: none)")
 	smoke := flag.Bool("smoke", false, "a quick check that everything works: N = 200, 20 updates, 500 unlabelled, 2 idle ticks; writes no JSON unless --out is given")
 	flag.Parse()
@@ -277,7 +278,7 @@ func (b *bench) method() []string {
 		"429s and errors in the initial sync: apiserver_request_total with code 429 on both API servers (API Priority and Fairness rejecting a request; client-go retries it after Retry-After), and the daemons' error-level log lines, from their start until the sync completed.",
 		fmt.Sprintf("idle: daemons restarted with TICK_SECONDS=%d (set for this phase only); after each finished 2 full passes and the leader had verified every row after its start (kube_secret_sync_rows_unverified 0; the passes that took are reported), %d ticks without change (+2 s for PostgreSQL's statistics flush). DB row writes: n_tup_ins+n_tup_upd+n_tup_del of every table but kss_writer (pg_stat_user_tables), cross-checked against the kss_secrets rows and kss_version; the writer claim's renewals (kss_writer) are counted apart; API writes: apiserver_request_total with verb POST/PUT/PATCH/DELETE/APPLY on secrets, configmaps and namespaces, both API servers (Lease renewals and Events are not sync work and not counted). Bytes read per full pass: what each daemon read from PostgreSQL in the window, counted by a TCP proxy of its own (no delay unless the database is made remote), divided by its full passes (the polls between passes included).", o.idleTick, o.idleTicks),
 		fmt.Sprintf("latency: %d single-Secret updates (merge patch of tls.crt in cluster-a), one at a time, each timed from just before the call until a watch on cluster-b sees the new data; a random pause of 0–POLL_SECONDS (%gs) between updates; binary defaults; then the same with both daemons restarted with PG_NOTIFY=0.", o.latencyUpdates, b.poll),
-		fmt.Sprintf("GOMEMLIMIT=%s for every daemon: what the daemon sets in deploy/base's container, 90%% of its memory limit (the Go runtime collects harder near it).", o.goMemLimit),
+		fmt.Sprintf("GOMEMLIMIT=%s for every daemon: what the daemon sets in deploy/base's container, its memory limit less 64 MiB for the binary's own pages and the kernel's buffers (the Go runtime collects harder near it).", o.goMemLimit),
 		"RSS = VmHWM (peak) and CPU = utime+stime of the daemon processes that ran the initial sync, the default-settings latency phase and the memory check, read just before their SIGTERM; *_all_runs_mib is the peak over every process of that role in the workload.",
 	}
 	if o.unlabelled > 0 {

@@ -219,7 +219,8 @@ func TestListeningSockets(t *testing.T) {
 }
 
 // TestDeploymentMemoryLimit: the bench's GOMEMLIMIT is the one the daemon
-// sets itself in the Deployment's container (90% of its memory limit).
+// sets itself in the Deployment's container (its memory limit less 64 MiB,
+// main.go's memoryLimitRatio).
 func TestDeploymentMemoryLimit(t *testing.T) {
 	b, err := os.ReadFile("../../deploy/base/deployment.yaml")
 	if err != nil {
@@ -233,7 +234,7 @@ func TestDeploymentMemoryLimit(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if want := strconv.FormatInt(int64(float64(q.Value())*0.9), 10); deploymentMemoryLimit != want {
+	if want := strconv.FormatInt(q.Value()-64<<20, 10); deploymentMemoryLimit != want {
 		t.Errorf("deploymentMemoryLimit = %s; the Deployment's limit is %s, so the daemon sets GOMEMLIMIT=%s", deploymentMemoryLimit, limit[1], want)
 	}
 	if strings.Contains(string(b), "name: GOMEMLIMIT") {
