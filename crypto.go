@@ -334,17 +334,13 @@ func (k *Keys) Seal(rand io.Reader, b Binding, p *Payload) ([]byte, error) {
 		return nil, fmt.Errorf("seal: %w", err)
 	}
 	defer plaintext.release()
-	return k.sealPlaintext(rand, b, plaintext.bytes)
-}
-
-func (k *Keys) sealPlaintext(rand io.Reader, b Binding, plaintext []byte) ([]byte, error) {
-	out := make([]byte, 1+nonceSize, sealedSize(plaintext))
+	out := make([]byte, 1+nonceSize, sealedSize(plaintext.bytes))
 	out[0] = formatV1
 	nonce := out[1 : 1+nonceSize]
 	if _, err := io.ReadFull(rand, nonce); err != nil {
 		return nil, fmt.Errorf("seal: read nonce: %w", err)
 	}
-	return k.aead.Seal(out, nonce, plaintext, associatedData(b, k.id)), nil
+	return k.aead.Seal(out, nonce, plaintext.bytes, associatedData(b, k.id)), nil
 }
 
 // CheckSealable reports why Seal would refuse p whatever the binding

@@ -183,7 +183,10 @@ func (l *leaderLoop) run(ctx context.Context) error {
 			// Rows found damaged are rewritten by the incremental
 			// pass that follows (applyChecks marks them dirty).
 			l.checking = false
-			l.applyChecks(c)
+			if c.err != nil {
+				l.log.WithError(c.err).Warn("verification of stored rows interrupted: the next full pass goes on")
+			}
+			l.metrics.unverified.Sub(float64(l.applyChecks(c)))
 		case <-retry:
 		case <-wake:
 			// Let a burst of events (a kubectl apply of many Secrets)
@@ -613,9 +616,8 @@ var unfetched = &Payload{}
 // rowChanges decides the rows the leader writes for keys (duplicates
 // allowed, in any order), each with its Secret (as leaderLoop.source
 // returns it, nil when it is gone or not labelled): a Secret whose keyed
-// hash differs from its stored row, or a
-// tombstone, stamped now, for a row this writer owns whose Secret is
-// gone. A row found damaged is rewritten (forced) either way. After ENCRYPTION_KEY changes, every hash differs and every
+// hash differs from its stored row, or a tombstone, stamped now, for a row
+// this writer owns whose Secret is gone. A row found damaged is rewritten (forced) either way. After ENCRYPTION_KEY changes, every hash differs and every
 // tombstone is under an old key, so the first full pass rewrites all of
 // this cluster's rows under the new key. The changes come sorted by
 // namespace and name.

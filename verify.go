@@ -202,12 +202,9 @@ func (l *leaderLoop) startChecks(ctx context.Context, rows []*Row) {
 // applyChecks records checks on the loop: the hash of each row that says
 // what the leader wrote, and the others damaged, to be rewritten by the
 // next pass (they are marked dirty). A row whose version moved since it
-// was read is left to the next refresh and verification.
-func (l *leaderLoop) applyChecks(c rowChecks) {
-	if c.err != nil {
-		l.log.WithError(c.err).Warn("verification of stored rows interrupted: the next full pass goes on")
-	}
-	verified := 0
+// was read is only reported if it was damaged; the next refresh and
+// verification see its new version. It returns how many rows verified.
+func (l *leaderLoop) applyChecks(c rowChecks) (verified int) {
 	for _, ch := range c.checks {
 		st, ok := l.known[ch.row.ObjectKey]
 		current := ok && st.Version == ch.row.Version
@@ -224,7 +221,7 @@ func (l *leaderLoop) applyChecks(c rowChecks) {
 			verified++
 		}
 	}
-	l.metrics.unverified.Sub(float64(verified))
+	return verified
 }
 
 // sealed records that the row of key at version holds a ciphertext of MD5

@@ -698,9 +698,9 @@ func passTimesOf(ctx context.Context, d *daemon) passTimes {
 		return nil
 	}
 	out := passTimes{}
+	field := map[string]int{"kube_secret_sync_reconcile_duration_seconds_count": 0, "kube_secret_sync_reconcile_duration_seconds_sum": 1}
 	for _, s := range ss {
-		i := map[string]int{"kube_secret_sync_reconcile_duration_seconds_count": 0, "kube_secret_sync_reconcile_duration_seconds_sum": 1}
-		if n, ok := i[s.name]; ok {
+		if n, ok := field[s.name]; ok {
 			v := out[s.labels["kind"]]
 			v[n] += s.value
 			out[s.labels["kind"]] = v
