@@ -62,7 +62,7 @@ func TestShutdownDuringPassIsQuiet(t *testing.T) {
 // is complete afterwards.
 func TestShutdownReleasesTheLeaseLast(t *testing.T) {
 	e := newSyncEnv(t)
-	e.start(e.config(true))
+	leader := e.start(e.config(true))
 	src := e.secrets(e.leader)
 	immutable := func(value string) *corev1.Secret {
 		s := labelled("recreated", map[string]string{"k": value})
@@ -96,11 +96,16 @@ func TestShutdownReleasesTheLeaseLast(t *testing.T) {
 	a := e.startWrapped(fa, hang)
 	e.waitSynced("recreated")
 
-	// A new value of an immutable Secret: the copy is recreated.
+	// A new value of an immutable Secret: the copy is recreated. The
+	// leader is stopped meanwhile, so that it writes the new value over
+	// the row, never a tombstone first (which the follower would apply as
+	// a plain delete, then a plain create).
+	leader.stop(t)
 	if err := src.Delete(t.Context(), "recreated", metav1.DeleteOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	mustCreate(t, src, immutable("new-"+secretValue))
+	e.start(e.config(true))
 	select {
 	case <-midStep:
 	case <-time.After(syncTimeout):
