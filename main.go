@@ -172,6 +172,11 @@ func restConfig(cfg *Config) (*rest.Config, error) {
 	// Secret lists of informers and full passes.
 	rc.AcceptContentTypes = "application/vnd.kubernetes.protobuf,application/json"
 	rc.ContentType = "application/vnd.kubernetes.protobuf"
+	// No gzip: the daemon talks to its own cluster's API server, where
+	// compressing every list of Secrets (random bytes in base64, which
+	// hardly compress) costs both sides CPU and saves no time. Like
+	// kube-controller-manager and kube-scheduler (kubernetes#80919).
+	rc.DisableCompression = true
 	if cfg.wrapTransport != nil {
 		rc.Wrap(cfg.wrapTransport)
 	}

@@ -3,10 +3,16 @@ package main
 import (
 	"bytes"
 	"errors"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"testing"
+
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
 
 	"github.com/kube-secret-sync/kube-secret-sync/internal/testenv"
 )
@@ -62,5 +68,47 @@ func TestMemoryLimitRatio(t *testing.T) {
 		if got := uint64(float64(tt.limit) * memoryLimitRatio(tt.limit)); got != tt.want {
 			t.Errorf("limit %d MiB: GOMEMLIMIT %d MiB; want %d MiB", tt.limit>>20, got>>20, tt.want>>20)
 		}
+	}
+}
+
+// TestClientAsksForNoCompression: the API server gzips a large list only
+// when the client accepts it, and Go's transport accepts gzip unless told
+// not to; the daemon's client must not (restConfig).
+func TestClientAsksForNoCompression(t *testing.T) {
+	encodings := make(chan string, 1)
+	// TLS, as every API server speaks: client-go gives a client without
+	// TLS settings Go's default transport, whatever rest.Config says.
+	srv := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		select {
+		case encodings <- r.Header.Get("Accept-Encoding"):
+		default:
+		}
+		w.Header().Set("Content-Type", "application/json")
+		_, _ = w.Write([]byte(`{"kind":"SecretList","apiVersion":"v1","metadata":{},"items":[]}`))
+	}))
+	defer srv.Close()
+	kubeconfig := filepath.Join(t.TempDir(), "kubeconfig")
+	if err := os.WriteFile(kubeconfig, []byte(`apiVersion: v1
+kind: Config
+clusters: [{name: c, cluster: {server: "`+srv.URL+`", insecure-skip-tls-verify: true}}]
+users: [{name: u, user: {token: t}}]
+contexts: [{name: c, context: {cluster: c, user: u}}]
+current-context: c
+`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	rc, err := restConfig(&Config{Kubeconfig: kubeconfig})
+	if err != nil {
+		t.Fatal(err)
+	}
+	client, err := kubernetes.NewForConfig(rc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := client.CoreV1().Secrets("default").List(t.Context(), metav1.ListOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if got := <-encodings; strings.Contains(got, "gzip") {
+		t.Fatalf("the daemon's client sent Accept-Encoding %q: the API server would gzip its lists", got)
 	}
 }

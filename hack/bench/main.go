@@ -156,6 +156,8 @@ func run(o options) int {
 		<-ctx.Done()
 		stop()
 	}()
+	// The profiles are written into the log directory, which is then kept.
+	o.keepLogs = o.keepLogs || o.profile > 0
 	b := &bench{opts: o, start: time.Now(), ports: map[string]bool{}}
 	rep, err := b.run(ctx)
 	if b.logDir != "" {

@@ -456,9 +456,6 @@ func (w *workload) initialSync(ctx context.Context) (leader, follower *daemon, e
 	start := time.Now()
 	var profiled sync.WaitGroup
 	defer profiled.Wait()
-	if w.opts.profile > 0 {
-		w.opts.keepLogs = true
-	}
 	if leader, follower, err = w.startPair("main", w.profileVars()); err != nil {
 		return leader, follower, err
 	}
