@@ -8,16 +8,21 @@ import (
 	"k8s.io/klog/v2"
 )
 
+// logTimeFormat is RFC 3339 with milliseconds.
+const logTimeFormat = "2006-01-02T15:04:05.000Z07:00"
+
 // newLogger configures logrus once: JSON by default, text with PRETTY=1,
 // debug level with DEBUG=1. client-go's own messages (leader election,
 // watch restarts) are routed through it so that every line has one format.
 func newLogger(cfg *Config) *logrus.Entry {
 	l := logrus.New()
 	l.SetOutput(os.Stderr)
+	// Milliseconds, as klog and controller-runtime's zap have: a sync of
+	// thousands of Secrets happens within a few seconds.
 	if on(cfg.Pretty) {
-		l.SetFormatter(&logrus.TextFormatter{FullTimestamp: true})
+		l.SetFormatter(&logrus.TextFormatter{FullTimestamp: true, TimestampFormat: logTimeFormat})
 	} else {
-		l.SetFormatter(&logrus.JSONFormatter{})
+		l.SetFormatter(&logrus.JSONFormatter{TimestampFormat: logTimeFormat})
 	}
 	if on(cfg.Debug) {
 		l.SetLevel(logrus.DebugLevel)

@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 
@@ -110,5 +111,19 @@ current-context: c
 	}
 	if got := <-encodings; strings.Contains(got, "gzip") {
 		t.Fatalf("the daemon's client sent Accept-Encoding %q: the API server would gzip its lists", got)
+	}
+}
+
+// TestLogTimestampsHaveMilliseconds: a first sync applies thousands of
+// Secrets a second, so a log line's time says the millisecond.
+func TestLogTimestampsHaveMilliseconds(t *testing.T) {
+	for _, pretty := range []string{"", "1"} {
+		log := newLogger(&Config{Pretty: pretty})
+		var buf bytes.Buffer
+		log.Logger.SetOutput(&buf)
+		log.Info("applied")
+		if !regexp.MustCompile(`\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}(Z|[+-]\d\d:\d\d)`).Match(buf.Bytes()) {
+			t.Errorf("PRETTY=%q: no timestamp with milliseconds in %q", pretty, buf.String())
+		}
 	}
 }
