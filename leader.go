@@ -617,9 +617,10 @@ var unfetched = &Payload{}
 // allowed, in any order), each with its Secret (as leaderLoop.source
 // returns it, nil when it is gone or not labelled): a Secret whose keyed
 // hash differs from its stored row, or a tombstone, stamped now, for a row
-// this writer owns whose Secret is gone. A row found damaged is rewritten (forced) either way. After ENCRYPTION_KEY changes, every hash differs and every
-// tombstone is under an old key, so the first full pass rewrites all of
-// this cluster's rows under the new key. The changes come sorted by
+// this writer owns whose Secret is gone. A row found damaged is rewritten
+// (forced) either way. After ENCRYPTION_KEY changes, every hash differs and
+// every tombstone is under an old key, so the first full pass rewrites all
+// of this cluster's rows under the new key. The changes come sorted by
 // namespace and name.
 func rowChanges(keys iter.Seq2[ObjectKey, *cachedSecret], stored map[ObjectKey]RowState, ring *Keyring, o owner, now time.Time) []Change {
 	// Counted, then made in a slice of that size: a first pass of 100,000
