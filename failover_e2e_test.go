@@ -16,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -102,12 +103,13 @@ func (p *proc) kill() {
 }
 
 // claimHolder reads the writer claim: the zero ClaimState until the
-// first daemon has migrated the database.
+// first daemon has migrated the database (no table yet, or the table
+// without its row: migration 0002 creates one, then inserts the other).
 func (e *failoverEnv) claimHolder() ClaimState {
 	e.t.Helper()
 	c, err := e.db.ReadClaim(e.t.Context())
 	var pgErr *pgconn.PgError
-	if errors.As(err, &pgErr) && pgErr.Code == "42P01" {
+	if errors.As(err, &pgErr) && pgErr.Code == "42P01" || errors.Is(err, pgx.ErrNoRows) {
 		return ClaimState{}
 	}
 	if err != nil {
