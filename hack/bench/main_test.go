@@ -5,6 +5,7 @@ import (
 	"maps"
 	"os"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -239,5 +240,46 @@ func TestDeploymentMemoryLimit(t *testing.T) {
 	}
 	if strings.Contains(string(b), "name: GOMEMLIMIT") {
 		t.Error("the Deployment sets GOMEMLIMIT: the bench should use that value")
+	}
+}
+
+func TestParseStatCPU(t *testing.T) {
+	// A command name with a space and a parenthesis, as /proc shows it.
+	stat := "4242 (kube apiserver) S 1 4242 4242 0 -1 4194560 100 0 0 0 250 150 0 0 20 0 12 0 987654 1000000 2000 18446744073709551615"
+	p, ok := parseStatCPU(stat, 100)
+	if !ok {
+		t.Fatal("not parsed")
+	}
+	if p.comm != "kube apiserver" || p.cpuS != 4 || p.started != 987654 {
+		t.Errorf("got %+v, want comm %q, 4 CPU-seconds, started 987654", p, "kube apiserver")
+	}
+	if _, ok := parseStatCPU("4242 (short) S 1 2", 100); ok {
+		t.Error("a truncated stat line parsed")
+	}
+}
+
+func TestCPUSince(t *testing.T) {
+	before := cpuSnapshot{
+		1: {comm: "postgres", started: 10, cpuS: 5},
+		2: {comm: "postgres", started: 10, cpuS: 1},
+		3: {comm: "kube-apiserver", started: 10, cpuS: 7},
+		4: {comm: "sh", started: 10, cpuS: 3},
+		5: {comm: "kworker/0:1-events", started: 10, cpuS: 2},
+	}
+	after := cpuSnapshot{
+		1: {comm: "postgres", started: 10, cpuS: 6},                // +1
+		2: {comm: "postgres", started: 10, cpuS: 1.5},              // +0.5
+		3: {comm: "kube-apiserver", started: 10, cpuS: 9},          // +2, named
+		4: {comm: "sleep", started: 20, cpuS: 0.25},                // pid reused: 0.25 from zero
+		5: {comm: "kworker/0:1-writeback", started: 10, cpuS: 2.5}, // renamed worker: +0.5
+		6: {comm: "tiny", started: 30, cpuS: 0.01},                 // new, below the cut
+	}
+	got := cpuSince(before, after, map[int]string{3: "kube-apiserver-b"})
+	want := []cpuUse{{"kube-apiserver-b", 2}, {"postgres", 1.5}, {"kworker", 0.5}, {"sleep", 0.25}, {"other", 0.01}}
+	if !slices.Equal(got, want) {
+		t.Errorf("cpuSince = %v, want %v", got, want)
+	}
+	if s := formatCPUUse(want); s != "total 4.26s: kube-apiserver-b 2.00s, postgres 1.50s, kworker 0.50s, sleep 0.25s, other 0.01s" {
+		t.Errorf("formatCPUUse = %q", s)
 	}
 }

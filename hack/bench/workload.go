@@ -209,15 +209,32 @@ func (w *workload) unthrottledWriter(ctx context.Context) error {
 	namespaces, secrets := w.sourceCopies("unthrottled")
 	w.logf("N=%d: unthrottled writer: %d Secrets + %d namespaces into %s, %d workers, no client rate limit",
 		w.n, w.n, len(namespaces), testenv.ClusterB, w.opts.createWorkers)
+	cpuBefore := takeCPUSnapshot()
 	start := time.Now()
 	if err := createAll(ctx, c, w.opts.createWorkers, namespaces, secrets, nil); err != nil {
 		return err
 	}
 	took := time.Since(start)
+	w.logf("N=%d: unthrottled writer: CPU by process, %s", w.n, formatCPUUse(cpuSince(cpuBefore, takeCPUSnapshot(), w.cpuNames())))
 	w.res.UnthrottledWriteS = round(took.Seconds(), 2)
 	w.res.UnthrottledWorkers = ptr(w.opts.createWorkers)
 	w.logf("N=%d: unthrottled writer: done in %s (%.0f Secrets/s)", w.n, secs(took), float64(w.n)/took.Seconds())
 	return nil
+}
+
+// cpuNames names the processes of the bench's machine for cpuSince: the
+// clusters' servers, the bench itself (with the delaying proxy, when the
+// database is remote) and the daemons ds.
+func (w *workload) cpuNames(ds ...*daemon) map[int]string {
+	names := map[int]string{os.Getpid(): "bench"}
+	for _, c := range []*testenv.Cluster{w.a, w.b} {
+		apiserver, etcd := c.Pids()
+		names[apiserver], names[etcd] = "kube-apiserver-"+c.Name, "etcd-"+c.Name
+	}
+	for _, d := range ds {
+		names[d.Pid()] = d.role
+	}
+	return names
 }
 
 // daemonVars is a daemon's environment: the binary's defaults plus extra.
@@ -453,6 +470,7 @@ func (w *workload) initialSync(ctx context.Context) (leader, follower *daemon, e
 		return nil, nil, err
 	}
 	w.logf("N=%d: initial sync: starting leader and follower (binary defaults)", w.n)
+	cpuBefore := takeCPUSnapshot()
 	start := time.Now()
 	var profiled sync.WaitGroup
 	defer profiled.Wait()
@@ -522,6 +540,7 @@ func (w *workload) initialSync(ctx context.Context) (leader, follower *daemon, e
 		}
 	}
 	took := time.Since(start)
+	w.logf("N=%d: initial sync: CPU by process, %s", w.n, formatCPUUse(cpuSince(cpuBefore, takeCPUSnapshot(), w.cpuNames(leader, follower))))
 	w.res.InitialSyncS = round(took.Seconds(), 2)
 	if after, err := w.count429s(ctx); err == nil {
 		w.res.InitialSync429s = ptr(int64(after - before429))

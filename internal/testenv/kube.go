@@ -254,6 +254,11 @@ func (c *Cluster) waitReady(ctx context.Context, caFile string) error {
 // on the same address with the same certificate.
 func (c *Cluster) PauseAPIServer() { c.apiserver.stop(syscall.SIGTERM, 10*time.Second) }
 
+// Pids are the process ids of the cluster's kube-apiserver and etcd.
+func (c *Cluster) Pids() (apiserver, etcd int) {
+	return c.apiserver.cmd.Process.Pid, c.etcd.cmd.Process.Pid
+}
+
 // FreezeAPIServer stops the kube-apiserver process with SIGSTOP: its
 // connections stay open but nothing is answered, as with a hung server.
 // ThawAPIServer (SIGCONT) lets it go on.
