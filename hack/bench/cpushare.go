@@ -2,11 +2,14 @@ package main
 
 import (
 	"cmp"
+	"context"
 	"fmt"
 	"os"
 	"slices"
 	"strconv"
 	"strings"
+
+	"github.com/kube-secret-sync/kube-secret-sync/internal/testenv"
 )
 
 // cpuSnapshot is the CPU time used so far by every process on the machine,
@@ -119,4 +122,54 @@ func formatCPUUse(uses []cpuUse) string {
 		parts = append(parts, fmt.Sprintf("%s %.2fs", u.name, u.cpuS))
 	}
 	return fmt.Sprintf("total %.2fs: %s", total, strings.Join(parts, ", "))
+}
+
+// apiRequests is the count of requests an API server served, by verb and
+// resource (a watch counts when it ends), of watch events it sent and of
+// watches it closed on a slow client, by resource (its own
+// apiserver_request_total, apiserver_watch_events_total and
+// apiserver_terminated_watchers_total).
+func apiRequests(ctx context.Context, c *testenv.Cluster) (map[string]float64, error) {
+	b, err := c.Clientset.CoreV1().RESTClient().Get().AbsPath("/metrics").DoRaw(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("%s /metrics: %w", c.Name, err)
+	}
+	out := map[string]float64{}
+	for _, s := range parseSamples(string(b)) {
+		switch s.name {
+		case "apiserver_request_total":
+			r := s.labels["resource"]
+			if sub := s.labels["subresource"]; sub != "" {
+				r += "/" + sub
+			}
+			out[s.labels["verb"]+" "+r] += s.value
+		case "apiserver_watch_events_total":
+			out["watch-event "+s.labels["resource"]] += s.value
+		case "apiserver_terminated_watchers_total":
+			// Closed by the server because the client read too slowly.
+			out["terminated-watch "+s.labels["resource"]] += s.value
+		}
+	}
+	return out, nil
+}
+
+// formatRequestsSince renders what after counts beyond before, largest
+// first, leaving out what did not grow.
+func formatRequestsSince(before, after map[string]float64) string {
+	type count struct {
+		what string
+		n    float64
+	}
+	var grew []count
+	for what, n := range after {
+		if d := n - before[what]; d > 0 {
+			grew = append(grew, count{what, d})
+		}
+	}
+	slices.SortFunc(grew, func(x, y count) int { return cmp.Or(cmp.Compare(y.n, x.n), cmp.Compare(x.what, y.what)) })
+	parts := make([]string, 0, len(grew))
+	for _, c := range grew {
+		parts = append(parts, fmt.Sprintf("%s %.0f", c.what, c.n))
+	}
+	return strings.Join(parts, ", ")
 }

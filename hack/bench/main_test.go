@@ -13,6 +13,8 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes/fake"
 )
 
 // The bench's figures rest on these parsers: one that misreads a line
@@ -128,8 +130,13 @@ func TestTracker(t *testing.T) {
 		s.Namespace, s.Name = ns, name
 		return s
 	}
-	// observe hands the tracker what the informer's transform makes.
-	observe := func(s *corev1.Secret) { tr.observe(slim(s), false) }
+	// observe hands the tracker what the informer's transform makes of
+	// the copy's metadata, annotated as the bench annotates its sources.
+	meta := func(s *corev1.Secret) *metav1.PartialObjectMetadata {
+		digestAnnotated(s)
+		return slim(&metav1.PartialObjectMetadata{ObjectMeta: s.ObjectMeta})
+	}
+	observe := func(s *corev1.Secret) { tr.observe(meta(s), false) }
 	a, b := secret("ns", "a", "1"), secret("ns", "b", "1")
 	observe(a) // present before anything is expected
 	all := tr.expectAll([]*corev1.Secret{a, b})
@@ -139,6 +146,11 @@ func TestTracker(t *testing.T) {
 	observe(secret("ns", "b", "stale"))
 	if isClosed(all) {
 		t.Fatal("all closed with b different")
+	}
+	unannotated := secret("ns", "b", "1")
+	tr.observe(slim(&metav1.PartialObjectMetadata{ObjectMeta: unannotated.ObjectMeta}), false)
+	if isClosed(all) {
+		t.Fatal("all closed with b's copy lacking the digest annotation")
 	}
 	observe(b)
 	if !isClosed(all) {
@@ -156,9 +168,33 @@ func TestTracker(t *testing.T) {
 	if !isClosed(ch) {
 		t.Fatal("update not seen")
 	}
-	tr.observe(a2, true)
+	tr.observe(meta(a2), true)
 	if m, _, present := tr.progress(); m != 1 || present != 1 {
 		t.Errorf("after delete: matched %d, present %d; want 1, 1", m, present)
+	}
+}
+
+// TestVerifyCopies: the check after the timed window compares the copies'
+// data, whatever their annotations say.
+func TestVerifyCopies(t *testing.T) {
+	secret := func(ns, name, crt string) *corev1.Secret {
+		s := &corev1.Secret{Type: corev1.SecretTypeTLS, Data: map[string][]byte{"tls.crt": []byte(crt)}}
+		s.Namespace, s.Name, s.Labels = ns, name, map[string]string{managedLabel: "true"}
+		digestAnnotated(s)
+		return s
+	}
+	a, b, c := secret("ns", "a", "1"), secret("ns", "b", "1"), secret("ns", "c", "1")
+	forged := b.DeepCopy()
+	forged.Data["tls.crt"] = []byte("other") // annotation still says "1"
+	client := fake.NewClientset(a, forged, secret("ns", "unwanted", "x"))
+	tr := &tracker{want: map[key]digest{}, have: map[key]digest{}, waiters: map[key][]chan struct{}{}}
+	tr.expectAll([]*corev1.Secret{a, b, c})
+	bad, some, err := tr.verifyCopies(t.Context(), client)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := []string{"ns/b (data differs)", "ns/c (missing)"}; bad != 2 || !slices.Equal(some, want) {
+		t.Errorf("verifyCopies = %d, %q; want 2, %q", bad, some, want)
 	}
 }
 

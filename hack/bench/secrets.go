@@ -170,7 +170,8 @@ func namespaceNames(prefix string, count int) []string {
 	return out
 }
 
-// newSecrets returns n TLS Secrets spread round-robin over namespaces.
+// newSecrets returns n TLS Secrets spread round-robin over namespaces,
+// with their digest annotation.
 // Their key pairs are made on every core.
 func newSecrets(n int, namespaces []string, labels map[string]string) ([]*corev1.Secret, error) {
 	out := make([]*corev1.Secret, n)
@@ -195,6 +196,7 @@ func newSecrets(n int, namespaces []string, labels map[string]string) ([]*corev1
 					Type:       corev1.SecretTypeTLS,
 					Data:       data,
 				}
+				digestAnnotated(out[i])
 			}
 		})
 	}

@@ -172,7 +172,7 @@ func (w *workload) setUp(ctx context.Context) error {
 	// The watch ends before the clusters do (close), not with ctx.
 	wctx, cancel := context.WithCancel(ctx)
 	w.stopWatch = cancel
-	if w.tr, err = startTracker(wctx, w.b.Clientset); err != nil {
+	if w.tr, err = startTracker(wctx, w.b.Config); err != nil {
 		return err
 	}
 	return nil
@@ -209,6 +209,7 @@ func (w *workload) unthrottledWriter(ctx context.Context) error {
 	namespaces, secrets := w.sourceCopies("unthrottled")
 	w.logf("N=%d: unthrottled writer: %d Secrets + %d namespaces into %s, %d workers, no client rate limit",
 		w.n, w.n, len(namespaces), testenv.ClusterB, w.opts.createWorkers)
+	requestsBefore := w.requestCounts(ctx)
 	cpuBefore := takeCPUSnapshot()
 	start := time.Now()
 	if err := createAll(ctx, c, w.opts.createWorkers, namespaces, secrets, nil); err != nil {
@@ -216,6 +217,7 @@ func (w *workload) unthrottledWriter(ctx context.Context) error {
 	}
 	took := time.Since(start)
 	w.logf("N=%d: unthrottled writer: CPU by process, %s", w.n, formatCPUUse(cpuSince(cpuBefore, takeCPUSnapshot(), w.cpuNames())))
+	w.logRequestsSince(ctx, "unthrottled writer", requestsBefore)
 	w.res.UnthrottledWriteS = round(took.Seconds(), 2)
 	w.res.UnthrottledWorkers = ptr(w.opts.createWorkers)
 	w.logf("N=%d: unthrottled writer: done in %s (%.0f Secrets/s)", w.n, secs(took), float64(w.n)/took.Seconds())
@@ -235,6 +237,48 @@ func (w *workload) cpuNames(ds ...*daemon) map[int]string {
 		names[d.Pid()] = d.role
 	}
 	return names
+}
+
+// requestCounts is apiRequests of each cluster, by name; a cluster whose
+// metrics cannot be read is left out.
+func (w *workload) requestCounts(ctx context.Context) map[string]map[string]float64 {
+	out := map[string]map[string]float64{}
+	for _, c := range []*testenv.Cluster{w.a, w.b} {
+		if r, err := apiRequests(ctx, c); err == nil {
+			out[c.Name] = r
+		}
+	}
+	return out
+}
+
+// logRequestsSince logs what each API server served in a phase, and the
+// watches it closed because their client read too slowly.
+func (w *workload) logRequestsSince(ctx context.Context, phase string, before map[string]map[string]float64) {
+	counts := w.requestCounts(ctx)
+	for _, c := range []*testenv.Cluster{w.a, w.b} {
+		b, ok := before[c.Name]
+		if !ok || counts[c.Name] == nil {
+			continue
+		}
+		w.logf("N=%d: %s: %s served %s", w.n, phase, c.Name, formatRequestsSince(b, counts[c.Name]))
+		if counts[c.Name]["terminated-watch secrets"] > b["terminated-watch secrets"] {
+			for _, line := range slowWatchers(c.APIServerLog(), 3) {
+				w.logf("N=%d: %s: %s log: %s", w.n, phase, c.Name, line)
+			}
+		}
+	}
+}
+
+// slowWatchers are the last lines (up to last) of an API server's log that say it
+// closed a watch on an unresponsive client.
+func slowWatchers(log string, last int) []string {
+	var out []string
+	for _, line := range strings.Split(log, "\n") {
+		if strings.Contains(line, "unresponsive") {
+			out = append(out, line)
+		}
+	}
+	return out[max(0, len(out)-last):]
 }
 
 // daemonVars is a daemon's environment: the binary's defaults plus extra.
@@ -470,6 +514,7 @@ func (w *workload) initialSync(ctx context.Context) (leader, follower *daemon, e
 		return nil, nil, err
 	}
 	w.logf("N=%d: initial sync: starting leader and follower (binary defaults)", w.n)
+	requestsBefore := w.requestCounts(ctx)
 	cpuBefore := takeCPUSnapshot()
 	start := time.Now()
 	var profiled sync.WaitGroup
@@ -541,6 +586,7 @@ func (w *workload) initialSync(ctx context.Context) (leader, follower *daemon, e
 	}
 	took := time.Since(start)
 	w.logf("N=%d: initial sync: CPU by process, %s", w.n, formatCPUUse(cpuSince(cpuBefore, takeCPUSnapshot(), w.cpuNames(leader, follower))))
+	w.logRequestsSince(ctx, "initial sync", requestsBefore)
 	w.res.InitialSyncS = round(took.Seconds(), 2)
 	if after, err := w.count429s(ctx); err == nil {
 		w.res.InitialSync429s = ptr(int64(after - before429))
@@ -555,6 +601,9 @@ func (w *workload) initialSync(ctx context.Context) (leader, follower *daemon, e
 	}
 	w.res.InitialSyncErrors = ptr(errorLines)
 	w.logf("N=%d: initial sync: all %d copies equal after %s (%.0f Secrets/s)", w.n, w.n, secs(took), float64(w.n)/took.Seconds())
+	if err := w.verifyCopies(ctx, "initial sync"); err != nil {
+		return leader, follower, err
+	}
 	if w.opts.profile > 0 {
 		for _, d := range []*daemon{leader, follower} {
 			w.saveProfile(ctx, d, "heap", "/debug/pprof/heap")
@@ -650,10 +699,14 @@ func (w *workload) latencyPhase(ctx context.Context, label string, leader, follo
 		if err != nil {
 			return err
 		}
-		data := maps.Clone(s.Data)
-		data[corev1.TLSCertKey] = crt
-		seen := w.tr.expect(key{s.Namespace, s.Name}, digestOf(s.Type, data))
-		patch, err := json.Marshal(map[string]any{"data": map[string][]byte{corev1.TLSCertKey: crt}})
+		renewed := s.DeepCopy()
+		renewed.Data[corev1.TLSCertKey] = crt
+		digestAnnotated(renewed)
+		seen := w.tr.expect(key{s.Namespace, s.Name}, digestOf(renewed.Type, renewed.Data))
+		patch, err := json.Marshal(map[string]any{
+			"metadata": map[string]any{"annotations": map[string]string{digestAnnotation: renewed.Annotations[digestAnnotation]}},
+			"data":     map[string][]byte{corev1.TLSCertKey: crt},
+		})
 		if err != nil {
 			return err
 		}
@@ -661,7 +714,7 @@ func (w *workload) latencyPhase(ctx context.Context, label string, leader, follo
 		if _, err := w.fastA.CoreV1().Secrets(s.Namespace).Patch(ctx, s.Name, types.MergePatchType, patch, metav1.PatchOptions{}); err != nil {
 			return fmt.Errorf("update %s/%s: %w", s.Namespace, s.Name, err)
 		}
-		s.Data = data
+		s.Data, s.Annotations = renewed.Data, renewed.Annotations
 		select {
 		case <-seen:
 			lat = append(lat, time.Since(t0))
@@ -700,6 +753,20 @@ func (w *workload) latencyPhase(ctx context.Context, label string, leader, follo
 	if timeouts > 0 {
 		return fmt.Errorf("%d updates not seen within %s (counted as %s)", timeouts, w.opts.updateTimeout, w.opts.updateTimeout)
 	}
+	return w.verifyCopies(ctx, "latency ("+label+")")
+}
+
+// verifyCopies checks, after a timed phase, that every copy's data is what
+// the tracker saw announced by its digest annotation.
+func (w *workload) verifyCopies(ctx context.Context, phase string) error {
+	bad, some, err := w.tr.verifyCopies(ctx, w.b.Clientset)
+	if err != nil {
+		return err
+	}
+	if bad > 0 {
+		return fmt.Errorf("%s: %d copies in %s do not hold their source's data: %s", phase, bad, testenv.ClusterB, strings.Join(some, ", "))
+	}
+	w.logf("N=%d: %s: every copy's data checked against its source", w.n, phase)
 	return nil
 }
 

@@ -254,6 +254,9 @@ func (c *Cluster) waitReady(ctx context.Context, caFile string) error {
 // on the same address with the same certificate.
 func (c *Cluster) PauseAPIServer() { c.apiserver.stop(syscall.SIGTERM, 10*time.Second) }
 
+// APIServerLog is the end of the kube-apiserver's log (its last 64 KiB).
+func (c *Cluster) APIServerLog() string { return c.apiserver.log.String() }
+
 // Pids are the process ids of the cluster's kube-apiserver and etcd.
 func (c *Cluster) Pids() (apiserver, etcd int) {
 	return c.apiserver.cmd.Process.Pid, c.etcd.cmd.Process.Pid
