@@ -62,6 +62,7 @@ type supervised struct {
 
 	mu       sync.Mutex
 	cmd      *exec.Cmd
+	running  bool // cmd has started and not yet exited
 	stopping bool
 	exits    []string  // how each run ended, but the last
 	downTill time.Time // no restart before then (down)
@@ -88,7 +89,7 @@ func (s *supervised) loop() {
 			return
 		}
 		err := cmd.Start()
-		s.cmd = cmd
+		s.cmd, s.running = cmd, err == nil
 		s.mu.Unlock()
 		if err != nil {
 			s.t.Errorf("%s: start: %v", s.name, err)
@@ -96,6 +97,7 @@ func (s *supervised) loop() {
 		}
 		err = cmd.Wait()
 		s.mu.Lock()
+		s.running = false
 		stopping := s.stopping
 		if !stopping {
 			s.exits = append(s.exits, fmt.Sprint(err))
@@ -107,10 +109,18 @@ func (s *supervised) loop() {
 			}
 			return
 		}
-		s.mu.Lock()
-		backoff := max(time.Second, time.Until(s.downTill))
-		s.mu.Unlock()
-		time.Sleep(backoff) // a restart backoff (or a lost region), not a synchronisation
+		time.Sleep(time.Second) // a restart backoff, not a synchronisation
+		// A region lost during the backoff keeps the process down, so
+		// the time left is read after it.
+		for {
+			s.mu.Lock()
+			left := time.Until(s.downTill)
+			s.mu.Unlock()
+			if left <= 0 {
+				break
+			}
+			time.Sleep(left) // the lost region's time, not a synchronisation
+		}
 	}
 }
 
@@ -124,10 +134,13 @@ func (s *supervised) down(d time.Duration) {
 }
 
 // pause stops the running process (SIGSTOP) for d, then lets it go on.
+// A process between restarts stays down for d instead: either way it
+// does nothing for that long.
 func (s *supervised) pause(d time.Duration) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.cmd == nil || s.cmd.Process == nil {
+	if !s.running {
+		s.downTill = time.Now().Add(d)
 		return
 	}
 	p := s.cmd.Process
@@ -520,5 +533,48 @@ func TestChaos(t *testing.T) {
 	}
 	if restarts == 0 {
 		t.Error("no daemon was ever killed: the run shows nothing")
+	}
+}
+
+// TestSupervisedStaysDown checks the chaos test's supervisor: a region lost
+// while the process is between restarts (killed a moment before) keeps it
+// down for the whole time, whether the loss is a kill or a pause.
+func TestSupervisedStaysDown(t *testing.T) {
+	bin := filepath.Join(t.TempDir(), "daemon.sh")
+	script := "#!/bin/sh\ntrap 'exit 0' TERM\nwhile :; do sleep 0.1; done\n"
+	if err := os.WriteFile(bin, []byte(script), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	const lost = 3 * time.Second
+	for _, how := range []string{"down", "pause"} {
+		t.Run(how, func(t *testing.T) {
+			s := supervise(t, how, bin, nil)
+			running := func() bool { s.mu.Lock(); defer s.mu.Unlock(); return s.running }
+			exits := func() int { s.mu.Lock(); defer s.mu.Unlock(); return len(s.exits) }
+			eventually(t, 10*time.Second, func() error {
+				if !running() {
+					return errors.New("not started")
+				}
+				return nil
+			})
+			s.kill()
+			eventually(t, 10*time.Second, func() error {
+				if exits() == 0 {
+					return errors.New("not exited after SIGKILL")
+				}
+				return nil
+			})
+			from := time.Now()
+			map[string]func(time.Duration){"down": s.down, "pause": s.pause}[how](lost)
+			eventually(t, 10*time.Second, func() error {
+				if !running() {
+					return errors.New("not restarted")
+				}
+				return nil
+			})
+			if took := time.Since(from); took < lost {
+				t.Errorf("restarted %v after the region was lost for %v", took.Round(10*time.Millisecond), lost)
+			}
+		})
 	}
 }
