@@ -541,7 +541,7 @@ func TestChaos(t *testing.T) {
 // down for the whole time, whether the loss is a kill or a pause.
 func TestSupervisedStaysDown(t *testing.T) {
 	bin := filepath.Join(t.TempDir(), "daemon.sh")
-	script := "#!/bin/sh\ntrap 'exit 0' TERM\nwhile :; do sleep 0.1; done\n"
+	script := "#!/bin/sh\ntrap 'exit 0' TERM\necho started\nwhile :; do sleep 0.1; done\n"
 	if err := os.WriteFile(bin, []byte(script), 0o700); err != nil {
 		t.Fatal(err)
 	}
@@ -549,14 +549,18 @@ func TestSupervisedStaysDown(t *testing.T) {
 	for _, how := range []string{"down", "pause"} {
 		t.Run(how, func(t *testing.T) {
 			s := supervise(t, how, bin, nil)
-			running := func() bool { s.mu.Lock(); defer s.mu.Unlock(); return s.running }
 			exits := func() int { s.mu.Lock(); defer s.mu.Unlock(); return len(s.exits) }
-			eventually(t, 10*time.Second, func() error {
-				if !running() {
-					return errors.New("not started")
-				}
-				return nil
-			})
+			// started waits until the script has run n times, each with
+			// its SIGTERM trap set (so that the test's stop ends it with 0).
+			started := func(n int) {
+				eventually(t, 10*time.Second, func() error {
+					if got := strings.Count(s.out.String(), "started\n"); got < n {
+						return fmt.Errorf("started %d times; want %d", got, n)
+					}
+					return nil
+				})
+			}
+			started(1)
 			s.kill()
 			eventually(t, 10*time.Second, func() error {
 				if exits() == 0 {
@@ -566,12 +570,7 @@ func TestSupervisedStaysDown(t *testing.T) {
 			})
 			from := time.Now()
 			map[string]func(time.Duration){"down": s.down, "pause": s.pause}[how](lost)
-			eventually(t, 10*time.Second, func() error {
-				if !running() {
-					return errors.New("not restarted")
-				}
-				return nil
-			})
+			started(2)
 			if took := time.Since(from); took < lost {
 				t.Errorf("restarted %v after the region was lost for %v", took.Round(10*time.Millisecond), lost)
 			}
