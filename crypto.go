@@ -457,7 +457,7 @@ func (k *Keys) Open(b Binding, keyID string, ciphertext []byte) (*Payload, error
 	// The decoded Payload holds its own copies, so the buffer can be wiped.
 	defer clear(plaintext)
 	var p Payload
-	if err := json.Unmarshal(plaintext, &p); err != nil {
+	if err := decodePayload(plaintext, &p); err != nil {
 		return nil, fmt.Errorf("decode payload: %w", err)
 	}
 	return &p, nil
