@@ -19,6 +19,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"maps"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -52,10 +53,11 @@ type options struct {
 	out            string
 	keepLogs       bool
 	createWorkers  int
-	remoteSizes    []int         // sizes measured again with the database dbRTT away
-	dbRTT          time.Duration // round trip of the delaying proxy
-	profile        time.Duration // CPU profile of the initial sync's start; 0: none
-	goMemLimit     string        // GOMEMLIMIT of every daemon, as the Deployment sets it
+	remoteSizes    []int             // sizes measured again with the database dbRTT away
+	dbRTT          time.Duration     // round trip of the delaying proxy
+	profile        time.Duration     // CPU profile of the initial sync's start; 0: none
+	goMemLimit     string            // GOMEMLIMIT of every daemon, as the Deployment sets it
+	env            map[string]string // more environment of every daemon (an experiment's settings)
 }
 
 func main() {
@@ -77,6 +79,17 @@ func main() {
 	flag.DurationVar(&o.dbRTT, "db-rtt", 100*time.Millisecond, "round trip the proxy adds for --remote-db-sizes")
 	flag.StringVar(&o.goMemLimit, "gomemlimit", deploymentMemoryLimit, `GOMEMLIMIT of every daemon: in the Deployment's container the daemon sets its memory limit less 64 MiB ("" for none)`)
 	flag.DurationVar(&o.profile, "profile", 0, "profile the daemons of each initial sync (PPROF_ADDR): CPU over its first this long, and the heap after 10 s, halfway and when it completes, into the log directory, which is then kept (0: none)")
+	flag.Func("env", "NAME=value added to every daemon's environment, for an experiment (repeat the flag for more); the method notes list them", func(v string) error {
+		name, value, ok := strings.Cut(v, "=")
+		if !ok || name == "" {
+			return fmt.Errorf("want NAME=value, got %q", v)
+		}
+		if o.env == nil {
+			o.env = map[string]string{}
+		}
+		o.env[name] = value
+		return nil
+	})
 	smoke := flag.Bool("smoke", false, "a quick check that everything works: N = 200, 20 updates, 500 unlabelled, 2 idle ticks; writes no JSON unless --out is given")
 	flag.Parse()
 	if *smoke {
@@ -282,6 +295,13 @@ func (b *bench) method() []string {
 		fmt.Sprintf("latency: %d single-Secret updates (merge patch of tls.crt and the digest annotation in cluster-a), one at a time, each timed from just before the call until the watch on cluster-b sees the new digest (the data is checked after the phase); a random pause of 0–POLL_SECONDS (%gs) between updates; binary defaults; then the same with both daemons restarted with PG_NOTIFY=0.", o.latencyUpdates, b.poll),
 		fmt.Sprintf("GOMEMLIMIT=%s for every daemon: what the daemon sets in deploy/base's container, its memory limit less 64 MiB for the binary's own pages and the kernel's buffers (the Go runtime collects harder near it).", o.goMemLimit),
 		"RSS = VmHWM (peak) and CPU = utime+stime of the daemon processes that ran the initial sync, the default-settings latency phase and the memory check, read just before their SIGTERM; *_all_runs_mib is the peak over every process of that role in the workload.",
+	}
+	if len(o.env) > 0 {
+		var vars []string
+		for _, k := range slices.Sorted(maps.Keys(o.env)) {
+			vars = append(vars, k+"="+o.env[k])
+		}
+		m = append(m, "EXPERIMENT: every daemon had "+strings.Join(vars, " ")+" (--env) on top of its defaults, so these are not the defaults' figures.")
 	}
 	if o.unlabelled > 0 {
 		m = append(m, fmt.Sprintf("leader memory at the largest N: VmRSS of the running leader before and after %s unlabelled Secrets (same size) were created in cluster-a and its next full pass ran; 'N labelled vs none' is its VmRSS minus that of a fresh leader whose LABEL_SELECTOR matches nothing, in the same cluster.", thousands(o.unlabelled)))

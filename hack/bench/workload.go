@@ -302,6 +302,7 @@ func (w *workload) daemonVars(d *daemon, extra map[string]string) map[string]str
 	if w.opts.goMemLimit != "" {
 		vars["GOMEMLIMIT"] = w.opts.goMemLimit
 	}
+	maps.Copy(vars, w.opts.env)
 	maps.Copy(vars, extra)
 	return vars
 }
