@@ -394,10 +394,24 @@ func encodePayload(p *Payload) (plaintext, error) {
 	}
 	pt := plaintext{buf: payloadBuffers.Get().(*bytes.Buffer)}
 	pt.buf.Reset()
-	// An Encoder writes what json.Marshal returns, and a newline.
-	if err := json.NewEncoder(pt.buf).Encode(p); err != nil {
-		pt.release()
-		return plaintext{}, fmt.Errorf("encode payload: %w", err)
+	pt.buf.Grow(ApproxSealedSize(p)) // an upper bound for the canonical form
+	avail := pt.buf.AvailableBuffer()
+	out, ok := appendCanonical(avail, p)
+	if ok {
+		pt.buf.Write(out)
+	}
+	if !ok || len(out) > cap(avail) {
+		// Plaintext outside the buffer's contents: a copy appended
+		// beyond its capacity, or what the fallback does not overwrite.
+		clear(avail[:cap(avail)])
+		clear(out)
+	}
+	if !ok {
+		// An Encoder writes what json.Marshal returns, and a newline.
+		if err := json.NewEncoder(pt.buf).Encode(p); err != nil {
+			pt.release()
+			return plaintext{}, fmt.Errorf("encode payload: %w", err)
+		}
 	}
 	pt.bytes = bytes.TrimSuffix(pt.buf.Bytes(), []byte("\n"))
 	if size := sealedSize(pt.bytes); size > MaxCiphertextSize {

@@ -1,19 +1,122 @@
 package main
 
-// A fast decoder for the payloads our own leaders write. A follower opens
-// every row it applies, and encoding/json's reflection, validity scan and
-// per-byte state machine were most of that cost (about a tenth of a
-// follower's CPU in an initial sync). decodePayload reads the exact form
-// encodePayload writes (json.Marshal's: the fields in their order, no
-// spaces, sorted map keys) and gives anything else to json.Unmarshal, so
-// its result is json.Unmarshal's for every input (FuzzDecodePayload).
+// A fast encoder and decoder for the payloads our own leaders write. A
+// leader encodes every Secret it seals twice (CheckSealable, then Seal) and
+// a follower decodes every row it applies; encoding/json's reflection,
+// map sorting, validity scan and per-byte state machine were about a tenth
+// of either daemon's CPU in an initial sync.
+//
+// Both handle the canonical form, json.Marshal's (the fields in their
+// order, no spaces, sorted map keys), for the strings that need no escape,
+// and hand everything else to encoding/json: appendCanonical writes what
+// json.Marshal writes (FuzzEncodePayload), and decodePayload gives what
+// json.Unmarshal gives, errors included, for any input (FuzzDecodePayload).
 
 import (
 	"bytes"
 	"encoding/base64"
 	"encoding/json"
+	"maps"
+	"slices"
+	"strings"
 	"unicode/utf8"
 )
+
+// appendCanonical appends json.Marshal(p) to b, and reports false (with b
+// extended by anything) where a string needs an escape or the time cannot
+// be encoded, for encoding/json to write or refuse.
+func appendCanonical(b []byte, p *Payload) ([]byte, bool) {
+	b = append(b, '{')
+	if p.Deleted {
+		b = append(b, `"deleted":true,`...)
+	}
+	ok := true
+	if p.Type != "" {
+		b = append(b, `"type":`...)
+		b, ok = appendPlainString(b, p.Type)
+		b = append(b, ',')
+	}
+	if len(p.Data) > 0 {
+		b = append(b, `"data":{`...)
+		for i, k := range slices.Sorted(maps.Keys(p.Data)) {
+			if i > 0 {
+				b = append(b, ',')
+			}
+			var keyOK bool
+			b, keyOK = appendPlainString(b, k)
+			b = append(b, ':')
+			if v := p.Data[k]; v == nil {
+				b = append(b, "null"...)
+			} else {
+				b = append(b, '"')
+				b = base64.StdEncoding.AppendEncode(b, v)
+				b = append(b, '"')
+			}
+			ok = ok && keyOK
+		}
+		b = append(b, "},"...)
+	}
+	if p.Immutable {
+		b = append(b, `"immutable":true,`...)
+	}
+	for _, m := range []struct {
+		field string
+		m     map[string]string
+	}{{`"labels":{`, p.Labels}, {`"annotations":{`, p.Annotations}} {
+		if len(m.m) == 0 {
+			continue
+		}
+		b = append(b, m.field...)
+		for i, k := range slices.Sorted(maps.Keys(m.m)) {
+			if i > 0 {
+				b = append(b, ',')
+			}
+			var keyOK, valueOK bool
+			b, keyOK = appendPlainString(b, k)
+			b = append(b, ':')
+			b, valueOK = appendPlainString(b, m.m[k])
+			ok = ok && keyOK && valueOK
+		}
+		b = append(b, "},"...)
+	}
+	b = append(b, `"updatedAt":`...)
+	// time.Time's own encoding, as json.Marshal calls it.
+	at, err := p.UpdatedAt.MarshalJSON()
+	b = append(b, at...)
+	return append(b, '}'), ok && err == nil
+}
+
+// appendPlainString appends s quoted, and reports false where json.Marshal
+// would escape a byte of it: a control character, a quote, a backslash,
+// HTML's <, > and &, U+2028, U+2029, or invalid UTF-8.
+func appendPlainString(b []byte, s string) ([]byte, bool) {
+	b = append(b, '"')
+	b = append(b, s...)
+	b = append(b, '"')
+	for i := 0; i < len(s); i++ {
+		switch c := s[i]; {
+		case plainASCII[c]:
+		case c < utf8.RuneSelf:
+			return b, false
+		default:
+			r, size := utf8.DecodeRuneInString(s[i:])
+			if r == utf8.RuneError && size == 1 || r == '\u2028' || r == '\u2029' {
+				return b, false
+			}
+			i += size - 1
+		}
+	}
+	return b, true
+}
+
+// plainASCII: the ASCII bytes json.Marshal writes as they are; not a
+// control character, a quote, a backslash, or HTML's <, > and &.
+var plainASCII = func() (t [256]bool) {
+	for c := 0x20; c < utf8.RuneSelf; c++ {
+		t[c] = !strings.ContainsRune(`"\<>&`, rune(c))
+	}
+	return t
+}()
 
 // decodePayload decodes plaintext into p as json.Unmarshal would.
 func decodePayload(plaintext []byte, p *Payload) error {

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"encoding/json"
 	"reflect"
 	"strings"
@@ -112,6 +113,113 @@ func BenchmarkDecodePayload(b *testing.B) {
 			for b.Loop() {
 				var p Payload
 				if err := bc.decode(in, &p); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}
+
+// encodingCases are payloads of every shape, for the encoder's tests:
+// canonical ones and ones that need encoding/json.
+func encodingCases() map[string]*Payload {
+	at := time.Date(2026, 12, 2, 10, 11, 12, 130000000, time.UTC)
+	return map[string]*Payload{
+		"tls":       tlsPayload(),
+		"tombstone": {Deleted: true, UpdatedAt: at},
+		"empty":     {},
+		"nil value": {Data: map[string][]byte{"a": nil, "b": {}}, UpdatedAt: at},
+		"empty maps": {Data: map[string][]byte{}, Labels: map[string]string{},
+			Annotations: map[string]string{}, UpdatedAt: at},
+		"lt":        {Type: "a<b", UpdatedAt: at},
+		"gt":        {Labels: map[string]string{">": "x"}, UpdatedAt: at},
+		"amp":       {Annotations: map[string]string{"x": "&"}, UpdatedAt: at},
+		"data key":  {Data: map[string][]byte{"\x00": {1}}, UpdatedAt: at},
+		"quote":     {Labels: map[string]string{"q\"": "x"}, UpdatedAt: at},
+		"backslash": {Labels: map[string]string{"b": "\\"}, UpdatedAt: at},
+		"control":   {Labels: map[string]string{"t": "\t"}, UpdatedAt: at},
+		"invalid":   {Labels: map[string]string{"t": "\xff"}, UpdatedAt: at},
+		"line sep":  {Annotations: map[string]string{"s": "a\u2028b"}, UpdatedAt: at},
+		"para sep":  {Annotations: map[string]string{"s": "a\u2029b"}, UpdatedAt: at},
+		"unicode":   {Annotations: map[string]string{"s": "a\u2027b€𝄞"}, UpdatedAt: at},
+		"year":      {Type: "x", UpdatedAt: time.Date(10000, 1, 1, 0, 0, 0, 0, time.UTC)},
+		"everything": {Type: "Opaque", Immutable: true, UpdatedAt: at.In(time.FixedZone("x", 3600)),
+			Data:        map[string][]byte{"": {}, "a": {0, 1, 2, 255}, "b.c": []byte("é")},
+			Labels:      map[string]string{"l": "", "ü": "ä"},
+			Annotations: map[string]string{"a": "b"}},
+	}
+}
+
+// TestAppendCanonicalIsJSONMarshal: where the fast encoder says it wrote
+// the payload, it wrote json.Marshal's bytes; it declines only where a
+// string needs an escape or the time cannot be encoded, and then
+// encodePayload still writes (or refuses) what json.Marshal does.
+func TestAppendCanonicalIsJSONMarshal(t *testing.T) {
+	declines := map[string]bool{"lt": true, "gt": true, "amp": true, "data key": true,
+		"quote": true, "backslash": true, "control": true, "invalid": true, "line sep": true, "para sep": true, "year": true}
+	for name, p := range encodingCases() {
+		checkEncodesAsJSON(t, p)
+		if _, ok := appendCanonical(nil, p); ok == declines[name] {
+			t.Errorf("%s: fast path taken %v, want %v", name, ok, !declines[name])
+		}
+	}
+}
+
+func checkEncodesAsJSON(t *testing.T, p *Payload) {
+	t.Helper()
+	want, wantErr := json.Marshal(p)
+	if fast, ok := appendCanonical(nil, p); ok && (wantErr != nil || !bytes.Equal(fast, want)) {
+		t.Fatalf("%+v: fast path wrote %s; json.Marshal %s, %v", p, fast, want, wantErr)
+	}
+	if checkUTF8(p) != nil {
+		return // encodePayload refuses it before encoding
+	}
+	pt, err := encodePayload(p)
+	if wantErr != nil {
+		if err == nil {
+			t.Fatalf("%+v: encoded; json.Marshal: %v", p, wantErr)
+		}
+		return
+	}
+	defer pt.release()
+	if err != nil || !bytes.Equal(pt.bytes, want) {
+		t.Fatalf("%+v: encodePayload %s, %v; json.Marshal %s", p, pt.bytes, err, want)
+	}
+}
+
+// FuzzEncodePayload: encodePayload writes json.Marshal's bytes, for
+// payloads built from any strings and bytes.
+func FuzzEncodePayload(f *testing.F) {
+	f.Add("Opaque", "tls.crt", []byte("data"), "app", "x<y", int64(1764670272), false)
+	f.Add("", "", []byte(nil), "\u2028", "\xff", int64(-62135596800), true)
+	f.Fuzz(func(t *testing.T, typ, key string, value []byte, label, annotation string, unix int64, flags bool) {
+		p := &Payload{Type: typ, Deleted: flags, Immutable: !flags,
+			Data:        map[string][]byte{key: value, key + "2": nil},
+			Labels:      map[string]string{label: annotation},
+			Annotations: map[string]string{annotation: label, "k": typ},
+			UpdatedAt:   time.Unix(unix, unix%1e9).In(time.FixedZone("z", int(unix%50000))),
+		}
+		checkEncodesAsJSON(t, p)
+	})
+}
+
+func BenchmarkEncodePayload(b *testing.B) {
+	p := tlsPayload()
+	for _, bc := range []struct {
+		name   string
+		encode func(*Payload) ([]byte, error)
+	}{
+		{"fast", func(p *Payload) ([]byte, error) {
+			pt, err := encodePayload(p)
+			pt.release()
+			return nil, err
+		}},
+		{"encoding-json", func(p *Payload) ([]byte, error) { return json.Marshal(p) }},
+	} {
+		b.Run(bc.name, func(b *testing.B) {
+			b.ReportAllocs()
+			for b.Loop() {
+				if _, err := bc.encode(p); err != nil {
 					b.Fatal(err)
 				}
 			}
