@@ -75,7 +75,7 @@ func newFollowerLoop(d loopDeps) *followerLoop {
 // labelled Secrets instead: its copies, which carry the label as their
 // sources do, and its former sources, which it may adopt.
 func (f *followerLoop) startWatch(ctx context.Context) (err error) {
-	f.copies, err = startSecretCache(ctx, f.client, f.cfg, copiesSelector(f.cfg, f.standby), nil, f.keys, f.keys.IDs())
+	f.copies, err = startSecretCache(ctx, f.watches(), f.cfg, copiesSelector(f.cfg, f.standby), nil, f.keys, f.keys.IDs())
 	f.apply.copies = f.copies
 	return err
 }

@@ -125,7 +125,7 @@ func (l *leaderLoop) startWatch(ctx context.Context) (err error) {
 		UpdateFunc: func(_, obj any) { l.enqueue(obj) },
 		DeleteFunc: l.enqueue,
 	}
-	l.sources, err = startSecretCache(ctx, l.client, l.cfg, l.cfg.selector, handler, l.keys, []string{l.keys.ID()})
+	l.sources, err = startSecretCache(ctx, l.watches(), l.cfg, l.cfg.selector, handler, l.keys, []string{l.keys.ID()})
 	return err
 }
 

@@ -16,13 +16,16 @@ import (
 // loopDeps is what a loop is given: the configuration, the keyring, and
 // the clients of this cluster and of the database.
 type loopDeps struct {
-	cfg      *Config
-	keys     *Keyring
-	log      *logrus.Entry
-	store    *Store
-	client   kubernetes.Interface
-	metrics  *metrics
-	recorder *eventRecorder
+	cfg    *Config
+	keys   *Keyring
+	log    *logrus.Entry
+	store  *Store
+	client kubernetes.Interface
+	// watchClient is the client of the Secret caches' watches (watchConfig);
+	// nil: client.
+	watchClient kubernetes.Interface
+	metrics     *metrics
+	recorder    *eventRecorder
 }
 
 // runRole runs this cluster's role, leader or follower (LEADER), until ctx
@@ -89,4 +92,12 @@ func shutdownOr(ctx context.Context, err error) error {
 		return nil
 	}
 	return err
+}
+
+// watches is the client for the Secret caches' lists and watches.
+func (d loopDeps) watches() kubernetes.Interface {
+	if d.watchClient != nil {
+		return d.watchClient
+	}
+	return d.client
 }
