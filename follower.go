@@ -96,9 +96,6 @@ func (f *followerLoop) run(ctx context.Context) error {
 		f.apply.writer.adopt = standbyAdopts(f.cfg)
 	}
 	f.apply.conflicts.start(ctx)
-	if err := f.startWatch(ctx); err != nil {
-		return shutdownOr(ctx, err)
-	}
 	// Without its cursor the follower would re-read everything; keep
 	// trying, the API server may be coming up.
 	for {
@@ -127,6 +124,19 @@ func (f *followerLoop) run(ctx context.Context) error {
 		}
 	}
 	f.metrics.cursor.Set(float64(f.cursor.Version))
+	// A fresh follower converges with one full pass, whose database
+	// digests are read while the cache of copies fills: with the database
+	// in another region, its round trips would otherwise come after that
+	// list. A restarted one resumes from its cursor and leaves the full
+	// pass to the first tick.
+	var first <-chan dbDigests
+	if f.cursor == (Cursor{}) {
+		first = digestsAhead(ctx, f.store, f.rows)
+		f.cursorAhead = f.cursor
+	}
+	if err := f.startWatch(ctx); err != nil {
+		return shutdownOr(ctx, err)
+	}
 	role := "follower: pulling rows"
 	if f.standby {
 		role = "standby leader: pulling the writer's rows"
@@ -135,28 +145,37 @@ func (f *followerLoop) run(ctx context.Context) error {
 	if f.cfg.PgNotify {
 		go listenForHints(ctx, f.cfg.DSN, f.log, f.wake)
 	}
-	// A fresh follower converges with one full pass; a restarted one
-	// resumes from its cursor and leaves the full pass to the first tick.
-	full := f.cursor == (Cursor{})
 	tick := time.NewTicker(f.cfg.Tick())
 	defer tick.Stop()
 	poll := time.NewTicker(f.cfg.Poll())
 	defer poll.Stop()
 	// The ticks' full passes read the database's digests beforehand
 	// (ahead), while pulls go on, and run once they are in (ready): a row
-	// written then waits for no query over every row.
+	// written then waits for no query over every row. So does a fresh
+	// follower's first.
 	var ahead <-chan dbDigests
 	var ready *dbDigests
+	full := false
+	if first != nil {
+		db := <-first
+		ready = &db
+	}
 	for {
 		// A failed pass is logged by passes.run, and the schedule is its
 		// retry: a failed pull is repeated at the next poll, a failed full
 		// pass at the next tick (a row that failed to apply is retried by
 		// every full pass until it applies).
+		//
+		// again is ready after a pull that moved the cursor: rows are being
+		// written (a leader's pass of many transactions wakes followers
+		// after its first and its last), so the next pull runs at once,
+		// not at the next poll. A pull that finds nothing new ends that.
+		var again <-chan struct{}
 		if full || ready != nil {
 			_ = f.passes.run(ctx, "full", func(ctx context.Context) (bool, error) { return f.reconcileFullFrom(ctx, ready) })
 			full, ready = false, nil
-		} else {
-			_ = f.passes.run(ctx, "incremental", f.pull)
+		} else if before := f.cursor; f.passes.run(ctx, "incremental", f.pull) == nil && f.cursor != before {
+			again = closedChan
 		}
 		select {
 		case <-ctx.Done():
@@ -184,9 +203,17 @@ func (f *followerLoop) run(ctx context.Context) error {
 			ahead, ready = nil, &db
 		case <-poll.C:
 		case <-f.wake:
+		case <-again:
 		}
 	}
 }
+
+// closedChan is always ready to receive from.
+var closedChan = func() chan struct{} {
+	c := make(chan struct{})
+	close(c)
+	return c
+}()
 
 // pull applies the rows after the cursor. The cursor moves past a row
 // whether or not it applied: a failed row is retried by the next full

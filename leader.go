@@ -131,6 +131,10 @@ func (l *leaderLoop) startWatch(ctx context.Context) (err error) {
 
 func (l *leaderLoop) run(ctx context.Context) error {
 	l.loopCtx = ctx
+	// The first full pass's database digests are read while the cache
+	// fills: with the database in another region, its round trips would
+	// otherwise come after the list of every labelled Secret.
+	first := digestsAhead(ctx, l.store, l.known)
 	if err := l.startWatch(ctx); err != nil {
 		return shutdownOr(ctx, err)
 	}
@@ -140,10 +144,12 @@ func (l *leaderLoop) run(ctx context.Context) error {
 	// full: run a full pass now, reading the database's digests in it.
 	// The ticks' full passes read them beforehand instead (ahead), while
 	// the watch's changes go on being written, and run once they are in
-	// (ready): a change made then waits for no query over every row.
-	full := true
+	// (ready): a change made then waits for no query over every row. The
+	// first pass is one of those.
+	full := false
 	var ahead <-chan dbDigests
-	var ready *dbDigests
+	db := <-first
+	ready := &db
 	backoff := time.Second
 	for {
 		var err error
@@ -312,7 +318,7 @@ func (l *leaderLoop) sync(ctx context.Context, kind string, keys iter.Seq2[Objec
 	// One transaction per chunk, each with the data of its Secrets only:
 	// what is held at once is bounded by bytes. The next chunk's Secrets
 	// are read from the API server while this one is sealed and written.
-	chunks := writeChunks(changes)
+	chunks := withLeadChunk(writeChunks(changes))
 	reads := l.readAhead(ctx, chunks)
 	defer reads.stop()
 	for n, chunk := range chunks {
@@ -354,6 +360,23 @@ func (l *leaderLoop) sync(ctx context.Context, kind string, keys iter.Seq2[Objec
 	l.wakeFollowers(ctx, version)
 	l.log.WithFields(logrus.Fields{"rows": written, "kind": kind, "version": version}).Debug("write done")
 	return nil
+}
+
+// leadChunk bounds the first transaction of a pass that writes more
+// rows than twice that: the followers are woken after it (sync), so they
+// start applying while the rest is written. A full first chunk had them
+// wait until 2,000 Secrets were read from the API server, sealed and sent,
+// 0.7 s of a 10,000-Secret initial sync with the database 100 ms away.
+const leadChunk = 200
+
+// withLeadChunk splits the first of chunks at leadChunk rows, if it holds
+// more than twice that.
+func withLeadChunk(chunks [][]Change) [][]Change {
+	if len(chunks) == 0 || len(chunks[0]) <= 2*leadChunk {
+		return chunks
+	}
+	first := chunks[0]
+	return append([][]Change{first[:leadChunk:leadChunk], first[leadChunk:]}, chunks[1:]...)
 }
 
 // wakeFollowers sends the PostgreSQL wake-up hint for version, if on. Best

@@ -265,3 +265,43 @@ func TestReadAheadStopsWithItsContext(t *testing.T) {
 		reads.stop()
 	}
 }
+
+// TestWithLeadChunk: a pass's first transaction is cut to leadChunk rows
+// when it holds more than twice that, and no row is lost, repeated or
+// reordered.
+func TestWithLeadChunk(t *testing.T) {
+	for _, sizes := range [][]int{nil, {1}, {2 * leadChunk}, {2*leadChunk + 1}, {writeChunk, writeChunk, 7}, {leadChunk, writeChunk}} {
+		var chunks [][]Change
+		var all []Change
+		for _, n := range sizes {
+			chunk := make([]Change, n)
+			for i := range chunk {
+				chunk[i].Name = fmt.Sprintf("s-%d", len(all))
+				all = append(all, chunk[i])
+			}
+			chunks = append(chunks, chunk)
+		}
+		got := withLeadChunk(chunks)
+		var flat []Change
+		for _, c := range got {
+			flat = append(flat, c...)
+		}
+		if !slices.EqualFunc(flat, all, func(a, b Change) bool { return a.ObjectKey == b.ObjectKey }) {
+			t.Errorf("%v: rows changed by the split", sizes)
+		}
+		split := len(sizes) > 0 && sizes[0] > 2*leadChunk
+		switch {
+		case split && (len(got) != len(sizes)+1 || len(got[0]) != leadChunk):
+			t.Errorf("%v: want a first chunk of %d and %d chunks, got %d chunks, the first of %d", sizes, leadChunk, len(sizes)+1, len(got), len(got[0]))
+		case !split && len(got) != len(sizes):
+			t.Errorf("%v: split into %d chunks, want them as they were", sizes, len(got))
+		}
+		if split {
+			// The head must not share capacity with the rest: an append
+			// to it would overwrite the second chunk.
+			if cap(got[0]) != leadChunk {
+				t.Errorf("%v: first chunk has capacity %d, want %d", sizes, cap(got[0]), leadChunk)
+			}
+		}
+	}
+}
