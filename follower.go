@@ -46,7 +46,8 @@ type followerLoop struct {
 	// rows is the index of the table's row headers (digest.go), kept by
 	// the full pass and by pulls.
 	rows rowIndex
-	// wake is signalled by the PostgreSQL wake-up hint (PG_NOTIFY).
+	// wake is signalled by the PostgreSQL wake-up hint (PG_NOTIFY), and
+	// by a pull that moved the cursor (run).
 	wake chan struct{}
 
 	// standby: this is a leader on standby (failover.go). It skips the
@@ -166,16 +167,19 @@ func (f *followerLoop) run(ctx context.Context) error {
 		// pass at the next tick (a row that failed to apply is retried by
 		// every full pass until it applies).
 		//
-		// again is ready after a pull that moved the cursor: rows are being
-		// written (a leader's pass of many transactions wakes followers
-		// after its first and its last), so the next pull runs at once,
-		// not at the next poll. A pull that finds nothing new ends that.
-		var again <-chan struct{}
+		// A pull that moved the cursor wakes the loop itself: rows are
+		// being written (a leader's pass of many transactions wakes
+		// followers after its first and its last), so the next pull runs
+		// at once, not at the next poll. A pull that finds nothing new
+		// ends that.
 		if full || ready != nil {
 			_ = f.passes.run(ctx, "full", func(ctx context.Context) (bool, error) { return f.reconcileFullFrom(ctx, ready) })
 			full, ready = false, nil
 		} else if before := f.cursor; f.passes.run(ctx, "incremental", f.pull) == nil && f.cursor != before {
-			again = closedChan
+			select {
+			case f.wake <- struct{}{}:
+			default: // a hint is pending already
+			}
 		}
 		select {
 		case <-ctx.Done():
@@ -203,17 +207,9 @@ func (f *followerLoop) run(ctx context.Context) error {
 			ahead, ready = nil, &db
 		case <-poll.C:
 		case <-f.wake:
-		case <-again:
 		}
 	}
 }
-
-// closedChan is always ready to receive from.
-var closedChan = func() chan struct{} {
-	c := make(chan struct{})
-	close(c)
-	return c
-}()
 
 // pull applies the rows after the cursor. The cursor moves past a row
 // whether or not it applied: a failed row is retried by the next full
