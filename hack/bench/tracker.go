@@ -53,16 +53,16 @@ func digestAnnotated(s *corev1.Secret) {
 
 var secretsResource = corev1.SchemeGroupVersion.WithResource("secrets")
 
-// startTracker starts watching the metadata of the Secrets labelled
-// managed in the cluster behind rc and returns once the initial list is in.
-func startTracker(ctx context.Context, rc *rest.Config) (*tracker, error) {
+// startTracker starts watching the metadata of the Secrets that selector
+// selects in the cluster behind rc and returns once the initial list is in.
+func startTracker(ctx context.Context, rc *rest.Config, selector string) (*tracker, error) {
 	t := &tracker{want: map[key]digest{}, have: map[key]digest{}, waiters: map[key][]chan struct{}{}}
 	mc, err := metadata.NewForConfig(rc)
 	if err != nil {
 		return nil, err
 	}
 	factory := metadatainformer.NewFilteredSharedInformerFactory(mc, 0, metav1.NamespaceAll,
-		func(o *metav1.ListOptions) { o.LabelSelector = managedLabel + "=true" })
+		func(o *metav1.ListOptions) { o.LabelSelector = selector })
 	inf := factory.ForResource(secretsResource).Informer()
 	if err := inf.SetTransform(func(obj any) (any, error) {
 		if m, ok := obj.(*metav1.PartialObjectMetadata); ok {

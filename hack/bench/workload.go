@@ -95,10 +95,25 @@ func (w *workload) run(ctx context.Context) *result {
 	if ctx.Err() != nil {
 		return w.res
 	}
-	if err := w.unthrottledWriter(ctx); err != nil {
+	// The watched writer first, in the place the writer has always had:
+	// each writer adds N Secrets to cluster-b's etcd.
+	w.res.UnthrottledWorkers = ptr(w.opts.createWorkers)
+	if took, _, err := w.unthrottledWriter(ctx, true); err != nil {
 		fail("unthrottled writer", err)
-	} else if w.res.InitialSyncS != nil {
-		w.res.Ratio = round(*w.res.InitialSyncS / *w.res.UnthrottledWriteS, 2)
+	} else {
+		w.res.UnthrottledWriteS = round(took.Seconds(), 2)
+		if w.res.InitialSyncS != nil {
+			w.res.Ratio = round(*w.res.InitialSyncS / *w.res.UnthrottledWriteS, 2)
+		}
+	}
+	if took, clientCPUS, err := w.unthrottledWriter(ctx, false); err != nil {
+		fail("unthrottled writer, no watch", err)
+	} else {
+		w.res.UnwatchedWriteS = round(took.Seconds(), 2)
+		w.res.WriterClientCPUMs = round(clientCPUS*1000/float64(w.n), 3)
+		if w.res.InitialSyncS != nil {
+			w.res.RatioUnwatched = round(*w.res.InitialSyncS / *w.res.UnwatchedWriteS, 2)
+		}
 	}
 	if err := w.idlePhase(ctx); err != nil {
 		fail("idle", err)
@@ -172,7 +187,7 @@ func (w *workload) setUp(ctx context.Context) error {
 	// The watch ends before the clusters do (close), not with ctx.
 	wctx, cancel := context.WithCancel(ctx)
 	w.stopWatch = cancel
-	if w.tr, err = startTracker(wctx, w.b.Config); err != nil {
+	if w.tr, err = startTracker(wctx, w.b.Config, managedLabel+"=true"); err != nil {
 		return err
 	}
 	return nil
@@ -197,31 +212,66 @@ func (w *workload) sourceCopies(writer string) ([]string, []*corev1.Secret) {
 // unthrottledWriter creates the same Secrets in fresh namespaces of
 // cluster-b with as many concurrent calls as the set-up uses and no client
 // rate limit: the API server's own write rate on this machine, the real
-// limit of the initial sync. It runs while no daemon does.
-func (w *workload) unthrottledWriter(ctx context.Context) error {
+// limit of the initial sync. It runs while no daemon does. Watched, it is
+// timed as the sync is: until a watch like the sync's has seen every
+// Secret it wrote, with that watch running meanwhile, so whatever the watch
+// costs the API server is in both figures. Unwatched, it is timed until its
+// calls return, with no watch running.
+// It returns its time and the CPU that the bench's process (the writer's
+// client, and the watch) used meanwhile.
+func (w *workload) unthrottledWriter(ctx context.Context, watched bool) (took time.Duration, clientCPUS float64, err error) {
 	if ctx.Err() != nil {
-		return ctx.Err()
+		return 0, 0, ctx.Err()
 	}
-	c, err := newClient(w.b.Config, 1e6, 1e6, "kss-bench-unthrottled-writer")
+	phase, name := "unthrottled writer", "unthrottled"
+	if !watched {
+		phase, name = "unthrottled writer, no watch", "unwatched"
+	}
+	c, err := newClient(w.b.Config, 1e6, 1e6, "kss-bench-"+name+"-writer")
 	if err != nil {
-		return err
+		return 0, 0, err
 	}
-	namespaces, secrets := w.sourceCopies("unthrottled")
-	w.logf("N=%d: unthrottled writer: %d Secrets + %d namespaces into %s, %d workers, no client rate limit",
-		w.n, w.n, len(namespaces), testenv.ClusterB, w.opts.createWorkers)
+	namespaces, secrets := w.sourceCopies(name)
+	var tr *tracker
+	var seen <-chan struct{} // closed once the watch has seen every Secret
+	if watched {
+		tctx, stopTracker := context.WithCancel(ctx)
+		defer stopTracker()
+		if tr, err = startTracker(tctx, w.b.Config, benchLabel+"="+name); err != nil {
+			return 0, 0, err
+		}
+		seen = tr.expectAll(secrets)
+	}
+	w.logf("N=%d: %s: %d Secrets + %d namespaces into %s, %d workers, no client rate limit",
+		w.n, phase, w.n, len(namespaces), testenv.ClusterB, w.opts.createWorkers)
 	requestsBefore := w.requestCounts(ctx)
 	cpuBefore := takeCPUSnapshot()
 	start := time.Now()
 	if err := createAll(ctx, c, w.opts.createWorkers, namespaces, secrets, nil); err != nil {
-		return err
+		return 0, 0, err
 	}
-	took := time.Since(start)
-	w.logf("N=%d: unthrottled writer: CPU by process, %s", w.n, formatCPUUse(cpuSince(cpuBefore, takeCPUSnapshot(), w.cpuNames())))
-	w.logRequestsSince(ctx, "unthrottled writer", requestsBefore)
-	w.res.UnthrottledWriteS = round(took.Seconds(), 2)
-	w.res.UnthrottledWorkers = ptr(w.opts.createWorkers)
-	w.logf("N=%d: unthrottled writer: done in %s (%.0f Secrets/s)", w.n, secs(took), float64(w.n)/took.Seconds())
-	return nil
+	calls := time.Since(start)
+	if tr != nil {
+		select {
+		case <-seen:
+		case <-ctx.Done():
+			return 0, 0, ctx.Err()
+		case <-time.After(w.opts.syncTimeout):
+			m, n, present := tr.progress()
+			return 0, 0, fmt.Errorf("%w: the watch saw %d of %d Secrets (%d present) after %s", errTimeout, m, n, present, w.opts.syncTimeout)
+		}
+	}
+	took = time.Since(start)
+	uses := cpuSince(cpuBefore, takeCPUSnapshot(), w.cpuNames())
+	w.logf("N=%d: %s: CPU by process, %s", w.n, phase, formatCPUUse(uses))
+	for _, u := range uses {
+		if u.name == "bench" {
+			clientCPUS = u.cpuS
+		}
+	}
+	w.logRequestsSince(ctx, phase, requestsBefore)
+	w.logf("N=%d: %s: done in %s (%.0f Secrets/s; its calls had returned after %s)", w.n, phase, secs(took), float64(w.n)/took.Seconds(), secs(calls))
+	return took, clientCPUS, nil
 }
 
 // cpuNames names the processes of the bench's machine for cpuSince: the
