@@ -1,8 +1,8 @@
 package main
 
 // A fast encoder and decoder for the payloads our own leaders write. A
-// leader encodes every Secret it seals twice (CheckSealable, then Seal) and
-// a follower decodes every row it applies; encoding/json's reflection,
+// leader encodes every Secret it seals and a follower decodes every row it
+// applies; encoding/json's reflection,
 // map sorting, validity scan and per-byte state machine were about a tenth
 // of either daemon's CPU in an initial sync.
 //

@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"encoding/json"
+	"fmt"
 	"reflect"
 	"strings"
 	"testing"
@@ -200,7 +201,58 @@ func FuzzEncodePayload(f *testing.F) {
 			UpdatedAt:   time.Unix(unix, unix%1e9).In(time.FixedZone("z", int(unix%50000))),
 		}
 		checkEncodesAsJSON(t, p)
+		checkSealableAsSeal(t, p)
 	})
+}
+
+// checkSealableAsSeal: CheckSealable refuses p exactly when encodePayload
+// (what Seal encrypts) does, and sealedSizeBound bounds what Seal writes.
+func checkSealableAsSeal(t *testing.T, p *Payload) {
+	t.Helper()
+	pt, err := encodePayload(p)
+	defer pt.release()
+	if got := CheckSealable(p); fmt.Sprint(got) != fmt.Sprint(err) {
+		t.Fatalf("CheckSealable = %v; encodePayload: %v", got, err)
+	}
+	if err == nil && sealedSize(pt.bytes) > sealedSizeBound(p) {
+		t.Fatalf("sealed size %d above sealedSizeBound %d", sealedSize(pt.bytes), sealedSizeBound(p))
+	}
+}
+
+// TestCheckSealable: near the size limit, where CheckSealable encodes
+// the payload, and away from it, where it only bounds its size.
+func TestCheckSealable(t *testing.T) {
+	// Data whose base64 is room bytes short of the limit.
+	data := func(room int) map[string][]byte {
+		return map[string][]byte{"k": make([]byte, (MaxCiphertextSize-room)/4*3)}
+	}
+	escaped := strings.Repeat("<", 2000) // 12,000 bytes escaped (\u003c)
+	for _, tt := range []struct {
+		name       string
+		p          *Payload
+		overBound  bool // sealedSizeBound above the limit: encoded to tell
+		wantRefuse bool
+	}{
+		{"small", cryptoTestPayload(), false, false},
+		{"nil", nil, false, true},
+		{"invalid UTF-8", &Payload{Type: "a\xffb"}, false, true},
+		{"just fits", &Payload{Data: data(100)}, true, false},
+		{"just too large", &Payload{Data: data(0)}, true, true},
+		{"escapes tip it over", &Payload{Data: data(8000), Annotations: map[string]string{"a": escaped}}, true, true},
+		{"escapes, room left", &Payload{Data: data(40000), Labels: map[string]string{escaped: escaped}}, false, false},
+		{"year 10000", &Payload{UpdatedAt: time.Date(10000, 1, 1, 0, 0, 0, 0, time.UTC)}, false, true},
+		{"year -1", &Payload{UpdatedAt: time.Date(-1, 1, 1, 0, 0, 0, 0, time.UTC)}, false, true},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			checkSealableAsSeal(t, tt.p)
+			if tt.p != nil && (sealedSizeBound(tt.p) > MaxCiphertextSize) != tt.overBound {
+				t.Errorf("sealedSizeBound %d, limit %d; want above it: %v", sealedSizeBound(tt.p), MaxCiphertextSize, tt.overBound)
+			}
+			if err := CheckSealable(tt.p); (err != nil) != tt.wantRefuse {
+				t.Errorf("CheckSealable = %v; want refused: %v", err, tt.wantRefuse)
+			}
+		})
+	}
 }
 
 func BenchmarkEncodePayload(b *testing.B) {
@@ -225,4 +277,29 @@ func BenchmarkEncodePayload(b *testing.B) {
 			}
 		})
 	}
+}
+
+// BenchmarkCheckSealable: what the leader's check of each Secret before
+// its transaction costs, against encoding the payload (which the check
+// did until it bounded the size instead).
+func BenchmarkCheckSealable(b *testing.B) {
+	p := tlsPayload()
+	b.Run("check", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			if err := CheckSealable(p); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+	b.Run("encode", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			pt, err := encodePayload(p)
+			if err != nil {
+				b.Fatal(err)
+			}
+			pt.release()
+		}
+	})
 }
