@@ -230,6 +230,12 @@ func tableRows() []row {
 			}
 			return fmt.Sprintf("%.3f", *r.WriterClientCPUMs)
 		}},
+		{"follower CPU per Secret in initial sync / the writer's client's", "", func(r *result) string {
+			if r.WriterClientCPUMs == nil || r.FollowerCPUSyncS == nil || r.N == 0 || *r.WriterClientCPUMs == 0 {
+				return "–"
+			}
+			return fmt.Sprintf("%.2f", *r.FollowerCPUSyncS*1000/float64(r.N) / *r.WriterClientCPUMs)
+		}},
 		{"leader CPU (s)", "", func(r *result) string { return f1(r.LeaderCPUS, "") }},
 		{"follower CPU (s)", "", func(r *result) string { return f1(r.FollowerCPUS, "") }},
 		{"leader CPU in initial sync (s)", "", func(r *result) string { return f1(r.LeaderCPUSyncS, "") }},
