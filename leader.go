@@ -237,10 +237,22 @@ func (l *leaderLoop) reconcileFullFrom(ctx context.Context, db *dbDigests) (idle
 	// it (complete), and its watch event comes next anyway.
 	sources := l.sources.list()
 	keys := func(yield func(ObjectKey, *cachedSecret) bool) {
+		withRow := 0 // of the Secrets, how many have a row
 		for _, s := range sources {
-			if !yield(s.key(), l.syncableSource(s)) {
+			k := s.key()
+			if _, ok := l.known[k]; ok {
+				withRow++
+			}
+			if !yield(k, l.syncableSource(s)) {
 				return
 			}
+		}
+		// Every row has its Secret: there is no row without one to look
+		// for. Looking each row up in the cache (twice: rowChanges counts,
+		// then makes) was 4% of the leader's CPU in an initial sync at
+		// N = 100,000, which spans eleven passes.
+		if withRow == len(l.known) {
+			return
 		}
 		for k := range l.known {
 			if l.sources.get(k) == nil && !yield(k, nil) {
