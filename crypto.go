@@ -371,18 +371,7 @@ func CheckSealable(p *Payload) error {
 // bytes): every string counted as if each byte took JSON's longest escape
 // (\u00XX), and 256 bytes for the names of the fields, their punctuation
 // and the timestamp.
-func sealedSizeBound(p *Payload) int {
-	n := 1 + nonceSize + tagSize + 256 + 6*len(p.Type)
-	for k, v := range p.Data {
-		n += 6*len(k) + base64.StdEncoding.EncodedLen(len(v)) + 8
-	}
-	for _, m := range []map[string]string{p.Labels, p.Annotations} {
-		for k, v := range m {
-			n += 6*(len(k)+len(v)) + 8
-		}
-	}
-	return n
-}
+func sealedSizeBound(p *Payload) int { return sizeOfParts(p, 6, 8, 256) }
 
 // plaintext is a payload's encoding in a recycled buffer (payloadBuffers).
 type plaintext struct {
@@ -458,14 +447,19 @@ func sealedSize(plaintext []byte) int { return 1 + nonceSize + len(plaintext) + 
 // data base64-encoded plus the other strings and a fixed overhead. It
 // ignores JSON escapes, so it is an estimate for sizing batches, not a
 // bound.
-func ApproxSealedSize(p *Payload) int {
-	n := 1 + nonceSize + tagSize + 128 + len(p.Type)
+func ApproxSealedSize(p *Payload) int { return sizeOfParts(p, 1, 6, 128) }
+
+// sizeOfParts sizes Seal's output for p from its parts: each byte of its
+// strings counted perByte times, the data base64-encoded, perEntry bytes
+// for each entry of its maps and fixed bytes for the rest.
+func sizeOfParts(p *Payload, perByte, perEntry, fixed int) int {
+	n := 1 + nonceSize + tagSize + fixed + perByte*len(p.Type)
 	for k, v := range p.Data {
-		n += len(k) + base64.StdEncoding.EncodedLen(len(v)) + 6
+		n += perByte*len(k) + base64.StdEncoding.EncodedLen(len(v)) + perEntry
 	}
 	for _, m := range []map[string]string{p.Labels, p.Annotations} {
 		for k, v := range m {
-			n += len(k) + len(v) + 6
+			n += perByte*(len(k)+len(v)) + perEntry
 		}
 	}
 	return n
