@@ -414,7 +414,7 @@ func TestWriteChunks(t *testing.T) {
 func TestStates(t *testing.T) {
 	s := mustMigratedStore(t)
 	ctx := t.Context()
-	if got, err := loadIndex(ctx, s); err != nil || got == nil || len(got) != 0 {
+	if got, err := loadIndex(ctx, s); err != nil || got == nil || len(got.rows) != 0 {
 		t.Errorf("loadIndex(empty) = %v, %v; want an empty index", got, err)
 	}
 	mustWrite(t, s, []Change{change("a", "x", 1), change("a", "y", 2), change("b", "x", 3)}, labelSeal)
@@ -435,11 +435,11 @@ func TestStates(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(got) != len(want) {
-		t.Errorf("loadIndex() = %d rows; want %d", len(got), len(want))
+	if len(got.rows) != len(want) {
+		t.Errorf("loadIndex() = %d rows; want %d", len(got.rows), len(want))
 	}
 	for k, w := range want {
-		g, ok := got[k]
+		g, ok := got.rows[k]
 		if !ok || !bytes.Equal(g.Hash, w.Hash) || g.Tombstone != w.Tombstone || g.SourceCluster != w.SourceCluster {
 			t.Errorf("loadIndex()[%s] = %+v, %v; want %+v", k, g, ok, w)
 		}
@@ -475,7 +475,7 @@ func TestFillCiphertexts(t *testing.T) {
 	}
 	var headers []Row
 	for _, r := range full {
-		st, ok := idx[r.ObjectKey]
+		st, ok := idx.rows[r.ObjectKey]
 		if !ok {
 			t.Fatalf("%s is not in the index", r.ObjectKey)
 		}

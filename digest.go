@@ -35,8 +35,15 @@ const digestBuckets = 256
 
 // bucketWidth is the version range of a bucket when the counter is at
 // maxVersion.
+// It is a power of two, so that it changes only each time the counter
+// doubles, and the index's digests of the buckets stay valid between
+// (rowIndex.digests).
 func bucketWidth(maxVersion int64) int64 {
-	return max(1, (maxVersion+digestBuckets-1)/digestBuckets)
+	w := int64(1)
+	for maxVersion/w > digestBuckets {
+		w <<= 1
+	}
+	return w
 }
 
 // bucketOf is the bucket of version: the same expression as the SQL's
@@ -133,17 +140,78 @@ func (in interner) of(s string) string {
 	return s
 }
 
-// rowIndex mirrors the headers of the table's rows, keyed by Secret.
-type rowIndex map[ObjectKey]RowState
+// rowIndex mirrors the headers of the table's rows, keyed by Secret, and
+// keeps the digests of its buckets (digestSQL's, from the index) up to
+// date as rows change: a full pass recomputes only the buckets whose rows
+// changed since the last one, not every row's (at 100,000 rows, the MD5 of
+// every key and line and a sort, on every pass of a long first sync).
+type rowIndex struct {
+	// rows is read freely; it is written only through set and remove,
+	// which keep the digests current.
+	rows map[ObjectKey]RowState
+	// sums are the digests of the buckets of width versions, but for the
+	// dirty ones, whose rows changed since (width 0: none computed).
+	width int64
+	sums  map[int64]string
+	dirty map[int64]bool
+}
 
-// digests computes what Digests returns, from the index.
-func (idx rowIndex) digests(width int64) map[int64]string {
-	return idx.digestsOf(width, nil, appendDigestLine)
+func newRowIndex() *rowIndex {
+	return &rowIndex{rows: map[ObjectKey]RowState{}, dirty: map[int64]bool{}}
+}
+
+// set makes st what the index knows of k's row.
+func (idx *rowIndex) set(k ObjectKey, st RowState) {
+	old, ok := idx.rows[k]
+	idx.rows[k] = st
+	if ok && sameHeader(&old, &st) {
+		return // what the leader learnt of a row (verify.go) is in no digest
+	}
+	if ok {
+		idx.touch(old.Version)
+	}
+	idx.touch(st.Version)
+}
+
+// remove forgets k's row.
+func (idx *rowIndex) remove(k ObjectKey) {
+	if old, ok := idx.rows[k]; ok {
+		delete(idx.rows, k)
+		idx.touch(old.Version)
+	}
+}
+
+// touch marks the bucket of version as changed.
+func (idx *rowIndex) touch(version int64) {
+	if idx.width > 0 {
+		idx.dirty[bucketOf(version, idx.width)] = true
+	}
+}
+
+// digests computes what Digests returns, from the index: at the width of
+// the last call, only the buckets changed since.
+func (idx *rowIndex) digests(width int64) map[int64]string {
+	switch {
+	case width != idx.width:
+		idx.width, idx.sums = width, idx.digestsOf(width, nil, appendDigestLine)
+		clear(idx.dirty)
+	case len(idx.dirty) > 0:
+		fresh := idx.digestsOf(width, idx.dirty, appendDigestLine)
+		for b := range idx.dirty {
+			if sum, ok := fresh[b]; ok {
+				idx.sums[b] = sum
+			} else {
+				delete(idx.sums, b) // emptied
+			}
+		}
+		clear(idx.dirty)
+	}
+	return maps.Clone(idx.sums)
 }
 
 // sealDigests computes what Store.SealDigests returns for buckets, from
 // the index's MD5s of the ciphertexts (verify.go).
-func (idx rowIndex) sealDigests(width int64, buckets []int64) map[int64]string {
+func (idx *rowIndex) sealDigests(width int64, buckets []int64) map[int64]string {
 	only := map[int64]bool{}
 	for _, b := range buckets {
 		only[b] = true
@@ -154,17 +222,20 @@ func (idx rowIndex) sealDigests(width int64, buckets []int64) map[int64]string {
 }
 
 // digestsOf computes the digest of each bucket (of only, if not nil) over
-// the lines that line appends for its rows, in the SQL's order. It runs on
-// every full pass over every row, so it allocates little: no line is kept.
-func (idx rowIndex) digestsOf(width int64, only map[int64]bool, line func(b []byte, k ObjectKey, st *RowState) []byte) map[int64]string {
+// the lines that line appends for its rows, in the SQL's order. It
+// allocates little: no line is kept.
+func (idx *rowIndex) digestsOf(width int64, only map[int64]bool, line func(b []byte, k ObjectKey, st *RowState) []byte) map[int64]string {
 	type entry struct {
 		bucket, version int64
 		keySum          [md5.Size]byte
 		key             ObjectKey
 	}
-	entries := make([]entry, 0, len(idx))
+	var entries []entry
+	if only == nil {
+		entries = make([]entry, 0, len(idx.rows))
+	}
 	var buf []byte
-	for k, st := range idx {
+	for k, st := range idx.rows {
 		b := bucketOf(st.Version, width)
 		if only != nil && !only[b] {
 			continue
@@ -178,11 +249,12 @@ func (idx rowIndex) digestsOf(width int64, only map[int64]bool, line func(b []by
 	})
 	out := map[int64]string{}
 	h := md5.New()
+	var st RowState // one, not one per row: line's pointer escapes
 	for i, e := range entries {
 		if i > 0 && e.bucket == entries[i-1].bucket {
-			h.Write([]byte{','})
+			h.Write(comma)
 		}
-		st := idx[e.key]
+		st = idx.rows[e.key]
 		buf = line(buf[:0], e.key, &st)
 		h.Write(buf)
 		if i == len(entries)-1 || entries[i+1].bucket != e.bucket {
@@ -193,12 +265,14 @@ func (idx rowIndex) digestsOf(width int64, only map[int64]bool, line func(b []by
 	return out
 }
 
+var comma = []byte{','}
+
 // refresh brings the index in line with the table, whose version counter
 // is at maxVersion: it compares the buckets' digests and reads the states
 // of the rows of the buckets that differ. It returns how many buckets
 // differed. Rows written meanwhile may be missed or seen half: the next
 // refresh finds them.
-func (idx rowIndex) refresh(ctx context.Context, store *Store, maxVersion int64) (int, error) {
+func (idx *rowIndex) refresh(ctx context.Context, store *Store, maxVersion int64) (int, error) {
 	var local map[int64]string
 	width := bucketWidth(maxVersion)
 	// The database computes its digests while this computes the index's.
@@ -215,7 +289,7 @@ func (idx rowIndex) refresh(ctx context.Context, store *Store, maxVersion int64)
 // now. It returns the version counter it refreshed against. What was pulled
 // or written after db was read only makes the buckets it touched differ,
 // and those are read now.
-func (idx rowIndex) refreshAt(ctx context.Context, store *Store, db *dbDigests) (maxVersion int64, buckets int, err error) {
+func (idx *rowIndex) refreshAt(ctx context.Context, store *Store, db *dbDigests) (maxVersion int64, buckets int, err error) {
 	if db == nil {
 		if maxVersion, err = store.MaxVersion(ctx); err != nil {
 			return 0, 0, fmt.Errorf("read the database's version: %w", err)
@@ -249,26 +323,31 @@ type dbDigests struct {
 // digestsAhead reads the database's digests in a goroutine of its own, so
 // that a loop goes on pulling or writing while the database hashes every
 // row's header (about 200 ms at 100,000 rows); the full pass that uses
-// them waits for no such query. The index's own digests are computed
-// there too, from a copy of idx taken now: at 100,000 rows they cost the
-// loop about as much again (the MD5 of every key and every line, and a
-// sort), and a change made during that time waited for them. The copy is
-// older than the index by the time the pass uses it, which is harmless:
-// what the loop wrote or pulled since is in the index and in the table
-// alike, so a bucket it touched either still agrees (the index holds what
-// the table does) or differs and is read again, as a bucket written after
-// the database's digests is; anything else the next pass's copy shows.
-func digestsAhead(ctx context.Context, store *Store, idx rowIndex) <-chan dbDigests {
-	snapshot := maps.Clone(idx)
+// them waits for no such query. The index's own digests are taken now, at
+// the width of its last refresh (only the buckets changed since are
+// computed). They are older than the index by the time the pass uses them,
+// which is harmless: what the loop wrote or pulled since is in the index
+// and in the table alike, so a bucket it touched either still agrees (the
+// index holds what the table does) or differs and is read again, as a
+// bucket written after the database's digests is; anything else the next
+// pass shows. When the database's counter has moved the width, the pass
+// computes the index's digests at the new width itself.
+func digestsAhead(ctx context.Context, store *Store, idx *rowIndex) <-chan dbDigests {
+	width := idx.width
+	var local map[int64]string
+	if width > 0 {
+		local = idx.digests(width)
+	}
 	ch := make(chan dbDigests, 1)
 	go func() {
-		var db dbDigests
+		db := dbDigests{local: local}
 		if db.maxVersion, db.err = store.MaxVersion(ctx); db.err != nil {
 			db.err = fmt.Errorf("read the database's version: %w", db.err)
 		} else {
-			width := bucketWidth(db.maxVersion)
-			db.sums, db.err = concurrently(func() (map[int64]string, error) { return store.Digests(ctx, width) },
-				func() { db.local = snapshot.digests(width) })
+			if w := bucketWidth(db.maxVersion); w != width {
+				width, db.local = w, nil
+			}
+			db.sums, db.err = store.Digests(ctx, width)
 		}
 		ch <- db
 	}()
@@ -277,7 +356,7 @@ func digestsAhead(ctx context.Context, store *Store, idx rowIndex) <-chan dbDige
 
 // update reads the rows of the buckets whose digests differ between remote
 // (the database's) and local (the index's) into the index.
-func (idx rowIndex) update(ctx context.Context, store *Store, width int64, remote, local map[int64]string) (int, error) {
+func (idx *rowIndex) update(ctx context.Context, store *Store, width int64, remote, local map[int64]string) (int, error) {
 	var differ []int64
 	for b, sum := range remote {
 		if local[b] != sum {
@@ -301,10 +380,10 @@ func (idx rowIndex) update(ctx context.Context, store *Store, width int64, remot
 		stale[b] = true
 	}
 	old := map[ObjectKey]RowState{}
-	for k, st := range idx {
+	for k, st := range idx.rows {
 		if stale[bucketOf(st.Version, width)] {
 			old[k] = st
-			delete(idx, k)
+			idx.remove(k)
 		}
 	}
 	for k, st := range states {
@@ -313,7 +392,7 @@ func (idx rowIndex) update(ctx context.Context, store *Store, width int64, remot
 		if o, ok := old[k]; ok && sameHeader(&o, &st) {
 			st.Sealed, st.SealedKnown, st.Damaged = o.Sealed, o.SealedKnown, o.Damaged
 		}
-		idx[k] = st
+		idx.set(k, st)
 	}
 	return len(differ), nil
 }
@@ -324,8 +403,8 @@ func sameHeader(a, b *RowState) bool {
 }
 
 // record puts what a pulled row says in the index.
-func (idx rowIndex) record(r *Row) {
-	idx[r.ObjectKey] = RowState{Hash: r.Hash, Tombstone: r.Tombstone, SourceCluster: r.SourceCluster, KeyID: r.KeyID, Version: r.Version, Size: r.Size}
+func (idx *rowIndex) record(r *Row) {
+	idx.set(r.ObjectKey, RowState{Hash: r.Hash, Tombstone: r.Tombstone, SourceCluster: r.SourceCluster, KeyID: r.KeyID, Version: r.Version, Size: r.Size})
 }
 
 // headerRow is the row, without its ciphertext, that the index knows as
@@ -336,8 +415,8 @@ func headerRow(k ObjectKey, st *RowState) Row {
 
 // load reads the whole table's row states into a fresh index (the first
 // refresh reads every bucket).
-func loadIndex(ctx context.Context, store *Store) (rowIndex, error) {
-	idx := rowIndex{}
+func loadIndex(ctx context.Context, store *Store) (*rowIndex, error) {
+	idx := newRowIndex()
 	_, _, err := idx.refreshAt(ctx, store, nil)
 	return idx, err
 }

@@ -14,13 +14,13 @@ import (
 
 // allStates reads every row's state straight from the table: the oracle
 // that the index's refresh must reproduce.
-func allStates(tb testing.TB, s *Store) rowIndex {
+func allStates(tb testing.TB, s *Store) map[ObjectKey]RowState {
 	tb.Helper()
 	rows, err := s.pool.Query(tb.Context(), `SELECT namespace, name, hash, tombstone, source_cluster, key_id, version, octet_length(ciphertext) FROM kss_secrets`)
 	if err != nil {
 		tb.Fatal(err)
 	}
-	out := rowIndex{}
+	out := map[ObjectKey]RowState{}
 	var k ObjectKey
 	var st RowState
 	if _, err := pgx.ForEachRow(rows, []any{&k.Namespace, &k.Name, &st.Hash, &st.Tombstone, &st.SourceCluster, &st.KeyID, &st.Version, &st.Size}, func() error {
@@ -34,7 +34,7 @@ func allStates(tb testing.TB, s *Store) rowIndex {
 }
 
 // indexDiff describes how got differs from want ("" when equal).
-func indexDiff(got, want rowIndex) string {
+func indexDiff(got, want map[ObjectKey]RowState) string {
 	var diffs []string
 	for k, w := range want {
 		g, ok := got[k]
@@ -97,14 +97,14 @@ VALUES ('a-b', $1, '\x00', 'kid', '\x01', 2, 'forger')`, name); err != nil {
 			t.Fatalf("the ICU database orders the names as Go does (%v): the test would prove nothing", dbOrder)
 		}
 
-		idx := rowIndex{}
+		idx := newRowIndex()
 		refresh := func(want string) int {
 			t.Helper()
 			n, err := idx.refresh(ctx, s, mustMaxVersion(t, s))
 			if err != nil {
 				t.Fatal(err)
 			}
-			if d := indexDiff(idx, allStates(t, s)); d != "[]" {
+			if d := indexDiff(idx.rows, allStates(t, s)); d != "[]" {
 				t.Fatalf("after %s, the index differs from the table: %s", want, d)
 			}
 			return n
@@ -169,7 +169,7 @@ func TestSealDigests(t *testing.T) {
 		}
 		width := bucketWidth(mustMaxVersion(t, s))
 		var buckets []int64
-		for _, st := range idx {
+		for _, st := range idx.rows {
 			buckets = append(buckets, bucketOf(st.Version, width))
 		}
 		slices.Sort(buckets)
@@ -178,16 +178,16 @@ func TestSealDigests(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if len(seals) != len(idx) {
-			t.Fatalf("SealsIn = %d rows; want %d", len(seals), len(idx))
+		if len(seals) != len(idx.rows) {
+			t.Fatalf("SealsIn = %d rows; want %d", len(seals), len(idx.rows))
 		}
 		for _, r := range seals {
-			st := idx[r.key]
+			st := idx.rows[r.key]
 			if want := md5.Sum(fmt.Appendf(nil, "%d/%s", st.Version, r.key)); r.sum != want {
 				t.Errorf("SealsIn %s = %x; want the MD5 of its ciphertext, %x", r.key, r.sum, want)
 			}
 			st.Sealed, st.SealedKnown = r.sum, true
-			idx[r.key] = st
+			idx.set(r.key, st)
 		}
 		compare := func() (differ []int64) {
 			t.Helper()
@@ -212,7 +212,7 @@ func TestSealDigests(t *testing.T) {
 		if _, err := s.pool.Exec(ctx, `UPDATE kss_secrets SET ciphertext = '\x00' WHERE namespace = 'a-b' AND name = 'x.1'`); err != nil {
 			t.Fatal(err)
 		}
-		want := bucketOf(idx[ObjectKey{"a-b", "x.1"}].Version, width)
+		want := bucketOf(idx.rows[ObjectKey{"a-b", "x.1"}].Version, width)
 		if d := compare(); !slices.Equal(d, []int64{want}) {
 			t.Errorf("after a ciphertext changed, buckets %v differ; want [%d]", d, want)
 		}
@@ -296,8 +296,8 @@ func TestDigestsReadAhead(t *testing.T) {
 	if f.cursor.Version != written {
 		t.Errorf("after the full pass the follower's cursor is at %d; want %d (taken for a restored backup?)", f.cursor.Version, written)
 	}
-	for who, idx := range map[string]rowIndex{"leader": l.known, "follower": f.rows} {
-		if d := indexDiff(idx, table); d != "[]" {
+	for who, idx := range map[string]*rowIndex{"leader": l.known, "follower": f.rows} {
+		if d := indexDiff(idx.rows, table); d != "[]" {
 			t.Errorf("the %s's index differs from the table: %s", who, d)
 		}
 	}

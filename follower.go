@@ -45,7 +45,7 @@ type followerLoop struct {
 	cursorAhead Cursor
 	// rows is the index of the table's row headers (digest.go), kept by
 	// the full pass and by pulls.
-	rows rowIndex
+	rows *rowIndex
 	// wake is signalled by the PostgreSQL wake-up hint (PG_NOTIFY), and
 	// by a pull that moved the cursor (run).
 	wake chan struct{}
@@ -66,7 +66,7 @@ func newFollowerLoop(d loopDeps) *followerLoop {
 		loopDeps: d,
 		passes:   newPassRunner(d),
 		apply:    newRowApplier(d),
-		rows:     rowIndex{},
+		rows:     newRowIndex(),
 		cursors:  &cursorStore{client: d.client, namespace: d.cfg.PodNamespace, name: d.cfg.LeaseName + stateSuffix},
 		wake:     make(chan struct{}, 1),
 	}
@@ -312,7 +312,7 @@ func (f *followerLoop) reconcileFullFrom(ctx context.Context, db *dbDigests) (id
 	// reads a few rows of that version again, once.
 	var upTo Cursor
 	var todo []*Row
-	for k, st := range f.rows {
+	for k, st := range f.rows.rows {
 		// Not past the counter: a row above it has a forged version (see
 		// Store.Pull).
 		if c := (Cursor{st.Version, k.Namespace, k.Name}); st.Version <= maxVersion && cursorLess(upTo, c) {
@@ -328,7 +328,7 @@ func (f *followerLoop) reconcileFullFrom(ctx context.Context, db *dbDigests) (id
 		}
 	}
 	defer func() {
-		f.log.WithFields(logrus.Fields{"rows": len(f.rows), "buckets_read": buckets, "out_of_sync": len(todo), "cursor": f.cursor.Version}).Debug("full pass done")
+		f.log.WithFields(logrus.Fields{"rows": len(f.rows.rows), "buckets_read": buckets, "out_of_sync": len(todo), "cursor": f.cursor.Version}).Debug("full pass done")
 	}()
 	// Ciphertexts are read in one goroutine and applied in stream's: the
 	// next batch is read while this one is applied.

@@ -193,7 +193,7 @@ func grantsWork(ctx context.Context, role string, s *Store, round int) error {
 			return err
 		}
 		var buckets []int64
-		for _, st := range idx {
+		for _, st := range idx.rows {
 			buckets = append(buckets, bucketOf(st.Version, 1))
 		}
 		if _, err := s.SealDigests(ctx, buckets, 1); err != nil {
@@ -242,7 +242,7 @@ func grantsWork(ctx context.Context, role string, s *Store, round int) error {
 		return err
 	}
 	var headers []*Row
-	for k, st := range idx {
+	for k, st := range idx.rows {
 		r := headerRow(k, &st)
 		headers = append(headers, &r)
 	}

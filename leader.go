@@ -43,7 +43,7 @@ type leaderLoop struct {
 
 	// known mirrors the stored rows: what was last read or written, kept
 	// up to date by the full pass's digests (digest.go).
-	known rowIndex
+	known *rowIndex
 	// refused holds the keyed hash of each Secret that could not be
 	// sealed, so that it is reported once per content, not on every pass.
 	refused map[ObjectKey][]byte
@@ -89,7 +89,7 @@ func newLeaderLoop(d loopDeps, claim Claim) *leaderLoop {
 		now:         time.Now,
 		dirty:       map[ObjectKey]struct{}{},
 		wake:        make(chan struct{}, 1),
-		known:       rowIndex{},
+		known:       newRowIndex(),
 		refused:     map[ObjectKey][]byte{},
 		checks:      make(chan rowChecks, 1),
 		credentials: map[ObjectKey]types.UID{},
@@ -242,7 +242,7 @@ func (l *leaderLoop) reconcileFullFrom(ctx context.Context, db *dbDigests) (idle
 	// N = 100,000, which spans eleven passes.
 	withRow := 0 // of the Secrets, how many have a row
 	for _, s := range sources {
-		if _, ok := l.known[s.key()]; ok {
+		if _, ok := l.known.rows[s.key()]; ok {
 			withRow++
 		}
 	}
@@ -252,16 +252,16 @@ func (l *leaderLoop) reconcileFullFrom(ctx context.Context, db *dbDigests) (idle
 				return
 			}
 		}
-		if withRow == len(l.known) {
+		if withRow == len(l.known.rows) {
 			return
 		}
-		for k := range l.known {
+		for k := range l.known.rows {
 			if l.sources.get(k) == nil && !yield(k, nil) {
 				return
 			}
 		}
 	}
-	l.log.WithFields(logrus.Fields{"secrets": len(sources), "rows": len(l.known), "buckets_read": buckets}).Debug("full pass")
+	l.log.WithFields(logrus.Fields{"secrets": len(sources), "rows": len(l.known.rows), "buckets_read": buckets}).Debug("full pass")
 	if err := l.sync(ctx, "full", keys); err != nil {
 		return false, err
 	}
@@ -274,7 +274,7 @@ func (l *leaderLoop) reconcileFullFrom(ctx context.Context, db *dbDigests) (idle
 // foreign_rows metric.
 func (l *leaderLoop) reportForeign() {
 	now := map[ObjectKey]int64{}
-	for k, row := range l.known {
+	for k, row := range l.known.rows {
 		if row.Tombstone || row.SourceCluster == l.claim.Holder {
 			continue
 		}
@@ -319,7 +319,7 @@ func (l *leaderLoop) reconcileDirty(ctx context.Context) (idle bool, err error) 
 // sync writes the rows of keys whose content differs from what is stored.
 func (l *leaderLoop) sync(ctx context.Context, kind string, keys iter.Seq2[ObjectKey, *cachedSecret]) error {
 	cluster := l.claim.Holder
-	changes := l.guardDeletes(kind, rowChanges(keys, l.known, l.keys, l.owner(), l.now()))
+	changes := l.guardDeletes(kind, rowChanges(keys, l.known.rows, l.keys, l.owner(), l.now()))
 	seal := func(version int64, c *Change) ([]byte, error) {
 		b := Binding{Namespace: c.Namespace, Name: c.Name, Version: version, SourceCluster: cluster}
 		ciphertext, err := l.keys.Seal(l.rand, b, c.Payload)
@@ -350,8 +350,8 @@ func (l *leaderLoop) sync(ctx context.Context, kind string, keys iter.Seq2[Objec
 		written += len(chunk)
 		for i := range chunk {
 			c := &chunk[i]
-			l.known[c.ObjectKey] = RowState{Hash: c.Hash, Tombstone: c.Payload.Deleted, SourceCluster: cluster, KeyID: l.keys.ID(), Version: c.Version,
-				Size: c.SealedSize, Sealed: c.Sealed, SealedKnown: true}
+			l.known.set(c.ObjectKey, RowState{Hash: c.Hash, Tombstone: c.Payload.Deleted, SourceCluster: cluster, KeyID: l.keys.ID(), Version: c.Version,
+				Size: c.SealedSize, Sealed: c.Sealed, SealedKnown: true})
 			l.log.WithFields(logrus.Fields{
 				"namespace": c.Namespace, "name": c.Name, "tombstone": c.Payload.Deleted, "version": c.Version,
 			}).Info("stored")
@@ -491,7 +491,7 @@ func (l *leaderLoop) complete(chunk []Change, live map[ObjectKey]*Payload) []Cha
 			c.Payload = p
 			c.Hash = l.keys.Hash(c.Namespace, c.Name, c.Payload)
 			c.Stripped = false
-			row, ok := l.known[c.ObjectKey]
+			row, ok := l.known.rows[c.ObjectKey]
 			if ok && !c.Force && !row.Tombstone && hmac.Equal(row.Hash, c.Hash) {
 				continue
 			}
@@ -523,13 +523,13 @@ func deletesAllowed(deletes, live, percent int) bool {
 func (l *leaderLoop) guardDeletes(kind string, changes []Change) []Change {
 	deletes, live := 0, 0
 	for _, c := range changes {
-		if row, ok := l.known[c.ObjectKey]; c.Payload.Deleted && ok && !row.Tombstone {
+		if row, ok := l.known.rows[c.ObjectKey]; c.Payload.Deleted && ok && !row.Tombstone {
 			deletes++
 		}
 	}
 	if deletes > 0 {
 		o := l.owner()
-		for k, row := range l.known {
+		for k, row := range l.known.rows {
 			if o.owns(k, row) && !row.Tombstone {
 				live++
 			}
@@ -556,7 +556,7 @@ func (l *leaderLoop) guardDeletes(kind string, changes []Change) []Change {
 		return changes
 	}
 	return slices.DeleteFunc(changes, func(c Change) bool {
-		row, ok := l.known[c.ObjectKey]
+		row, ok := l.known.rows[c.ObjectKey]
 		return c.Payload.Deleted && ok && !row.Tombstone
 	})
 }

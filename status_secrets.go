@@ -96,7 +96,7 @@ func (r *statusReport) readSecrets(ctx context.Context, cfg *Config, store *Stor
 	}
 	c := &secretCounts{Rejected: map[string]int{}}
 	var todo []*Row
-	for k, st := range idx {
+	for k, st := range idx.rows {
 		row := headerRow(k, &st)
 		if !cfg.namespaceAllowed(k.Namespace) || standby && row.SourceCluster == cfg.ClusterName {
 			continue

@@ -74,7 +74,7 @@ func (l *leaderLoop) verify(ctx context.Context, maxVersion int64) error {
 	width := bucketWidth(maxVersion)
 	var todo []ObjectKey
 	buckets := map[int64]*sealBucket{}
-	for k, st := range l.known {
+	for k, st := range l.known.rows {
 		answers := l.answers(k, &st)
 		// A row found damaged is not opened again: this pass rewrites it,
 		// and until then it stays marked (and reported once).
@@ -124,7 +124,7 @@ func (l *leaderLoop) open(ctx context.Context, todo []ObjectKey) error {
 		if len(rows) == verifyPassRows || bytes >= verifyPassBytes {
 			break
 		}
-		st := l.known[k]
+		st := l.known.rows[k]
 		row := headerRow(k, &st)
 		r := &row
 		l.verifyAfter = k
@@ -206,7 +206,7 @@ func (l *leaderLoop) startChecks(ctx context.Context, rows []*Row) {
 // verification see its new version. It returns how many rows verified.
 func (l *leaderLoop) applyChecks(c rowChecks) (verified int) {
 	for _, ch := range c.checks {
-		st, ok := l.known[ch.row.ObjectKey]
+		st, ok := l.known.rows[ch.row.ObjectKey]
 		current := ok && st.Version == ch.row.Version
 		switch {
 		case ch.err != nil && current:
@@ -227,9 +227,9 @@ func (l *leaderLoop) applyChecks(c rowChecks) (verified int) {
 // sealed records that the row of key at version holds a ciphertext of MD5
 // sum that says what the leader wrote.
 func (l *leaderLoop) sealed(key ObjectKey, version int64, sum [md5.Size]byte) {
-	if st, ok := l.known[key]; ok && st.Version == version {
+	if st, ok := l.known.rows[key]; ok && st.Version == version {
 		st.Sealed, st.SealedKnown = sum, true
-		l.known[key] = st
+		l.known.set(key, st)
 	}
 }
 
@@ -282,7 +282,7 @@ func (l *leaderLoop) compareSeals(ctx context.Context, width int64, buckets map[
 	}
 	var todo []*Row
 	for _, s := range seals {
-		st, ok := l.known[s.key]
+		st, ok := l.known.rows[s.key]
 		if !ok || st.Version != s.version || st.Sealed == s.sum {
 			continue // a header changed meanwhile: the next refresh brings it
 		}
@@ -291,7 +291,7 @@ func (l *leaderLoop) compareSeals(ctx context.Context, width int64, buckets map[
 			continue
 		}
 		st.SealedKnown = false
-		l.known[s.key] = st
+		l.known.set(s.key, st)
 		r := headerRow(s.key, &st)
 		todo = append(todo, &r)
 	}
@@ -353,12 +353,12 @@ FROM kss_secrets AS s JOIN unnest($1::BIGINT[]) AS b (lo) ON s.version >= b.lo A
 // damaged reports a row that does not say what this leader wrote and
 // marks it for rewriting.
 func (l *leaderLoop) damaged(r *Row, err error) {
-	st, ok := l.known[r.ObjectKey]
+	st, ok := l.known.rows[r.ObjectKey]
 	if !ok {
 		return // written since the states were read
 	}
 	st.Damaged = true
-	l.known[r.ObjectKey] = st
+	l.known.set(r.ObjectKey, st)
 	l.reportDamage(r, err)
 }
 
