@@ -78,9 +78,9 @@ devenv:
 ## CPU, also with the database 100 ms away (--remote-db-sizes, --db-rtt).
 ## It prints a markdown table and
 ## writes bench/results.json (BENCH_FLAGS adds flags: see
-## `go run ./hack/bench -h`). Takes about 21 to 25 minutes on 2 cores, plus
+## `go run ./hack/bench -h`). Takes about 21 to 30 minutes on 2 cores, plus
 ## 4 for bench-micro; BENCH_SIZES=1000,10000,100000 adds N = 100,000 (about
-## 11 to 21 minutes more), which the default leaves out for its time.
+## 20 to 35 minutes more), which the default leaves out for its time.
 BENCH_SIZES ?= 1000,10000
 BENCH_FLAGS ?=
 bench: build
