@@ -34,10 +34,9 @@ import (
 const digestBuckets = 256
 
 // bucketWidth is the version range of a bucket when the counter is at
-// maxVersion.
-// It is a power of two, so that it changes only each time the counter
-// doubles, and the index's digests of the buckets stay valid between
-// (rowIndex.digests).
+// maxVersion: the least power of two that makes at most digestBuckets
+// buckets, so that it changes only each time the counter doubles and the
+// index's digests of its buckets stay valid between (rowIndex.digests).
 func bucketWidth(maxVersion int64) int64 {
 	w := int64(1)
 	for maxVersion/w > digestBuckets {

@@ -109,12 +109,14 @@ func (w *workload) run(ctx context.Context) *result {
 	// Secrets to cluster-b's etcd.
 	if writerAfter, _, err := w.unthrottledWriter(ctx, "unthrottled", true); err != nil {
 		fail("unthrottled writer", err)
-	} else if writerBefore > 0 {
-		w.res.UnthrottledWriteBeforeS = round(writerBefore.Seconds(), 2)
+	} else {
 		w.res.UnthrottledWriteAfterS = round(writerAfter.Seconds(), 2)
-		w.res.UnthrottledWriteS = round((writerBefore+writerAfter).Seconds()/2, 2)
-		if w.res.InitialSyncS != nil {
-			w.res.Ratio = round(*w.res.InitialSyncS / *w.res.UnthrottledWriteS, 2)
+		if writerBefore > 0 { // the ratio is against both or none
+			w.res.UnthrottledWriteBeforeS = round(writerBefore.Seconds(), 2)
+			w.res.UnthrottledWriteS = round((writerBefore+writerAfter).Seconds()/2, 2)
+			if w.res.InitialSyncS != nil {
+				w.res.Ratio = round(*w.res.InitialSyncS / *w.res.UnthrottledWriteS, 2)
+			}
 		}
 	}
 	if took, clientCPUS, err := w.unthrottledWriter(ctx, "unwatched", false); err != nil {
@@ -220,10 +222,10 @@ func (w *workload) sourceCopies(writer string) ([]string, []*corev1.Secret) {
 	return namespaces, secrets
 }
 
-// unthrottledWriter creates the same Secrets in fresh namespaces (named
-// after name) of cluster-b with as many concurrent calls as the set-up uses and no client
-// rate limit: the API server's own write rate on this machine, the real
-// limit of the initial sync. It runs while no daemon does. Watched, it is
+// unthrottledWriter creates the same Secrets in fresh namespaces of
+// cluster-b, named after name, with as many concurrent calls as the set-up
+// uses and no client rate limit: the API server's own write rate on this
+// machine, the real limit of the initial sync. It runs while no daemon does. Watched, it is
 // timed as the sync is: until a watch like the sync's has seen every
 // Secret it wrote, with that watch running meanwhile, so whatever the watch
 // costs the API server is in both figures. Unwatched, it is timed until its
