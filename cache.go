@@ -260,28 +260,35 @@ const (
 	listMaxWaste = 4 // list only if at most this many Secrets come per one wanted
 )
 
+// liveSecret is what readLive keeps of a Secret: its payload, and the
+// resourceVersion it was read at.
+type liveSecret struct {
+	payload         *Payload
+	resourceVersion string
+}
+
 // readLive reads from the API server the payloads of the Secrets keys
 // that match selector: the data that the cache (see slim) does not keep. A
 // key that is missing, does not match or is never synced (syncable) is
-// absent from the result. It keeps the payloads only, not the Secrets
-// (their metadata and managedFields are most of a decoded Secret): a
-// leader's first pass at N = 100,000 holds two chunks of them at once.
-// inCache is how many cached Secrets a namespace has, which bounds what
-// listing it reads.
-func readLive(ctx context.Context, client kubernetes.Interface, selector labels.Selector, keys []ObjectKey, inCache func(namespace string) int) (map[ObjectKey]*Payload, error) {
+// absent from the result. It keeps the payloads and resourceVersions
+// only, not the Secrets (their metadata and managedFields are most of a
+// decoded Secret): a leader's first pass at N = 100,000 holds two chunks
+// of them at once. inCache is how many cached Secrets a namespace has,
+// which bounds what listing it reads.
+func readLive(ctx context.Context, client kubernetes.Interface, selector labels.Selector, keys []ObjectKey, inCache func(namespace string) int) (map[ObjectKey]liveSecret, error) {
 	byNamespace := map[string][]ObjectKey{}
 	for _, k := range keys {
 		byNamespace[k.Namespace] = append(byNamespace[k.Namespace], k)
 	}
-	out := make(map[ObjectKey]*Payload, len(keys))
+	out := make(map[ObjectKey]liveSecret, len(keys))
 	var mu sync.Mutex
 	keep := func(k ObjectKey, s *corev1.Secret) {
 		if !syncable(s) {
 			return
 		}
-		p := payloadOf(s)
+		live := liveSecret{payload: payloadOf(s), resourceVersion: s.ResourceVersion}
 		mu.Lock()
-		out[k] = p
+		out[k] = live
 		mu.Unlock()
 	}
 	// The lists and GETs run side by side: a chunk of 2,000 Secrets spans

@@ -82,6 +82,10 @@ type Change struct {
 	// sealing.
 	Stripped bool
 	Size     int
+	// HashedAt is, for a Stripped change, the resourceVersion of the
+	// Secret whose content Hash is ("" if Hash is not known): a live
+	// Secret still at that version needs no hashing again.
+	HashedAt string
 	// Version is set by Store.Write: the version the row was written at.
 	Version int64
 	// Sealed and SealedSize are the MD5 and length of the ciphertext

@@ -153,6 +153,9 @@ type rowIndex struct {
 	width int64
 	sums  map[int64]string
 	dirty map[int64]bool
+	// changes counts the calls of set and remove that may have changed
+	// a row, so that a pass can tell that none did since another.
+	changes uint64
 }
 
 func newRowIndex() *rowIndex {
@@ -163,6 +166,7 @@ func newRowIndex() *rowIndex {
 func (idx *rowIndex) set(k ObjectKey, st RowState) {
 	old, ok := idx.rows[k]
 	idx.rows[k] = st
+	idx.changes++
 	if ok && sameHeader(&old, &st) {
 		return // what the leader learnt of a row (verify.go) is in no digest
 	}
@@ -176,6 +180,7 @@ func (idx *rowIndex) set(k ObjectKey, st RowState) {
 func (idx *rowIndex) remove(k ObjectKey) {
 	if old, ok := idx.rows[k]; ok {
 		delete(idx.rows, k)
+		idx.changes++
 		idx.touch(old.Version)
 	}
 }

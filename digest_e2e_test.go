@@ -8,6 +8,8 @@ import (
 	"testing"
 
 	"github.com/jackc/pgx/v5"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/kube-secret-sync/kube-secret-sync/internal/testenv"
 )
@@ -246,12 +248,7 @@ func TestDigestsReadAhead(t *testing.T) {
 	e := newSyncEnv(t)
 	ctx := t.Context()
 	e.mustCreateMany("s", 3)
-	lcfg := e.config(true)
-	store := e.mustStore(lcfg)
-	l := newLeaderLoop(e.deps(lcfg, store, e.leader.Clientset), claimFor(t, store, lcfg.ClusterName))
-	if err := l.startWatch(ctx); err != nil {
-		t.Fatal(err)
-	}
+	l, store := e.watchingLeader()
 	if _, err := l.reconcileFull(ctx); err != nil {
 		t.Fatal(err)
 	}
@@ -304,4 +301,86 @@ func TestDigestsReadAhead(t *testing.T) {
 	for _, name := range []string{"s-0", "t-2"} {
 		e.waitSynced(name)
 	}
+}
+
+// TestQuietFullPassCompares: a leader's full pass when no Secret and no
+// row changed since the last completed one compares nothing, and any
+// change, a row a database writer deleted or a Secret edited in the
+// cluster, has the next pass compare again and write.
+func TestQuietFullPassCompares(t *testing.T) {
+	testenv.SkipShort(t)
+	e := newSyncEnv(t)
+	ctx := t.Context()
+	e.mustCreateMany("s", 3)
+	l, store := e.watchingLeader()
+	pass := func() {
+		t.Helper()
+		if _, err := l.reconcileFull(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	pass() // writes the three
+	pass() // compares: the first pass's writes changed the rows
+	written := mustMaxVersion(t, store)
+
+	// Quiet: a row the index says differs, behind the index's back, is
+	// not compared (were it, the pass would rewrite it).
+	key := ObjectKey{e.ns, "s-0"}
+	forged := l.known.rows[key]
+	forged.Hash = []byte("not what the Secret hashes to")
+	l.known.rows[key] = forged
+	pass()
+	if v := mustMaxVersion(t, store); v != written {
+		t.Fatalf("a pass with nothing changed wrote: version %d -> %d", written, v)
+	}
+	l.known.set(key, forged) // now a change: the next pass compares
+	pass()
+	if v := mustMaxVersion(t, store); v == written {
+		t.Fatal("a pass after a row changed did not rewrite it")
+	}
+
+	// A row deleted in the database: the digests differ, and the pass
+	// that reads them writes it back.
+	pass()
+	if _, err := e.dbConn().Exec(ctx, `DELETE FROM kss_secrets WHERE namespace = $1 AND name = 's-1'`, e.ns); err != nil {
+		t.Fatal(err)
+	}
+	pass()
+	if r := e.readRow("s-1"); r.Tombstone {
+		t.Fatalf("s-1 rewritten as a tombstone")
+	}
+
+	// A Secret edited: once the watch has it, a full pass (no incremental
+	// one runs here) writes it.
+	pass()
+	before := e.readRow("s-2").Version
+	mustModify(t, e.secrets(e.leader), "s-2", func(s *corev1.Secret) { s.Data["tls.crt"] = []byte("renewed") })
+	live, err := e.secrets(e.leader).Get(ctx, "s-2", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, syncTimeout, func() error {
+		if c := l.sources.get(ObjectKey{e.ns, "s-2"}); c == nil || c.resourceVersion != live.ResourceVersion {
+			return fmt.Errorf("the cache does not have the edit yet")
+		}
+		return nil
+	})
+	pass()
+	if after := e.readRow("s-2").Version; after == before {
+		t.Fatal("the edited Secret's row was not rewritten by the full pass")
+	}
+}
+
+// watchingLeader is a leader loop of the leader cluster with the default
+// configuration, holding the writer claim, its cache of labelled Secrets
+// filled; and its store.
+func (e *syncEnv) watchingLeader() (*leaderLoop, *Store) {
+	e.t.Helper()
+	cfg := e.config(true)
+	store := e.mustStore(cfg)
+	l := newLeaderLoop(e.deps(cfg, store, e.leader.Clientset), claimFor(e.t, store, cfg.ClusterName))
+	if err := l.startWatch(e.t.Context()); err != nil {
+		e.t.Fatal(err)
+	}
+	return l, store
 }

@@ -266,6 +266,62 @@ func TestReadAheadStopsWithItsContext(t *testing.T) {
 	}
 }
 
+// TestCompleteHashesOnlyWhatChanged: complete fills each stripped change
+// from its live Secret, keeps the cache's hash when the live Secret is
+// still at the resourceVersion that was hashed, and otherwise hashes the
+// live content, dropping a change whose content turns out to be stored.
+func TestCompleteHashesOnlyWhatChanged(t *testing.T) {
+	ring := mustKeyring(t, configTestKey)
+	l := newLeaderLoop(loopDeps{cfg: &Config{}, keys: ring, log: quietLog(), metrics: newMetrics()}, Claim{})
+	payload := func(v string) *Payload { return &Payload{Type: "Opaque", Data: map[string][]byte{"k": []byte(v)}} }
+	key := func(name string) ObjectKey { return ObjectKey{"ns", name} }
+	cached := []byte("the cache's hash")
+	stored := ring.Hash("ns", "back", payload("stored"))
+	l.known.set(key("back"), RowState{Hash: stored, Version: 1})
+	l.known.set(key("moved"), RowState{Hash: stored, Version: 1})
+	chunk := []Change{
+		{ObjectKey: key("same"), Hash: cached, HashedAt: "5", Stripped: true},    // still at 5: the cache's hash
+		{ObjectKey: key("moved"), Hash: cached, HashedAt: "5", Stripped: true},   // now at 6, new content
+		{ObjectKey: key("back"), Hash: cached, HashedAt: "5", Stripped: true},    // now at 6, what is stored
+		{ObjectKey: key("unhashed"), Hash: nil, HashedAt: "", Stripped: true},    // no cached hash
+		{ObjectKey: key("gone"), Hash: cached, HashedAt: "5", Stripped: true},    // not live any more
+		{ObjectKey: key("tomb"), Hash: cached, Payload: &Payload{Deleted: true}}, // not stripped: as it is
+	}
+	live := map[ObjectKey]liveSecret{
+		key("same"):     {payload("same"), "5"},
+		key("moved"):    {payload("moved"), "6"},
+		key("back"):     {payload("stored"), "6"},
+		key("unhashed"): {payload("unhashed"), "5"},
+	}
+	got := map[string]Change{}
+	for _, c := range l.complete(chunk, live) {
+		got[c.Name] = c
+	}
+	want := map[string][]byte{
+		"same":     cached,
+		"moved":    ring.Hash("ns", "moved", payload("moved")),
+		"unhashed": ring.Hash("ns", "unhashed", payload("unhashed")),
+		"tomb":     cached,
+	}
+	if len(got) != len(want) {
+		t.Errorf("complete kept %v; want %v", slices.Sorted(maps.Keys(got)), slices.Sorted(maps.Keys(want)))
+	}
+	for name, h := range want {
+		c, ok := got[name]
+		switch {
+		case !ok:
+			t.Errorf("%s: dropped", name)
+		case !bytes.Equal(c.Hash, h):
+			t.Errorf("%s: hash %x; want %x", name, c.Hash, h)
+		case c.Stripped || c.Payload == nil || live[c.ObjectKey].payload != nil && c.Payload != live[c.ObjectKey].payload:
+			t.Errorf("%s: Stripped %v, payload %v; want the live payload", name, c.Stripped, c.Payload)
+		}
+	}
+	if chunk[0].Payload != nil || !chunk[0].Stripped {
+		t.Error("complete changed the chunk it was given, which readAhead reads meanwhile")
+	}
+}
+
 // TestWithLeadChunk: a pass's first transaction is cut to leadChunk rows
 // when it holds more than twice that, and no row is lost, repeated or
 // reordered.
