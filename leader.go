@@ -229,13 +229,14 @@ func (l *leaderLoop) reconcileFullFrom(ctx context.Context, db *dbDigests) (idle
 		return false, err
 	}
 	// A pass compares each Secret's cached hash with its row's: what it
-	// finds to write depends on the Secrets and the rows only, so when
-	// neither changed since the last pass that completed started, this
-	// one would find what that one left, nothing. Read before the
-	// Secrets are listed: a change meanwhile makes the next pass compare.
-	// At N = 100,000 the comparison was a tenth of the leader's CPU in an
-	// initial sync, for the idle passes that run while followers apply.
-	now := changeCounts{sources: l.sourceChanges.Load(), rows: l.known.changes}
+	// finds to write depends on the Secrets, the rows and the namespaces
+	// synced (NAMESPACE_SELECTOR) only, so when none changed since the
+	// last pass that completed started, this one would find what that one
+	// left, nothing. Read before the Secrets are listed: a change
+	// meanwhile makes the next pass compare. At N = 100,000 the
+	// comparison was a tenth of the leader's CPU in an initial sync, for
+	// the idle passes that run while followers apply.
+	now := changeCounts{sources: l.sourceChanges.Load(), rows: l.known.changes, namespaces: l.cfg.namespaces.changeCount()}
 	if l.settled != nil && *l.settled == now {
 		l.log.WithField("buckets_read", buckets).Debug("full pass: no Secret and no row changed since the last")
 		return false, nil
@@ -290,9 +291,9 @@ func (l *leaderLoop) reconcileFullFrom(ctx context.Context, db *dbDigests) (idle
 	return false, nil
 }
 
-// changeCounts are the counts of changes to the labelled Secrets and to
-// the rows at one time.
-type changeCounts struct{ sources, rows uint64 }
+// changeCounts are the counts of changes to the labelled Secrets, the
+// rows and the namespaces selected, at one time.
+type changeCounts struct{ sources, rows, namespaces uint64 }
 
 // reportForeign reports, once each, the live rows of other clusters that
 // this leader leaves as they are (see rowChanges), and counts them in the

@@ -8,6 +8,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"sync/atomic"
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -22,8 +23,10 @@ import (
 // stops matching arrives as deleted, and one that starts as added.
 type namespaceWatch struct {
 	store cache.Store
-	// changed is signalled when a namespace starts or stops matching.
+	// changed is signalled when a namespace starts or stops matching,
+	// and count counts those.
 	changed chan struct{}
+	count   atomic.Uint64
 }
 
 // startNamespaceWatch starts watching the Namespaces that selector selects
@@ -42,6 +45,7 @@ func startNamespaceWatch(ctx context.Context, client kubernetes.Interface, selec
 	}
 	w := &namespaceWatch{store: inf.GetStore(), changed: make(chan struct{}, 1)}
 	signal := func(any) {
+		w.count.Add(1)
 		select {
 		case w.changed <- struct{}{}:
 		default:
@@ -84,6 +88,15 @@ func (w *namespaceWatch) selects(namespace string) bool {
 	}
 	_, ok, _ := w.store.GetByKey(namespace)
 	return ok
+}
+
+// changeCount is how many times a namespace started or stopped matching
+// (0 for a nil watch).
+func (w *namespaceWatch) changeCount() uint64 {
+	if w == nil {
+		return 0
+	}
+	return w.count.Load()
 }
 
 // changes is signalled when a namespace starts or stops matching; nil (a
