@@ -15,7 +15,6 @@ import (
 	"github.com/sirupsen/logrus"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
-	"k8s.io/client-go/rest"
 )
 
 // benchSecrets is the fleet size of the reconcile benchmarks.
@@ -98,6 +97,22 @@ func (e *syncEnv) deps(cfg *Config, store *Store, client kubernetes.Interface) l
 	return loopDeps{cfg: cfg, keys: keys, log: quietLog(), store: store, client: client, metrics: newMetrics()}
 }
 
+// daemonClient is a client of cfg's cluster with the daemon's own
+// settings (restConfig, setClientLimits).
+func (e *syncEnv) daemonClient(cfg *Config) kubernetes.Interface {
+	e.t.Helper()
+	rc, err := restConfig(cfg)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	setClientLimits(e.t.Context(), rc, cfg, quietLog())
+	client, err := kubernetes.NewForConfig(rc)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	return client
+}
+
 // BenchmarkLeaderIdlePass measures the leader's full reconcile of a fleet
 // that has not changed (the database's bucket digests against the index's,
 // a slice of the ciphertexts' hashes compared; with no Secret and no row
@@ -108,18 +123,12 @@ func BenchmarkLeaderIdlePass(b *testing.B) {
 	cfg := e.config(true)
 	e.mustCreateMany("s", benchSecrets)
 	store := e.mustStore(cfg)
-	// Without a client-side rate limit, as the daemon runs against an API
-	// server with API Priority and Fairness: the first pass GETs the
+	// The daemon's client, without a client-side rate limit against an
+	// API server with API Priority and Fairness: the first pass GETs the
 	// Secrets of its first, short transaction one by one, which the test
 	// clusters' client, drained by the creates, held to 200 a second (a
 	// second of the first pass).
-	rc := rest.CopyConfig(e.leader.Config)
-	rc.QPS, rc.Burst = -1, -1
-	client, err := kubernetes.NewForConfig(rc)
-	if err != nil {
-		b.Fatal(err)
-	}
-	l := newLeaderLoop(e.deps(cfg, store, client), claimFor(b, store, cfg.ClusterName))
+	l := newLeaderLoop(e.deps(cfg, store, e.daemonClient(cfg)), claimFor(b, store, cfg.ClusterName))
 	if err := l.startWatch(b.Context()); err != nil {
 		b.Fatal(err)
 	}
@@ -151,25 +160,12 @@ func BenchmarkLeaderIdlePass(b *testing.B) {
 func BenchmarkFollowerIdlePass(b *testing.B) {
 	e := newSyncEnv(b)
 	e.mustCreateMany("s", benchSecrets)
-	lcfg := e.config(true)
-	store := e.mustStore(lcfg)
-	l := newLeaderLoop(e.deps(lcfg, store, e.leader.Clientset), claimFor(b, store, lcfg.ClusterName))
-	if err := l.startWatch(b.Context()); err != nil {
-		b.Fatal(err)
-	}
+	l, store := e.watchingLeader()
 	if _, err := l.reconcileFull(b.Context()); err != nil {
 		b.Fatal(err)
 	}
 	cfg := e.config(false)
-	rc, err := restConfig(cfg) // the daemon's own client settings
-	if err != nil {
-		b.Fatal(err)
-	}
-	client, err := kubernetes.NewForConfig(rc)
-	if err != nil {
-		b.Fatal(err)
-	}
-	f := newFollowerLoop(e.deps(cfg, store, client))
+	f := newFollowerLoop(e.deps(cfg, store, e.daemonClient(cfg)))
 	if err := f.startWatch(b.Context()); err != nil {
 		b.Fatal(err)
 	}

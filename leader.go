@@ -43,8 +43,9 @@ type leaderLoop struct {
 	wake  chan struct{}
 	// sourceChanges counts the labelled Secrets' changes (markDirty).
 	sourceChanges atomic.Uint64
-	// settled is what had changed, Secrets and rows, when the last full
-	// pass that completed started (nil: none yet); see reconcileFullFrom.
+	// settled is what had changed, Secrets, rows and namespaces selected,
+	// when the last full pass that completed started (nil: none yet); see
+	// reconcileFullFrom.
 	settled *changeCounts
 
 	// known mirrors the stored rows: what was last read or written, kept
@@ -238,7 +239,7 @@ func (l *leaderLoop) reconcileFullFrom(ctx context.Context, db *dbDigests) (idle
 	// the idle passes that run while followers apply.
 	now := changeCounts{sources: l.sourceChanges.Load(), rows: l.known.changes, namespaces: l.cfg.namespaces.changeCount()}
 	if l.settled != nil && *l.settled == now {
-		l.log.WithField("buckets_read", buckets).Debug("full pass: no Secret and no row changed since the last")
+		l.log.WithField("buckets_read", buckets).Debug("full pass: no Secret, row or namespace selected changed since the last")
 		return false, nil
 	}
 	l.settled = nil
